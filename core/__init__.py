@@ -1,0 +1,1 @@
+"""Code the receiver, the workers and the reconciler share."""

@@ -1,0 +1,173 @@
+"""Outbound HTTP for connectors: timeouts, the shared request budget, Retry-After, backoff.
+
+``SourceHTTP.request`` is the one place a connector's call goes through:
+
+- every request waits for a slot in the source's budget (core/ratelimit.py);
+- 429, and 503 carrying ``Retry-After``, wait that long (or the source's reset header, read by
+  the connector's ``reset_after`` hook) and try again, up to ``max_wait`` in total, then raise
+  ``RateLimited`` so the job is retried later rather than failed;
+- other 5xx, timeouts and connection errors back off exponentially with full jitter, then raise
+  ``TransientSourceError``;
+- 401 and 403 (unless the hook says it is a rate limit) raise ``PermanentSourceError``;
+- 404 and 410 are returned, because only the connector knows whether that means "deleted";
+- other 4xx raise ``PermanentSourceError`` with the body's first 300 characters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import httpx
+
+from core.errors import PermanentSourceError, RateLimited, TransientSourceError
+
+#: Seconds; the first backoff, doubled each attempt up to MAX_BACKOFF.
+MIN_BACKOFF = 0.5
+MAX_BACKOFF = 30.0
+
+
+class Limiter(Protocol):
+    async def acquire(self) -> float: ...
+
+
+def compute_backoff(attempt: int, *, base: float = MIN_BACKOFF, cap: float = MAX_BACKOFF) -> float:
+    """Full-jitter exponential backoff in seconds for the given attempt (0-based)."""
+    return random.uniform(0, min(cap, base * (2**attempt)))
+
+
+def retry_after(response: httpx.Response, now: float | None = None) -> float | None:
+    """Seconds to wait from ``Retry-After`` (delta-seconds or an HTTP date), else None."""
+    raw = response.headers.get("retry-after")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+class SourceHTTP:
+    """An ``httpx.AsyncClient`` bound to one source's base URL, auth, budget and retry rules.
+
+    ``reset_after(response)`` lets a connector name a rate limit the generic rules miss
+    (GitHub's 403 with ``x-ratelimit-remaining: 0``): return seconds to wait, or None.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        client: httpx.AsyncClient,
+        *,
+        base_url: str = "",
+        headers: dict[str, str] | None = None,
+        auth: httpx.Auth | tuple[str, str] | None = None,
+        limiter: Limiter | None = None,
+        attempts: int = 5,
+        max_wait: float = 120.0,
+        reset_after: Callable[[httpx.Response], float | None] | None = None,
+    ) -> None:
+        self.source = source
+        self.client = client
+        self.base_url = base_url.rstrip("/")
+        self.headers = headers or {}
+        self.auth = auth
+        self.limiter = limiter
+        self.attempts = attempts
+        self.max_wait = max_wait
+        self.reset_after = reset_after
+        #: Requests sent (including retries); benchmarks and tests read it.
+        self.requests = 0
+
+    def url(self, path: str) -> str:
+        return path if path.startswith(("http://", "https://")) else f"{self.base_url}{path}"
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        url = self.url(path)
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        waited = 0.0
+        for attempt in range(self.attempts):
+            if self.limiter is not None:
+                await self.limiter.acquire()
+            self.requests += 1
+            try:
+                response = await self.client.request(
+                    method, url, headers=headers, auth=self.auth or httpx.USE_CLIENT_DEFAULT, **kwargs
+                )
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                if attempt + 1 == self.attempts:
+                    raise TransientSourceError(
+                        self.source, f"{method} {_path(url)} failed: {type(exc).__name__}: {exc}"
+                    ) from exc
+                await asyncio.sleep(compute_backoff(attempt))
+                continue
+            wait = self._rate_limit_wait(response)
+            if wait is not None:
+                if waited + wait > self.max_wait or attempt + 1 == self.attempts:
+                    raise RateLimited(
+                        self.source,
+                        f"{method} {_path(url)} rate limited ({response.status_code})",
+                        wait,
+                        response.status_code,
+                    )
+                waited += wait
+                await asyncio.sleep(wait)
+                continue
+            if response.status_code >= 500:
+                if attempt + 1 == self.attempts:
+                    raise TransientSourceError(
+                        self.source,
+                        f"{method} {_path(url)} failed: {response.status_code} {response.reason_phrase}",
+                        response.status_code,
+                    )
+                await asyncio.sleep(compute_backoff(attempt))
+                continue
+            if response.status_code in (401, 403):
+                raise PermanentSourceError(
+                    self.source,
+                    f"{method} {_path(url)} refused: {response.status_code} {_snippet(response)}",
+                    response.status_code,
+                )
+            if response.status_code >= 400 and response.status_code not in (404, 410):
+                raise PermanentSourceError(
+                    self.source,
+                    f"{method} {_path(url)} failed: {response.status_code} {_snippet(response)}",
+                    response.status_code,
+                )
+            return response
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.request("GET", path, **kwargs)
+
+    async def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.request("POST", path, **kwargs)
+
+    def _rate_limit_wait(self, response: httpx.Response) -> float | None:
+        if self.reset_after is not None:
+            hooked = self.reset_after(response)
+            if hooked is not None:
+                return hooked
+        if response.status_code == 429:
+            return retry_after(response) or 1.0
+        if response.status_code in (503, 529) and "retry-after" in response.headers:
+            return retry_after(response)
+        return None
+
+
+def _path(url: str) -> str:
+    return httpx.URL(url).path
+
+
+def _snippet(response: httpx.Response) -> str:
+    return response.text[:300].replace("\n", " ")

@@ -1,0 +1,1 @@
+"""Local simulators of the SaaS APIs, OpenAI embeddings and Pinecone's data plane."""

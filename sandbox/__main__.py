@@ -1,0 +1,45 @@
+"""``python -m sandbox``: serve every simulator on loopback (also ``vector-sync sandbox``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sandbox.server import SIMULATORS, SandboxServer, create_simulators
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port-base", type=int, default=8200,
+                        help="simulator i listens on port-base + i (0: any free ports)")
+    parser.add_argument("--profile", default="small", choices=["empty", "small", "scale"],
+                        help="seeded data set ('scale' is the seed-scale profile)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--only", default=",".join(SIMULATORS),
+                        help="comma-separated simulators to run")
+    parser.add_argument("--webhook-url", default=None,
+                        help="receiver base URL; webhooks go to {url}/webhooks/{source}")
+    parser.add_argument("--print-env", action="store_true",
+                        help="print NAME=value settings for vector-sync, one a line, then serve")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(SIMULATORS))
+    if unknown:
+        parser.error(f"unknown simulators: {', '.join(unknown)}")
+    sims = create_simulators(names, profile=args.profile, seed=args.seed)
+    server = SandboxServer(sims, host=args.host, port_base=args.port_base,
+                           webhook_url=args.webhook_url)
+    if args.print_env:
+        for name, value in sorted(server.env().items()):
+            print(f"{name}={value}")
+        sys.stdout.flush()
+    try:
+        server.serve()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
