@@ -1,0 +1,130 @@
+"""The Fireflies simulator over real HTTP: auth, the GraphQL executor, quotas, webhooks."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from sandbox.server import SandboxServer, create_simulators
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[SandboxServer]:
+    srv = SandboxServer(create_simulators(["fireflies"], profile="small", seed=3)).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture()
+def api(server: SandboxServer) -> Iterator[httpx.Client]:
+    env = server.env()
+    with httpx.Client(headers={"Authorization": f"Bearer {env['FIREFLIES_API_KEY']}"},
+                      timeout=10) as client:
+        client.put(server.url("fireflies") + "/_sandbox/plan", json={"plan": "business"})
+        client.put(server.url("fireflies") + "/_sandbox/knobs", json={"rate_limit": 0})
+        yield client
+
+
+def gql(client: httpx.Client, server: SandboxServer, query: str, **variables: object) -> httpx.Response:
+    return client.post(server.env()["FIREFLIES_API_URL"], json={"query": query, "variables": variables})
+
+
+def test_wrong_or_missing_key_gets_auth_failed(server: SandboxServer) -> None:
+    url = server.env()["FIREFLIES_API_URL"]
+    for headers in ({"Authorization": "Bearer nope"}, {}):
+        response = httpx.post(url, json={"query": "{ transcripts { id } }"}, headers=headers)
+        assert response.status_code == 401
+        error = response.json()["errors"][0]
+        assert error["code"] == "auth_failed" and error["extensions"]["status"] == 401
+
+
+def test_only_requested_fields_come_back(api: httpx.Client, server: SandboxServer) -> None:
+    response = gql(api, server, "query L($limit: Int) { transcripts(limit: $limit) { id title speakers { name } } }",
+                   limit=3)
+    assert response.status_code == 200
+    items = response.json()["data"]["transcripts"]
+    assert len(items) == 3
+    assert all(set(item) == {"id", "title", "speakers"} for item in items)
+    assert all(set(s) == {"name"} for item in items for s in item["speakers"])
+
+
+def test_unknown_field_and_argument_are_graphql_errors(api: httpx.Client, server: SandboxServer) -> None:
+    for query in ("{ transcripts { id secret_field } }", "{ transcripts(order: 1) { id } }",
+                  "{ transcripts { summary } }", "{ transcripts { id { x } } }"):
+        response = gql(api, server, query)
+        assert response.status_code == 400, query
+        assert response.json()["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+
+
+def test_limit_over_50_and_bad_dates_are_invalid_arguments(api: httpx.Client, server: SandboxServer) -> None:
+    response = gql(api, server, "query($l: Int) { transcripts(limit: $l) { id } }", l=51)
+    assert response.json()["errors"][0]["code"] == "invalid_arguments"
+    response = gql(api, server, '{ transcripts(fromDate: "yesterday") { id } }')
+    fields = response.json()["errors"][0]["extensions"]["metadata"]["fields"]
+    assert fields[0]["name"] == "fromDate"
+
+
+def test_listing_filters_on_meeting_date_newest_first(api: httpx.Client, server: SandboxServer) -> None:
+    truth = api.get(server.url("fireflies") + "/_sandbox/transcripts").json()["transcripts"]
+    dates = sorted(t["date"] for t in truth)
+    middle = dates[len(dates) // 2]
+    from_iso = json.dumps(middle)  # a number is not a DateTime: invalid
+    assert gql(api, server, f"{{ transcripts(fromDate: {from_iso}) {{ id }} }}").status_code == 400
+    iso = _iso(middle)
+    items = gql(api, server, "query($f: DateTime) { transcripts(fromDate: $f) { id date } }",
+                f=iso).json()["data"]["transcripts"]
+    assert items and all(t["date"] >= middle for t in items)
+    assert [t["date"] for t in items] == sorted((t["date"] for t in items), reverse=True)
+    assert len(items) == sum(1 for d in dates if d >= middle)
+
+
+def test_unprocessed_transcript_has_null_sentences_until_processed(api: httpx.Client, server: SandboxServer) -> None:
+    base = server.url("fireflies") + "/_sandbox"
+    created = api.post(f"{base}/transcripts", json={"title": "SUBS kickoff"}).json()
+    query = "query($id: String!) { transcript(id: $id) { id sentences { text } summary { overview } } }"
+    before = gql(api, server, query, id=created["id"]).json()["data"]["transcript"]
+    assert before["sentences"] is None and before["summary"] is None
+    api.put(f"{base}/webhook", json={"url": "http://127.0.0.1:9/unreachable"})
+    api.post(f"{base}/transcripts/{created['id']}/process", json={"sentence_count": 5})
+    after = gql(api, server, query, id=created["id"]).json()["data"]["transcript"]
+    assert len(after["sentences"]) == 5 and after["summary"]["overview"]
+    server.run_coroutine(server.sims["fireflies"].webhooks.drain(5))
+    delivery = server.sims["fireflies"].webhooks.deliveries[-1]
+    body = json.loads(delivery.body)
+    assert body["event"] == "meeting.transcribed" and body["meeting_id"] == created["id"]
+    secret = server.env()["FIREFLIES_WEBHOOK_SECRET"].encode()
+    expected = "sha256=" + hmac.new(secret, delivery.body, hashlib.sha256).hexdigest()
+    assert delivery.headers["X-Hub-Signature"] == expected
+
+
+def test_deleted_transcript_is_object_not_found(api: httpx.Client, server: SandboxServer) -> None:
+    base = server.url("fireflies") + "/_sandbox"
+    created = api.post(f"{base}/transcripts", json={}).json()
+    assert api.delete(f"{base}/transcripts/{created['id']}").status_code == 200
+    response = gql(api, server, "query($id: String!) { transcript(id: $id) { id } }", id=created["id"])
+    assert response.status_code == 404
+    assert response.json()["data"] == {"transcript": None}
+    assert response.json()["errors"][0]["code"] == "object_not_found"
+
+
+def test_quota_exceeded_is_too_many_requests(api: httpx.Client, server: SandboxServer) -> None:
+    base = server.url("fireflies") + "/_sandbox"
+    api.put(f"{base}/knobs", json={"rate_limit": None})
+    api.put(f"{base}/plan", json={"limit": 3, "period": 60})
+    statuses = [gql(api, server, "{ transcripts { id } }").status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    error = gql(api, server, "{ transcripts { id } }").json()["errors"][0]
+    assert error["code"] == "too_many_requests"
+    assert error["extensions"]["metadata"]["retryAfter"] > 1e12  # epoch ms
+    assert api.get(f"{base}/usage").json()["too_many_requests"] >= 2
+
+
+def _iso(ms: int) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
