@@ -35,6 +35,7 @@ SOURCE_OPTIONS: dict[str, dict[str, str]] = {
         "SLACK_API_URL": "https://slack.com/api",
         "SLACK_SIGNING_SECRET": "",
         "SLACK_CHANNELS": "*",
+        "SLACK_THREAD_LOOKBACK": "7d",
     },
     "github": {
         "GITHUB_API_URL": "https://api.github.com",
