@@ -1,0 +1,378 @@
+"""Jira Cloud connector: one document per issue (id-stable across moves), scope = project key.
+
+Listing follows the pattern that survives Jira's enhanced search (research/saas-apis.md §1.2):
+page issue ids with ``POST /rest/api/3/search/jql`` (``nextPageToken`` paging, no ``total``),
+then ``POST /rest/api/3/issue/bulkfetch`` (≤100 ids) for the full issues, so each page of a
+listing carries whole documents and workers need not fetch them again.
+
+Webhooks are admin webhooks with a secret: ``X-Hub-Signature: sha256=<hex HMAC-SHA256 of the
+raw body>``; ``X-Atlassian-Webhook-Identifier`` is stable across retries (the dedupe key).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import httpx
+
+from core.documents import Document, Gone, Ref
+from core.errors import InvalidWebhook, MalformedWebhook, NotConfigured, TransientSourceError
+from core.http import Limiter, SourceHTTP
+from core.settings import SourceSettings
+from core.sources.base import Page, Scope, SourceContext, WebhookResult
+
+NAME = "jira"
+#: Fields the connector reads; asking for fewer keeps bulkfetch responses small.
+FIELDS = ["summary", "description", "comment", "status", "assignee", "reporter", "labels",
+          "priority", "issuetype", "project", "created", "updated"]
+#: Ids per search page in ``changes``: one bulkfetch (max 100) per search page keeps each
+#: page's checkpoint (the nextPageToken) exact.
+CHANGES_PAGE = 100
+#: Ids per search page in ``live_ids``: the id-only maximum.
+LIVE_IDS_PAGE = 5000
+PROJECTS_PAGE = 50
+
+SYNC_EVENTS = {"jira:issue_created", "jira:issue_updated", "comment_created", "comment_updated",
+               "comment_deleted"}
+SCOPE_EVENTS = {"project_deleted": "deleted", "project_soft_deleted": "deleted",
+                "project_archived": "archived"}
+
+
+# --- pure normalisation ---------------------------------------------------------------------
+
+
+def parse_time(raw: str | None) -> float:
+    """Jira's ``2024-01-01T10:00:00.000+0000`` (any offset) as epoch seconds; 0.0 if absent."""
+    if not raw:
+        return 0.0
+    return datetime.strptime(raw, "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+
+
+def adf_to_text(node: Any, paragraph_sep: str = "\n\n") -> str:
+    """Atlassian Document Format → plain text; blocks joined by ``paragraph_sep``.
+
+    Accepts a plain string too (API v2 and some webhooks carry wiki text, not ADF).
+    """
+    if node is None:
+        return ""
+    if isinstance(node, str):
+        return node.strip()
+    blocks = _adf_blocks(node)
+    return paragraph_sep.join(b for b in (b.strip() for b in blocks) if b)
+
+
+_INLINE_CONTAINERS = {"paragraph", "heading", "codeBlock"}
+
+
+def _adf_blocks(node: Mapping[str, Any]) -> list[str]:
+    kind = node.get("type")
+    if kind in _INLINE_CONTAINERS:
+        return [_adf_inline(node.get("content") or [])]
+    if kind == "listItem":
+        inner = [b for child in node.get("content") or [] for b in _adf_blocks(child)]
+        return ["- " + " ".join(inner)] if inner else []
+    if kind == "tableRow":
+        cells = [" ".join(_adf_blocks(cell)) for cell in node.get("content") or []]
+        return [" | ".join(c for c in cells if c)]
+    if kind in ("text", "mention", "emoji", "hardBreak", "inlineCard", "date", "status"):
+        return [_adf_inline([node])]
+    blocks: list[str] = []
+    for child in node.get("content") or []:
+        if isinstance(child, Mapping):
+            blocks.extend(_adf_blocks(child))
+    if kind in ("bulletList", "orderedList"):
+        return ["\n".join(blocks)]  # a list stays one paragraph
+    return blocks
+
+
+def _adf_inline(nodes: list[Any]) -> str:
+    out: list[str] = []
+    for node in nodes:
+        if not isinstance(node, Mapping):
+            continue
+        kind, attrs = node.get("type"), node.get("attrs") or {}
+        if kind == "text":
+            out.append(str(node.get("text", "")))
+        elif kind == "hardBreak":
+            out.append("\n")
+        elif kind == "mention":
+            out.append(str(attrs.get("text") or ""))
+        elif kind == "emoji":
+            out.append(str(attrs.get("text") or attrs.get("shortName") or ""))
+        elif kind in ("inlineCard", "blockCard"):
+            out.append(str(attrs.get("url") or ""))
+        elif kind == "status":
+            out.append(str(attrs.get("text") or ""))
+        elif kind == "date" and str(attrs.get("timestamp", "")).isdigit():
+            out.append(_day(int(attrs["timestamp"]) / 1000))
+        else:
+            out.append(_adf_inline(node.get("content") or []))
+    return "".join(out)
+
+
+def _day(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d")
+
+
+def _minute(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _name(user: Any) -> str:
+    return str(user.get("displayName") or "") if isinstance(user, Mapping) else ""
+
+
+def _named(value: Any) -> str:
+    return str(value.get("name") or "") if isinstance(value, Mapping) else ""
+
+
+def comment_paragraph(comment: Mapping[str, Any]) -> str:
+    """One comment as one paragraph (single newlines inside), with who and when."""
+    who = _name(comment.get("author")) or "Unknown"
+    when = _minute(parse_time(comment.get("created")))
+    body = adf_to_text(comment.get("body"), paragraph_sep="\n")
+    edited = " (edited)" if comment.get("updated") and comment.get("updated") != comment.get("created") else ""
+    return f"Comment by {who} on {when}{edited}:\n{body}"
+
+
+def to_document(raw: Mapping[str, Any], base_url: str) -> Document:
+    """A Jira issue bean (with FIELDS) as a Document; pure.
+
+    Text: key and summary, a line on type/project/reporter, the description, then each comment
+    as its own paragraph. Status, assignee and the like change often and live in metadata, so a
+    transition re-upserts metadata without re-embedding.
+    """
+    fields = raw.get("fields") or {}
+    key = str(raw.get("key") or "")
+    summary = str(fields.get("summary") or "")
+    project = fields.get("project") or {}
+    reporter = _name(fields.get("reporter"))
+    created = parse_time(fields.get("created"))
+    issue_type = _named(fields.get("issuetype"))
+    intro = f"{issue_type or 'Issue'} in project {project.get('name') or project.get('key', '')}"
+    if reporter:
+        intro += f", reported by {reporter}"
+    if created:
+        intro += f" on {_day(created)}"
+    comments = (fields.get("comment") or {}).get("comments") or []
+    parts = [f"{key}: {summary}", intro + ".", adf_to_text(fields.get("description"))]
+    parts += [comment_paragraph(c) for c in comments]
+    metadata: dict[str, Any] = {
+        "key": key,
+        "project": str(project.get("key") or ""),
+        "project_name": str(project.get("name") or ""),
+        "status": _named(fields.get("status")),
+        "assignee": _name(fields.get("assignee")),
+        "reporter": reporter,
+        "labels": [str(label) for label in fields.get("labels") or []],
+        "priority": _named(fields.get("priority")),
+        "issue_type": issue_type,
+        "created_at": created,
+        "comments": len(comments),
+    }
+    return Document(
+        source=NAME,
+        id=str(raw["id"]),
+        scope=metadata["project"],
+        title=f"{key}: {summary}" if key else summary,
+        text="\n\n".join(p for p in parts if p),
+        updated_at=parse_time(fields.get("updated")),
+        url=f"{base_url.rstrip('/')}/browse/{key}" if key else "",
+        author=reporter,
+        metadata=metadata,
+    )
+
+
+def jql_for(scope_key: str, since: float | None = None, order: bool = True) -> str:
+    """``project = "KEY" [AND updated >= <epoch ms>] [ORDER BY updated ASC]``.
+
+    Epoch milliseconds sidestep the account time zone that quoted JQL dates are read in.
+    """
+    jql = f'project = "{_quote(scope_key)}"'
+    if since is not None:
+        jql += f" AND updated >= {int(since * 1000)}"
+    return jql + (" ORDER BY updated ASC" if order else "")
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def reset_after(response: httpx.Response) -> float | None:
+    """Seconds until Jira's ``X-RateLimit-Reset`` when a 429 lacks ``Retry-After``."""
+    if response.status_code != 429 or "retry-after" in response.headers:
+        return None
+    raw = response.headers.get("x-ratelimit-reset")
+    if not raw:
+        return None
+    for fmt in ("%Y-%m-%dT%H:%MZ", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S.%fZ"):
+        try:
+            when = datetime.strptime(raw, fmt).replace(tzinfo=timezone.utc)
+        except ValueError:
+            continue
+        return max(1.0, when.timestamp() - datetime.now(timezone.utc).timestamp())
+    return None
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """Case-insensitive header read (plain dicts in tests, Starlette headers in the receiver)."""
+    value = headers.get(name)
+    if value is not None:
+        return value
+    lowered = name.lower()
+    for key, val in headers.items():
+        if key.lower() == lowered:
+            return val
+    return None
+
+
+# --- the connector --------------------------------------------------------------------------
+
+
+class JiraSource:
+    name = NAME
+    pushes = True
+
+    def __init__(self, settings: SourceSettings, client: httpx.AsyncClient,
+                 limiter: Limiter | None = None, context: SourceContext | None = None) -> None:
+        self.settings = settings
+        self.base_url = settings.get("JIRA_URL").rstrip("/")
+        self.context = context
+        self.http = SourceHTTP(
+            NAME, client, base_url=self.base_url,
+            auth=(settings.get("JIRA_EMAIL"), str(settings.secret("JIRA_API_TOKEN"))),
+            headers={"Accept": "application/json"}, limiter=limiter, reset_after=reset_after,
+        )
+
+    # --- polling ----------------------------------------------------------------------------
+    async def scopes(self) -> list[Scope]:
+        scopes: list[Scope] = []
+        start = 0
+        while True:
+            response = await self.http.get("/rest/api/3/project/search",
+                                            params={"startAt": start, "maxResults": PROJECTS_PAGE})
+            body = self._json(response, "project search")
+            values = body.get("values") or []
+            scopes += [Scope(NAME, str(p["key"]), str(p.get("name") or p["key"])) for p in values]
+            if body.get("isLast", True) or not values:
+                return scopes
+            start += len(values)
+
+    async def changes(self, scope: Scope, since: float | None,
+                      checkpoint: str | None) -> AsyncIterator[Page]:
+        jql = jql_for(scope.key, since)
+        token = checkpoint
+        while True:
+            body = await self._search(jql, token, CHANGES_PAGE)
+            ids = [str(issue["id"]) for issue in body.get("issues") or []]
+            docs = await self._bulkfetch(ids) if ids else []
+            token = body.get("nextPageToken")
+            refs = [Ref(NAME, d.id, d.scope, "sync", d.updated_at, d) for d in docs]
+            high = max((d.updated_at for d in docs), default=None)
+            yield Page(refs=refs, checkpoint=token, high_water=high)
+            if not token:
+                return
+
+    async def live_ids(self, scope: Scope) -> AsyncIterator[str]:
+        jql = jql_for(scope.key, order=False)
+        token: str | None = None
+        while True:
+            body = await self._search(jql, token, LIVE_IDS_PAGE)
+            for issue in body.get("issues") or []:
+                yield str(issue["id"])
+            token = body.get("nextPageToken")
+            if not token:
+                return
+
+    async def fetch(self, ref: Ref) -> Document | Gone:
+        response = await self.http.get(f"/rest/api/3/issue/{ref.id}",
+                                       params={"fields": ",".join(FIELDS)})
+        if response.status_code == 404:
+            return Gone(NAME, ref.id)
+        return to_document(self._json(response, f"issue {ref.id}"), self.base_url)
+
+    async def _search(self, jql: str, token: str | None, max_results: int) -> dict[str, Any]:
+        payload: dict[str, Any] = {"jql": jql, "fields": ["id"], "maxResults": max_results}
+        if token:
+            payload["nextPageToken"] = token
+        response = await self.http.post("/rest/api/3/search/jql", json=payload)
+        return self._json(response, "search")
+
+    async def _bulkfetch(self, ids: list[str]) -> list[Document]:
+        """Full issues for ``ids``; an id Jira leaves out was deleted meanwhile (pruning's job)."""
+        docs: list[Document] = []
+        for start in range(0, len(ids), 100):
+            batch = ids[start : start + 100]
+            response = await self.http.post("/rest/api/3/issue/bulkfetch",
+                                            json={"issueIdsOrKeys": batch, "fields": FIELDS})
+            body = self._json(response, "bulkfetch")
+            if body.get("issueErrors"):
+                # Jira reports retriable per-issue failures here; never drop them silently.
+                raise TransientSourceError(NAME, f"bulkfetch issueErrors: {str(body['issueErrors'])[:300]}")
+            docs += [to_document(issue, self.base_url) for issue in body.get("issues") or []]
+        return docs
+
+    def _json(self, response: httpx.Response, what: str) -> dict[str, Any]:
+        if response.status_code >= 400:  # 404/410 pass through SourceHTTP; here they are errors
+            raise TransientSourceError(NAME, f"{what}: {response.status_code} {response.text[:200]}",
+                                       response.status_code)
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise TransientSourceError(NAME, f"{what}: response is not JSON") from exc
+        if not isinstance(body, dict):
+            raise TransientSourceError(NAME, f"{what}: unexpected response shape")
+        return body
+
+    # --- webhooks ---------------------------------------------------------------------------
+    def verify(self, headers: Mapping[str, str], body: bytes) -> None:
+        secret = str(self.settings.secret("JIRA_WEBHOOK_SECRET"))
+        if not secret:
+            raise NotConfigured("JIRA_WEBHOOK_SECRET is not set; Jira webhooks are refused")
+        given = _header(headers, "X-Hub-Signature") or ""
+        if not given.startswith("sha256="):
+            raise InvalidWebhook("missing or malformed X-Hub-Signature")
+        expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise InvalidWebhook("X-Hub-Signature does not match the body")
+
+    def parse(self, headers: Mapping[str, str], body: bytes) -> WebhookResult:
+        payload = _load(body)
+        delivery = _header(headers, "X-Atlassian-Webhook-Identifier")
+        event = str(payload.get("webhookEvent") or "")
+        stamp = payload.get("timestamp")
+        event_at = stamp / 1000 if isinstance(stamp, (int, float)) else None
+        if event in SCOPE_EVENTS:
+            key = str((payload.get("project") or {}).get("key") or "")
+            if not key:
+                raise MalformedWebhook(f"{event} without project.key")
+            return WebhookResult(delivery_id=delivery, scope_events=[(SCOPE_EVENTS[event], key)])
+        if event not in SYNC_EVENTS and event != "jira:issue_deleted":
+            return WebhookResult(delivery_id=delivery, note=f"ignored Jira event {event or '(none)'}")
+        issue = payload.get("issue")
+        if not isinstance(issue, Mapping) or not issue.get("id"):
+            raise MalformedWebhook(f"{event} without issue.id")
+        project = ((issue.get("fields") or {}).get("project") or {}).get("key") or ""
+        op = "delete" if event == "jira:issue_deleted" else "sync"
+        ref = Ref(NAME, str(issue["id"]), str(project), op, event_at)
+        return WebhookResult(refs=[ref], delivery_id=delivery)
+
+
+def _load(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedWebhook(f"Jira webhook body is not JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise MalformedWebhook("Jira webhook body is not a JSON object")
+    return payload
+
+
+def build(settings: SourceSettings, client: httpx.AsyncClient, limiter: Limiter | None = None,
+          context: SourceContext | None = None) -> JiraSource:
+    return JiraSource(settings, client, limiter, context)
