@@ -1,0 +1,432 @@
+"""GitHub: issues, pull requests (with their conversation) and default-branch commits per repo.
+
+Stable ids (lower-cased, since GitHub names are case-insensitive): ``{owner}/{repo}/issues/{n}``,
+``{owner}/{repo}/pulls/{n}``, ``{owner}/{repo}/commits/{sha}``; the scope key is ``owner/repo``.
+
+- Listing: ``/issues?state=all&since=…&sort=updated&direction=asc`` (it includes pull requests,
+  told apart by their ``pull_request`` key; ``/pulls`` has no ``since``), then ``/commits?since=…``,
+  both followed through ``Link: rel="next"``. The checkpoint is the listing and the next URL.
+- Fetch: an issue or PR plus every issue comment; a commit with its changed files. 404 and 410
+  (deleted), 301 (transferred away) and 422 "No commit found" are ``Gone``; anything else raises.
+- Webhooks: ``X-Hub-Signature-256`` = HMAC-SHA256 of the raw body; GitHub never retries, so the
+  reconciler is what catches a missed delivery.
+- Rate limits: a 403/429 with ``x-ratelimit-remaining: 0`` waits until ``x-ratelimit-reset``; a
+  secondary limit honours ``retry-after`` (else one minute), all through ``SourceHTTP``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import parse_qs, urlencode
+
+import httpx
+
+from core.documents import Document, Gone, Ref
+from core.errors import InvalidWebhook, MalformedWebhook, NotConfigured, PermanentSourceError
+from core.http import Limiter, SourceHTTP, retry_after
+from core.settings import SourceSettings
+from core.sources.base import Page, Scope, WebhookResult
+
+SOURCE = "github"
+PER_PAGE = 100
+#: Seconds to wait on a secondary limit that names no time (GitHub: "at least one minute").
+SECONDARY_WAIT = 60.0
+_REF = re.compile(r"^(?P<repo>[^/]+/[^/]+)/(?P<kind>issues|pulls|commits)/(?P<key>[^/]+)$")
+
+
+# --- pure helpers ------------------------------------------------------------------------------
+def epoch(stamp: str | None) -> float:
+    """GitHub ISO 8601 (``2024-01-01T00:00:00Z`` or with an offset) → epoch seconds; None → 0."""
+    if not stamp:
+        return 0.0
+    parsed = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.timestamp()
+
+
+def iso(seconds: float) -> str:
+    """Epoch seconds → the ``YYYY-MM-DDTHH:MM:SSZ`` GitHub's ``since`` expects (floored)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(seconds)))
+
+
+def repo_key(full_name: str) -> str:
+    """The scope key: ``owner/repo`` lower-cased (GitHub treats names case-insensitively)."""
+    return full_name.strip().lower()
+
+
+def _day(stamp: str | None) -> str:
+    return (stamp or "")[:10]
+
+
+def _login(user: Mapping[str, Any] | None) -> str:
+    return str((user or {}).get("login") or "")
+
+
+def _paragraph(text: str | None) -> str:
+    """Collapse blank lines so one comment stays one paragraph for the chunker."""
+    return re.sub(r"\n\s*\n+", "\n", (text or "").strip())
+
+
+def _comments_text(comments: list[Mapping[str, Any]]) -> list[str]:
+    return [f"Comment by {_login(c.get('user')) or 'unknown'} on {_day(c.get('created_at'))}:\n"
+            f"{_paragraph(c.get('body'))}" for c in comments]
+
+
+def _updated(item: Mapping[str, Any], comments: list[Mapping[str, Any]]) -> float:
+    """The newest of the item's and its comments' ``updated_at`` (epoch seconds)."""
+    return max([epoch(item.get("updated_at"))] + [epoch(c.get("updated_at")) for c in comments])
+
+
+def _labels(item: Mapping[str, Any]) -> list[str]:
+    return [str(label["name"] if isinstance(label, Mapping) else label) for label in item.get("labels") or []]
+
+
+def issue_to_document(repo: str, issue: Mapping[str, Any], comments: list[Mapping[str, Any]]) -> Document:
+    """An issue and its comments → one Document (each comment its own paragraph)."""
+    number, author, labels = int(issue["number"]), _login(issue.get("user")), _labels(issue)
+    header = (f"Issue #{number} in {repo} · {issue.get('state', '')} · opened by {author or 'unknown'} "
+              f"on {_day(issue.get('created_at'))}" + (f" · labels: {', '.join(labels)}" if labels else ""))
+    parts = [str(issue.get("title") or ""), header, _paragraph(issue.get("body")), *_comments_text(comments)]
+    return Document(
+        source=SOURCE, id=f"{repo}/issues/{number}", scope=repo, title=str(issue.get("title") or ""),
+        text="\n\n".join(p for p in parts if p), updated_at=_updated(issue, comments),
+        url=str(issue.get("html_url") or ""), author=author,
+        metadata={"kind": "issue", "repo": repo, "number": number, "state": str(issue.get("state", "")),
+                  "labels": labels, "author": author, "comments": len(comments)},
+    )
+
+
+def pull_to_document(repo: str, pull: Mapping[str, Any], comments: list[Mapping[str, Any]]) -> Document:
+    """A pull request (title, body, state, base/head) and its conversation → one Document."""
+    number, author, labels = int(pull["number"]), _login(pull.get("user")), _labels(pull)
+    state = "merged" if pull.get("merged_at") else str(pull.get("state", ""))
+    head, base = (pull.get("head") or {}).get("ref", ""), (pull.get("base") or {}).get("ref", "")
+    header = (f"Pull request #{number} in {repo} · {state}{' · draft' if pull.get('draft') else ''} · "
+              f"{head} → {base} · opened by {author or 'unknown'} on {_day(pull.get('created_at'))}"
+              + (f" · labels: {', '.join(labels)}" if labels else ""))
+    parts = [str(pull.get("title") or ""), header, _paragraph(pull.get("body")), *_comments_text(comments)]
+    return Document(
+        source=SOURCE, id=f"{repo}/pulls/{number}", scope=repo, title=str(pull.get("title") or ""),
+        text="\n\n".join(p for p in parts if p), updated_at=_updated(pull, comments),
+        url=str(pull.get("html_url") or ""), author=author,
+        metadata={"kind": "pull", "repo": repo, "number": number, "state": state, "labels": labels,
+                  "author": author, "head": head, "base": base, "merged": bool(pull.get("merged_at")),
+                  "draft": bool(pull.get("draft")), "comments": len(comments)},
+    )
+
+
+def commit_to_document(repo: str, commit: Mapping[str, Any]) -> Document:
+    """A commit (message, author, date, changed files when the detail has them) → one Document."""
+    sha, body = str(commit["sha"]), commit.get("commit") or {}
+    person = body.get("author") or {}
+    author = _login(commit.get("author")) or str(person.get("name") or "")
+    message = str(body.get("message") or "")
+    files = sorted((f.get("filename", ""), f.get("status", "")) for f in commit.get("files") or [])
+    lines = [f"Commit {sha[:12]} in {repo} by {author or 'unknown'} on {_day(person.get('date'))}", message]
+    if files:
+        lines.append("Files changed: " + ", ".join(f"{name} ({status})" for name, status in files))
+    committed = (body.get("committer") or {}).get("date") or person.get("date")
+    return Document(
+        source=SOURCE, id=f"{repo}/commits/{sha}", scope=repo, title=message.split("\n", 1)[0][:200],
+        text="\n\n".join(x for x in lines if x), updated_at=epoch(committed),
+        url=str(commit.get("html_url") or ""), author=author,
+        metadata={"kind": "commit", "repo": repo, "sha": sha, "author": author,
+                  "files": [name for name, _ in files]},
+    )
+
+
+def rate_limit_wait(response: httpx.Response, now: float | None = None) -> float | None:
+    """Seconds to wait when ``response`` is a GitHub rate limit (403/429), else None.
+
+    Primary: ``x-ratelimit-remaining: 0`` → until ``x-ratelimit-reset`` (epoch s, +0.5 s since it
+    is rounded). Secondary: ``retry-after``, else one minute. Any other 403 is a real refusal.
+    """
+    if response.status_code not in (403, 429):
+        return None
+    waited = retry_after(response, now)
+    if waited is not None:
+        return waited
+    if response.headers.get("x-ratelimit-remaining") == "0" and "x-ratelimit-reset" in response.headers:
+        reset = float(response.headers["x-ratelimit-reset"])
+        return max(0.0, reset - (time.time() if now is None else now)) + 0.5
+    if response.status_code == 429 or "secondary rate limit" in response.text.lower():
+        return SECONDARY_WAIT
+    return None
+
+
+def _header(headers: Mapping[str, str], name: str) -> str:
+    """Case-insensitive header lookup on a plain dict or Starlette's Headers."""
+    value = headers.get(name)
+    if value is None:
+        lowered = name.lower()
+        value = next((v for k, v in headers.items() if k.lower() == lowered), None)
+    return value or ""
+
+
+# --- the source --------------------------------------------------------------------------------
+class GitHubSource:
+    name = SOURCE
+    pushes = True
+
+    def __init__(self, settings: SourceSettings, client: httpx.AsyncClient, limiter: Limiter | None = None) -> None:
+        self.settings = settings
+        token = settings.secret("GITHUB_TOKEN")
+        self.http = SourceHTTP(
+            SOURCE, client, base_url=settings.get("GITHUB_API_URL") or "https://api.github.com",
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json",
+                     "X-GitHub-Api-Version": "2022-11-28", "User-Agent": "vector-sync"},
+            limiter=limiter, reset_after=rate_limit_wait,
+        )
+
+    # --- reconciler side ----------------------------------------------------------------------
+    async def scopes(self) -> list[Scope]:
+        """The repos named in ``GITHUB_REPOS``; with none named, every repo the token can read."""
+        configured = self.settings.scope_filter()
+        if configured is not None:
+            return [Scope(SOURCE, repo_key(r), r) for r in configured]
+        found = []
+        async for repo in self._items(f"/user/repos?per_page={PER_PAGE}"):
+            found.append(Scope(SOURCE, repo_key(repo["full_name"]), repo["full_name"]))
+        return found
+
+    async def changes(self, scope: Scope, since: float | None, checkpoint: str | None) -> AsyncIterator[Page]:
+        """Issues and PRs updated since ``since`` (oldest first), then commits since then."""
+        state = json.loads(checkpoint) if checkpoint else {"listing": "issues", "next": None}
+        if state["listing"] == "issues":
+            params = {"state": "all", "sort": "updated", "direction": "asc", "per_page": PER_PAGE}
+            url = state["next"] or self._url(scope.key, "issues", params, since)
+            while url:
+                response = await self._list(url)
+                items, url = response.json(), _next(response)
+                refs = [self._item_ref(scope.key, i) for i in items]
+                high = max((epoch(i.get("updated_at")) for i in items), default=None)
+                following = {"listing": "issues", "next": url} if url else {"listing": "commits", "next": None}
+                yield Page(refs, json.dumps(following), high)
+            state = {"listing": "commits", "next": None}
+        url = state["next"] or self._url(scope.key, "commits", {"per_page": PER_PAGE}, since)
+        while url:
+            response = await self._list(url, empty_ok=True)
+            commits, url = (response.json() if response.status_code == 200 else []), _next(response)
+            refs = [Ref(SOURCE, f"{scope.key}/commits/{c['sha']}", scope.key, event_at=_commit_date(c))
+                    for c in commits]
+            high = max((_commit_date(c) for c in commits), default=None)
+            yield Page(refs, json.dumps({"listing": "commits", "next": url}) if url else None, high)
+
+    async def live_ids(self, scope: Scope) -> AsyncIterator[str]:
+        """Every issue and PR number (state=all) and every default-branch commit sha."""
+        async for item in self._items(self._url(scope.key, "issues", {"state": "all", "per_page": PER_PAGE})):
+            yield self._item_ref(scope.key, item).id
+        async for commit in self._items(self._url(scope.key, "commits", {"per_page": PER_PAGE}), empty_ok=True):
+            yield f"{scope.key}/commits/{commit['sha']}"
+
+    # --- worker side --------------------------------------------------------------------------
+    async def fetch(self, ref: Ref) -> Document | Gone:
+        match = _REF.match(ref.id)
+        if not match:
+            raise PermanentSourceError(SOURCE, f"not a GitHub document id: {ref.id!r}")
+        repo, kind, key = match["repo"], match["kind"], match["key"]
+        if kind == "commits":
+            return await self._fetch_commit(ref, repo, key)
+        path = f"/repos/{repo}/{'issues' if kind == 'issues' else 'pulls'}/{key}"
+        # Never follow a 301: a transferred issue lives under another id now.
+        response = await self.http.get(path, follow_redirects=False)
+        if response.status_code in (301, 404, 410) or not _same_repo(response, repo):
+            return Gone(SOURCE, ref.id)
+        item = response.json()
+        comments = [c async for c in self._items(f"/repos/{repo}/issues/{key}/comments?per_page={PER_PAGE}")]
+        if kind == "pulls":
+            return pull_to_document(repo, item, comments)
+        return issue_to_document(repo, item, comments)
+
+    async def _fetch_commit(self, ref: Ref, repo: str, sha: str) -> Document | Gone:
+        try:
+            response = await self.http.get(f"/repos/{repo}/commits/{sha}")
+        except PermanentSourceError as exc:
+            # 422 "No commit found for SHA" and 409 "Git Repository is empty" mean it is not there.
+            if exc.status == 409 or (exc.status == 422 and "no commit found" in exc.detail.lower()):
+                return Gone(SOURCE, ref.id)
+            raise
+        if response.status_code in (404, 410):
+            return Gone(SOURCE, ref.id)
+        return commit_to_document(repo, response.json())
+
+    # --- receiver side ------------------------------------------------------------------------
+    def verify(self, headers: Mapping[str, str], body: bytes) -> None:
+        secret = self.settings.secret("GITHUB_WEBHOOK_SECRET")
+        if not secret:
+            raise NotConfigured("GITHUB_WEBHOOK_SECRET is not set; refusing GitHub webhooks")
+        verify_signature(secret, headers, body)
+
+    def parse(self, headers: Mapping[str, str], body: bytes) -> WebhookResult:
+        return parse_webhook(headers, body)
+
+    # --- plumbing -----------------------------------------------------------------------------
+    def _url(self, repo: str, listing: str, params: dict[str, Any], since: float | None = None) -> str:
+        if since is not None:
+            params = {**params, "since": iso(since)}
+        return f"/repos/{repo}/{listing}?{urlencode(params)}"
+
+    async def _list(self, url: str, empty_ok: bool = False) -> httpx.Response:
+        """One listing page; a 404 repo raises (it is never "everything was deleted")."""
+        try:
+            response = await self.http.get(url)
+        except PermanentSourceError as exc:
+            if empty_ok and exc.status == 409:  # an empty repository has no commits yet
+                return httpx.Response(409, request=httpx.Request("GET", self.http.url(url)))
+            raise
+        if response.status_code != 200:
+            raise PermanentSourceError(SOURCE, f"GET {url} answered {response.status_code}", response.status_code)
+        return response
+
+    async def _items(self, url: str, empty_ok: bool = False) -> AsyncIterator[dict[str, Any]]:
+        next_url: str | None = url
+        while next_url:
+            response = await self._list(next_url, empty_ok)
+            if response.status_code != 200:
+                return
+            for item in response.json():
+                yield item
+            next_url = _next(response)
+
+    @staticmethod
+    def _item_ref(repo: str, item: Mapping[str, Any]) -> Ref:
+        kind = "pulls" if "pull_request" in item else "issues"
+        return Ref(SOURCE, f"{repo}/{kind}/{item['number']}", repo, event_at=epoch(item.get("updated_at")))
+
+
+def _next(response: httpx.Response) -> str | None:
+    return response.links.get("next", {}).get("url")
+
+
+def _commit_date(commit: Mapping[str, Any]) -> float:
+    body = commit.get("commit") or {}
+    return epoch((body.get("committer") or {}).get("date") or (body.get("author") or {}).get("date"))
+
+
+def _same_repo(response: httpx.Response, repo: str) -> bool:
+    """False when a redirect was followed anyway and the item now lives in another repo."""
+    if response.status_code != 200:
+        return True
+    api = str(response.json().get("url") or "")
+    return not api or f"/repos/{repo}/" in api.lower()
+
+
+# --- webhooks (pure) ---------------------------------------------------------------------------
+def verify_signature(secret: str, headers: Mapping[str, str], body: bytes) -> None:
+    """Raise InvalidWebhook unless ``X-Hub-Signature-256`` is HMAC-SHA256(secret, raw body)."""
+    given = _header(headers, "X-Hub-Signature-256")
+    if not given.startswith("sha256="):
+        raise InvalidWebhook("missing or malformed X-Hub-Signature-256")
+    expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise InvalidWebhook("X-Hub-Signature-256 does not match the body")
+
+
+def _payload(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+    """The JSON payload, whether sent as JSON or form-encoded (``payload=<json>``)."""
+    try:
+        if "x-www-form-urlencoded" in _header(headers, "Content-Type") or body.startswith(b"payload="):
+            raw = parse_qs(body.decode(), strict_parsing=True)["payload"][0]
+        else:
+            raw = body.decode()
+        payload = json.loads(raw)
+    except (ValueError, KeyError, UnicodeDecodeError) as exc:
+        raise MalformedWebhook(f"GitHub webhook body is not JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise MalformedWebhook("GitHub webhook body is not a JSON object")
+    return payload
+
+
+def parse_webhook(headers: Mapping[str, str], body: bytes) -> WebhookResult:
+    """A verified delivery → refs to sync/delete, scope events, or the ping reply."""
+    event = _header(headers, "X-GitHub-Event")
+    delivery = _header(headers, "X-GitHub-Delivery") or None
+    if not event:
+        raise MalformedWebhook("missing X-GitHub-Event header")
+    payload = _payload(headers, body)
+    if event == "ping":
+        return WebhookResult(delivery_id=delivery, reply=(200, b'{"ok":true}', "application/json"),
+                             note=f"ping from hook {payload.get('hook_id')}")
+    full_name = (payload.get("repository") or {}).get("full_name")
+    if not full_name:
+        return WebhookResult(delivery_id=delivery, note=f"{event} without a repository ignored")
+    repo = repo_key(full_name)
+    try:
+        handler = _HANDLERS.get(event)
+        if handler is None:
+            return WebhookResult(delivery_id=delivery, note=f"event {event!r} is not synced")
+        result = handler(repo, payload)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MalformedWebhook(f"GitHub {event} payload is missing {exc}") from None
+    return dataclasses.replace(result, delivery_id=delivery)
+
+
+def _item_sync(repo: str, item: Mapping[str, Any], kind: str, event_at: float | None) -> Ref:
+    return Ref(SOURCE, f"{repo}/{kind}/{int(item['number'])}", repo, event_at=event_at)
+
+
+def _on_issues(repo: str, payload: dict[str, Any]) -> WebhookResult:
+    action, issue = payload.get("action", ""), payload["issue"]
+    kind = "pulls" if issue.get("pull_request") else "issues"
+    if action == "deleted":
+        return WebhookResult([Ref(SOURCE, f"{repo}/{kind}/{int(issue['number'])}", repo, op="delete")])
+    if action == "transferred":
+        refs = [Ref(SOURCE, f"{repo}/issues/{int(issue['number'])}", repo, op="delete")]
+        changes = payload.get("changes") or {}
+        new_issue, new_repo = changes.get("new_issue"), (changes.get("new_repository") or {}).get("full_name")
+        if new_issue and new_repo:  # the issue lives on under its new repo's id
+            target = repo_key(new_repo)
+            refs.append(_item_sync(target, new_issue, "issues", epoch(new_issue.get("updated_at")) or None))
+        return WebhookResult(refs)
+    return WebhookResult([_item_sync(repo, issue, kind, epoch(issue.get("updated_at")) or None)])
+
+
+def _on_comment(repo: str, payload: dict[str, Any]) -> WebhookResult:
+    issue, comment = payload["issue"], payload.get("comment") or {}
+    kind = "pulls" if issue.get("pull_request") else "issues"
+    # A deletion's payload predates it; no event time, so the worker always re-fetches.
+    at = None if payload.get("action") == "deleted" else epoch(comment.get("updated_at")) or None
+    return WebhookResult([_item_sync(repo, issue, kind, at)])
+
+
+def _on_pull(repo: str, payload: dict[str, Any]) -> WebhookResult:
+    pull = payload["pull_request"]
+    return WebhookResult([_item_sync(repo, pull, "pulls", epoch(pull.get("updated_at")) or None)])
+
+
+def _on_push(repo: str, payload: dict[str, Any]) -> WebhookResult:
+    if payload.get("deleted"):
+        return WebhookResult(note=f"branch deletion {payload.get('ref')} in {repo}: nothing to sync")
+    default = (payload.get("repository") or {}).get("default_branch") or "main"
+    if payload.get("ref") != f"refs/heads/{default}":
+        # Only the default branch is indexed, matching what live_ids lists for pruning.
+        return WebhookResult(note=f"push to {payload.get('ref')} in {repo} ignored (not {default})")
+    refs = [Ref(SOURCE, f"{repo}/commits/{c['id']}", repo, event_at=epoch(c.get("timestamp")) or None)
+            for c in payload.get("commits") or []]
+    return WebhookResult(refs)
+
+
+def _on_repository(repo: str, payload: dict[str, Any]) -> WebhookResult:
+    action = payload.get("action", "")
+    if action in ("archived", "unarchived", "deleted"):
+        return WebhookResult(scope_events=[(action, repo)])
+    return WebhookResult(note=f"repository.{action} for {repo} ignored")
+
+
+_HANDLERS = {"issues": _on_issues, "issue_comment": _on_comment, "pull_request": _on_pull,
+             "push": _on_push, "repository": _on_repository}
+
+
+def build(settings: SourceSettings, client: httpx.AsyncClient, limiter: Limiter | None = None,
+          context: Any = None) -> GitHubSource:
+    """The GitHub connector; ``context`` is unused (scopes come from GITHUB_REPOS)."""
+    return GitHubSource(settings, client, limiter)
