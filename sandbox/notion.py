@@ -150,6 +150,30 @@ class _Pending:
     task: asyncio.Task[None] | None = None
 
 
+def _endpoint(handler: Any) -> Any:
+    """An API handler: auth, rate limit and version first; NotionError becomes its JSON."""
+    async def wrapped(self: NotionSimulator, request: Request) -> Response:
+        try:
+            version = self._gate(request)
+            return JSONResponse(await handler(self, request, version))
+        except NotionError as err:
+            return err.response()
+    return wrapped
+
+
+def _control(handler: Any) -> Any:
+    """A control-API handler: JSON body in, JSON out, bad input as a Notion 400."""
+    async def wrapped(self: NotionSimulator, request: Request) -> Response:
+        try:
+            body = await request.json() if (await request.body()) else {}
+            return JSONResponse(await handler(self, request, body))
+        except NotionError as err:
+            return err.response()
+        except (ValueError, KeyError, TypeError) as exc:
+            return NotionError(400, "validation_error", f"bad control request: {exc}").response()
+    return wrapped
+
+
 class NotionSimulator(Simulator):
     name = "notion"
 
@@ -444,15 +468,6 @@ class NotionSimulator(Simulator):
             self._bucket, self._bucket_rate = TokenBucket(rate, max(BURST, rate)), rate
         return self._bucket.take()
 
-    def _endpoint(handler: Any) -> Any:  # type: ignore[misc]  # decorator used in the class body
-        async def wrapped(self: NotionSimulator, request: Request) -> Response:
-            try:
-                version = self._gate(request)
-                return JSONResponse(await handler(self, request, version))
-            except NotionError as err:
-                return err.response()
-        return wrapped
-
     # --- API --------------------------------------------------------------------------
     def routes(self) -> list[BaseRoute]:
         return [
@@ -698,17 +713,6 @@ class NotionSimulator(Simulator):
             Route("/webhook/verify", self.c_verify, methods=["POST"]),
             Route("/webhook/flush", self.c_flush, methods=["POST"]),
         ]
-
-    def _control(handler: Any) -> Any:  # type: ignore[misc]
-        async def wrapped(self: NotionSimulator, request: Request) -> Response:
-            try:
-                body = await request.json() if (await request.body()) else {}
-                return JSONResponse(await handler(self, request, body))
-            except NotionError as err:
-                return err.response()
-            except (ValueError, KeyError, TypeError) as exc:
-                return NotionError(400, "validation_error", f"bad control request: {exc}").response()
-        return wrapped
 
     def _control_page(self, request: Request) -> PageRec:
         pid = norm_id(request.path_params["page_id"], "path.page_id")

@@ -278,10 +278,9 @@ class NotionSource:
         data: dict[str, Any] = response.json()
         return data
 
-    async def _search(self, cursor: str | None, sort: bool) -> dict[str, Any]:
-        body: dict[str, Any] = {"filter": {"property": "object", "value": "page"}, "page_size": PAGE_SIZE}
-        if sort:
-            body["sort"] = {"direction": "descending", "timestamp": "last_edited_time"}
+    async def _search(self, cursor: str | None, direction: str) -> dict[str, Any]:
+        body: dict[str, Any] = {"filter": {"property": "object", "value": "page"}, "page_size": PAGE_SIZE,
+                                "sort": {"direction": direction, "timestamp": "last_edited_time"}}
         if cursor:
             body["start_cursor"] = cursor
         data = await self._json("POST", "/v1/search", json=body)
@@ -298,7 +297,7 @@ class NotionSource:
         floor = since // 60 * 60 if since is not None else None
         cursor = checkpoint
         while True:
-            data = await self._search(cursor, sort=True)
+            data = await self._search(cursor, "descending")
             refs, high_water, older = [], None, False
             for raw in data.get("results", []):
                 if raw.get("object") != "page":
@@ -316,12 +315,17 @@ class NotionSource:
                 return
 
     async def live_ids(self, scope: Scope) -> AsyncIterator[str]:
+        # Oldest first: a page edited during the listing moves *ahead* of the cursor and is
+        # listed (again) rather than skipped, so pruning never deletes a live page for it.
         cursor: str | None = None
+        seen: set[str] = set()
         while True:
-            data = await self._search(cursor, sort=False)
+            data = await self._search(cursor, "ascending")
             for raw in data.get("results", []):
-                if raw.get("object") == "page" and not is_trashed(raw):
-                    yield str(raw["id"])
+                pid = str(raw.get("id", ""))
+                if raw.get("object") == "page" and not is_trashed(raw) and pid not in seen:
+                    seen.add(pid)
+                    yield pid
             cursor = data.get("next_cursor") if data.get("has_more") else None
             if not cursor:
                 return

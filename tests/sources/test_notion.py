@@ -355,8 +355,27 @@ def test_changes_pages_with_checkpoints_and_resumes_on_scale() -> None:
         recent = run(env, lambda s: collect(s.changes(SCOPE, since, None)))
         assert 1 <= len(recent) < 5
         assert all(p.high_water is None or p.high_water >= since // 60 * 60 for p in recent)
+        assert _live_ids_with_an_edit_midway(srv) == set(sims["notion"].pages)
     finally:
         srv.stop()
+
+
+def _live_ids_with_an_edit_midway(srv: SandboxServer) -> set[str]:
+    """List live ids, editing a not-yet-listed page after the first page of results: the edit
+    moves it in the sort order, and it must still be listed (else pruning would delete it)."""
+    async def body(source: NotionSource) -> set[str]:
+        ids: list[str] = []
+        async for pid in source.live_ids(SCOPE):
+            ids.append(pid)
+            if len(ids) == 150:
+                unlisted = next(p for p in srv.sims["notion"].pages if p not in ids)  # type: ignore[attr-defined]
+                async with httpx.AsyncClient() as client:
+                    answer = await client.patch(f"{srv.url('notion')}/_sandbox/pages/{unlisted}",
+                                                json={"title": "edited while listing"})
+                    assert answer.status_code == 200
+        assert len(ids) == len(set(ids))
+        return set(ids)
+    return run(srv.env(), body)
 
 
 def test_rate_limited_requests_wait_retry_after_through_source_http(server: SandboxServer,
