@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -21,12 +22,19 @@ from typing import Any
 import httpx
 
 from core.documents import Document, Gone, Ref
-from core.errors import InvalidWebhook, MalformedWebhook, NotConfigured, TransientSourceError
+from core.errors import (
+    InvalidWebhook,
+    MalformedWebhook,
+    NotConfigured,
+    PermanentSourceError,
+    TransientSourceError,
+)
 from core.http import Limiter, SourceHTTP
 from core.settings import SourceSettings
 from core.sources.base import Page, Scope, SourceContext, WebhookResult
 
 NAME = "jira"
+log = logging.getLogger(__name__)
 #: Fields the connector reads; asking for fewer keeps bulkfetch responses small.
 FIELDS = ["summary", "description", "comment", "status", "assignee", "reporter", "labels",
           "priority", "issuetype", "project", "created", "updated"]
@@ -268,7 +276,17 @@ class JiraSource:
         jql = jql_for(scope.key, since)
         token = checkpoint
         while True:
-            body = await self._search(jql, token, CHANGES_PAGE)
+            try:
+                body = await self._search(jql, token, CHANGES_PAGE)
+            except PermanentSourceError as exc:
+                # Page tokens expire (~7 days); a stale checkpoint restarts the listing, which
+                # is idempotent, instead of failing the scope forever.
+                if token != checkpoint or not checkpoint or exc.status != 400:
+                    raise
+                log.warning("jira: checkpoint for %s refused (%s); listing from the start",
+                            scope.key, exc.detail[:120])
+                token = checkpoint = None
+                continue
             ids = [str(issue["id"]) for issue in body.get("issues") or []]
             docs = await self._bulkfetch(ids) if ids else []
             token = body.get("nextPageToken")

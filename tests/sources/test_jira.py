@@ -235,6 +235,13 @@ def test_changes_resume_from_checkpoint_and_report_high_water(scale: SandboxServ
     assert [p.high_water for p in pages] == sorted(p.high_water for p in pages)
 
 
+def test_stale_checkpoint_restarts_the_listing(server: SandboxServer) -> None:
+    scope = Scope("jira", "SUBS")
+    refs = with_source(server, lambda s: collect(s.changes(scope, None, "expired-token")))
+    truth = {str(i.id) for i in sim_of(server).issues.values() if i.key.startswith("SUBS-")}
+    assert {r.id for page in refs for r in page.refs} == truth
+
+
 def test_changes_since_returns_only_recent_updates(server: SandboxServer) -> None:
     with control(server) as ctl:
         created = ctl.post("/issues", json={"project": "WEB", "summary": "fresh change"}).json()
