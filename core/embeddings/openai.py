@@ -1,0 +1,149 @@
+"""OpenAI embeddings through the official ``openai`` SDK (any OpenAI-compatible server works).
+
+Limits respected per request (OpenAI's API reference): at most 2,048 inputs, at most 300,000
+tokens summed, each input at most 8,192 tokens (8,191 on the older model pages: we keep to
+8,191), no empty strings. Tokens are estimated from characters with
+:func:`core.documents.estimate_tokens` (3 characters per token, rounded up), because tiktoken
+downloads its encoding at run time; for English that over-counts by about a third, which keeps
+requests inside the limits with room to spare.
+
+The SDK itself retries connection errors, 408, 409, 429 and 5xx (``max_retries`` times, waiting
+``retry-after-ms``/``retry-after`` when given); whatever is left is raised as
+:class:`core.errors.EmbeddingError`, which the job's retry policy handles.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import openai
+
+from core.documents import CHARS_PER_TOKEN, estimate_tokens
+from core.errors import EmbeddingError
+
+log = logging.getLogger(__name__)
+
+#: Most inputs OpenAI accepts in one request.
+MAX_INPUTS = 2048
+#: Most tokens, summed over the inputs, OpenAI accepts in one request.
+MAX_REQUEST_TOKENS = 300_000
+#: Most tokens one input may have (the stricter of the published 8,191 / 8,192).
+MAX_INPUT_TOKENS = 8191
+#: SDK retries of one request (429 honours Retry-After) before we give up and raise.
+DEFAULT_MAX_RETRIES = 4
+#: Models whose output can be shortened with the ``dimensions`` parameter.
+SHORTENABLE_PREFIX = "text-embedding-3"
+
+
+class OpenAIEmbedder:
+    """An :class:`core.embeddings.Embedder` backed by OpenAI's ``/v1/embeddings``."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str | None = None,
+        model: str = "text-embedding-3-small",
+        dimensions: int = 1536,
+        timeout: float = 30.0,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        max_inputs: int = MAX_INPUTS,
+        max_request_tokens: int = MAX_REQUEST_TOKENS,
+    ) -> None:
+        """``timeout`` is seconds per HTTP attempt; ``base_url`` None means the SDK's own
+        default (``OPENAI_BASE_URL``, else api.openai.com)."""
+        self.model = model
+        self.dimensions = dimensions
+        self.requests = 0
+        self.max_inputs = min(max_inputs, MAX_INPUTS)
+        self.max_request_tokens = min(max_request_tokens, MAX_REQUEST_TOKENS)
+        # Older models (ada-002) refuse the parameter and always answer at their native size.
+        self._send_dimensions = model.startswith(SHORTENABLE_PREFIX)
+        self._client = openai.AsyncOpenAI(
+            api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
+        )
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        """One vector of ``dimensions`` floats per text, in order. Raises EmbeddingError."""
+        prepared = [prepare_input(text, i) for i, text in enumerate(texts)]
+        vectors: list[list[float]] = []
+        for batch in plan_batches(prepared, self.max_inputs, self.max_request_tokens):
+            vectors.extend(await self._embed_batch(batch))
+        return vectors
+
+    async def _embed_batch(self, batch: list[str]) -> list[list[float]]:
+        self.requests += 1
+        try:
+            if self._send_dimensions:
+                response = await self._client.embeddings.create(
+                    model=self.model, input=batch, dimensions=self.dimensions
+                )
+            else:
+                response = await self._client.embeddings.create(model=self.model, input=batch)
+        except openai.APIStatusError as exc:
+            raise EmbeddingError(
+                f"OpenAI embeddings failed with HTTP {exc.status_code}: {_message(exc)}"
+            ) from exc
+        except openai.OpenAIError as exc:
+            raise EmbeddingError(f"OpenAI embeddings failed: {type(exc).__name__}: {exc}") from exc
+        return self._check(response, len(batch))
+
+    def _check(self, response: object, expected: int) -> list[list[float]]:
+        data = sorted(getattr(response, "data", []), key=lambda item: item.index)
+        if len(data) != expected:
+            raise EmbeddingError(f"OpenAI returned {len(data)} embeddings for {expected} inputs")
+        vectors = [list(item.embedding) for item in data]
+        for vector in vectors:
+            if len(vector) != self.dimensions:
+                raise EmbeddingError(
+                    f"OpenAI returned {len(vector)} dimensions, expected {self.dimensions} "
+                    f"(model {self.model})"
+                )
+        return vectors
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+def prepare_input(text: str, position: int = 0) -> str:
+    """Make one text acceptable: a space for an empty string, truncated past 8,191 tokens.
+
+    Chunking upstream keeps chunks far below the limit, so truncation is a safety net; it is
+    logged because the tail of the text is then not represented in the vector.
+    """
+    if not text:
+        return " "  # OpenAI refuses empty strings; a space embeds as "nothing".
+    if estimate_tokens(text) <= MAX_INPUT_TOKENS:
+        return text
+    keep = int((MAX_INPUT_TOKENS - 1) * CHARS_PER_TOKEN)
+    log.warning(
+        "embedding input %d truncated from %d to %d characters (over %d estimated tokens)",
+        position, len(text), keep, MAX_INPUT_TOKENS,
+    )
+    return text[:keep]
+
+
+def plan_batches(texts: list[str], max_inputs: int = MAX_INPUTS,
+                 max_tokens: int = MAX_REQUEST_TOKENS) -> Iterator[list[str]]:
+    """Split ``texts`` in order into requests of at most ``max_inputs`` and ``max_tokens``."""
+    batch: list[str] = []
+    tokens = 0
+    for text in texts:
+        cost = estimate_tokens(text)
+        if batch and (len(batch) >= max_inputs or tokens + cost > max_tokens):
+            yield batch
+            batch, tokens = [], 0
+        batch.append(text)
+        tokens += cost
+    if batch:
+        yield batch
+
+
+def _message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+    return str(exc)
