@@ -317,12 +317,12 @@ class GitHubSimulator(Simulator):
             if refused is not None:  # a bad token is charged to the anonymous budget
                 self._rate_headers(refused, *self._budget("anonymous"))
                 return refused
+            budget, limit = self._budget(caller)
             if self.secondary_remaining > 0:
                 self.secondary_remaining -= 1
-                return self._secondary_limited()
-            budget, limit = self._budget(caller)
-            if counts and limit and budget.used >= limit:
-                response: Response = error(
+                response: Response = self._secondary_limited()
+            elif counts and limit and budget.used >= limit:
+                response = error(
                     self.limit_status,
                     f"API rate limit exceeded for {caller}. (But here's the good news: "
                     "Authenticated requests get a higher rate limit.)",
@@ -355,7 +355,9 @@ class GitHubSimulator(Simulator):
         if caller == "anonymous":
             return budget, ANONYMOUS_LIMIT
         knob = self.knobs.rate_limit
-        return budget, DEFAULT_PRIMARY_LIMIT if knob is None else int(knob)
+        if knob is None:
+            return budget, DEFAULT_PRIMARY_LIMIT
+        return budget, max(1, round(knob)) if knob > 0 else 0  # 0 = unlimited
 
     def _rate_headers(self, response: Response, budget: RateWindow, limit: int) -> None:
         shown = limit or DEFAULT_PRIMARY_LIMIT  # unlimited still shows GitHub's usual figure

@@ -206,6 +206,7 @@ def test_primary_limit_exhaustion_and_secondary_limit(world: dict[str, Any]) -> 
         api.put("/_sandbox/ratelimit", json={"secondary": 1, "retry_after": 7})
         second = api.get("/repos/acme/api")
         assert second.status_code == 403 and second.headers["retry-after"] == "7"
+        assert second.headers["x-ratelimit-remaining"] != "0"  # not the primary limit
         assert "secondary rate limit" in second.json()["message"]
         assert api.get("/repos/acme/api").status_code == 200
     finally:
