@@ -64,9 +64,10 @@ def sim(server: SandboxServer) -> NotionSimulator:
 
 
 @pytest.fixture()
-def sink(server: SandboxServer) -> Iterator[Sink]:
+def sink(server: SandboxServer, sim: NotionSimulator) -> Iterator[Sink]:
     sink = server.sims["sink"]
     assert isinstance(sink, Sink)
+    server.run_coroutine(sim.drain(10))  # earlier tests' events must not land in this one
     sink.received.clear()
     yield sink
     sink.statuses.clear()
@@ -367,7 +368,7 @@ def test_scale_profile_pages_through_search(server: SandboxServer) -> None:
         srv.stop()
 
 
-def test_drain_is_usable_from_the_sandbox_loop(server: SandboxServer, sim: NotionSimulator) -> None:
+def test_drain_flushes_pending_aggregation(server: SandboxServer, sim: NotionSimulator, sink: Sink) -> None:
     # drain() flushes pending aggregation at once instead of waiting for the window.
     control(server, "PUT", "/settings", {"aggregation_window": 30})
     page = next(p for p in sim.pages.values() if p.title == "Onboarding guide")
@@ -375,5 +376,5 @@ def test_drain_is_usable_from_the_sandbox_loop(server: SandboxServer, sim: Notio
     assert sim._pending
     server.run_coroutine(sim.drain(5))
     assert not sim._pending
+    assert [e["type"] for e in sink.events()] == ["page.content_updated"]
     control(server, "PUT", "/settings", {"aggregation_window": 1.0})
-    assert asyncio.iscoroutinefunction(sim.drain)

@@ -237,6 +237,7 @@ def test_parse_refuses_non_json(server: SandboxServer) -> None:
 def test_simulator_events_verify_and_aggregate_into_one_ref(server: SandboxServer, sim: NotionSimulator) -> None:
     sink = server.sims["sink"]
     assert isinstance(sink, Sink)
+    server.run_coroutine(sim.drain(10))  # earlier tests' events must not land in this one
     sink.received.clear()
     control(server, "PUT", "/settings", {"aggregation_window": 0.3})
     page = by_title(sim, "Customer interview notes")
