@@ -554,27 +554,45 @@ class SlackSimulator(Simulator):
         return channel.render(ts)
 
     def delete_message(self, channel_id: str, ts: str) -> None:
-        """Deletes a message. A root that still has replies stays as a tombstone, as in Slack."""
+        """Deletes a message, firing what Slack fires.
+
+        A root that still has replies stays as a tombstone and Slack announces that as a
+        ``message_changed`` whose message is the tombstone; when the last reply of such a thread
+        goes, the tombstone goes too, with its own ``message_deleted``.
+        """
         channel = self._channel(channel_id)
         message = channel.messages.get(ts)
         if message is None or message.get("subtype") == "tombstone":
             raise SlackError("message_not_found")
         previous = channel.render(ts)
         root = message.get("thread_ts", ts)
+        if root == ts and channel.threads.get(ts):
+            channel.messages[ts] = {
+                "type": "message", "subtype": "tombstone", "hidden": True, "user": "USLACKBOT",
+                "text": TOMBSTONE_TEXT, "ts": ts, "thread_ts": ts, "parent_user_id": "USLACKBOT",
+                "team": TEAM_ID,
+            }
+            event_ts = channel.next_ts()
+            self._fire_message(channel, {
+                "type": "message", "subtype": "message_changed", "hidden": True, "ts": event_ts,
+                "event_ts": event_ts, "message": channel.render(ts), "previous_message": previous,
+            })
+            return
         if root != ts:
             channel.threads[root].remove(ts)
             del channel.messages[ts]
-            if not channel.threads[root]:
-                del channel.threads[root]
-                if channel.messages[root].get("subtype") == "tombstone":
-                    channel.remove_root(root)  # the last reply of a deleted thread: all gone
-        elif channel.threads.get(ts):
-            channel.messages[ts] = {
-                "type": "message", "subtype": "tombstone", "hidden": True, "user": "USLACKBOT",
-                "text": TOMBSTONE_TEXT, "ts": ts, "thread_ts": ts, "team": TEAM_ID,
-            }
         else:
             channel.remove_root(ts)
+        self._fire_deleted(channel, ts, previous)
+        if root != ts and not channel.threads[root]:
+            del channel.threads[root]
+            if channel.messages[root].get("subtype") == "tombstone":
+                tombstone = channel.render(root) | {"reply_count": 0, "reply_users": [],
+                                                    "reply_users_count": 0}
+                channel.remove_root(root)  # the last reply of a deleted thread: all gone
+                self._fire_deleted(channel, root, tombstone)
+
+    def _fire_deleted(self, channel: Channel, ts: str, previous: dict[str, Any]) -> None:
         event_ts = channel.next_ts()
         self._fire_message(channel, {
             "type": "message", "subtype": "message_deleted", "hidden": True, "ts": event_ts,

@@ -312,14 +312,24 @@ def test_edit_delete_and_tombstone_events(
     assert changed["message"]["thread_ts"] == root["ts"] and changed["message"]["edited"]["ts"] == changed["ts"]
     assert changed["previous_message"]["text"] == "v16?"
     assert deleted_lone["subtype"] == "message_deleted" and deleted_lone["deleted_ts"] == lone["ts"]
-    assert deleted_root["deleted_ts"] == root["ts"] and deleted_root["previous_message"]["reply_count"] == 1
-    # A root with replies stays as a tombstone; deleting its last reply removes the thread.
+    # A root with replies becomes a tombstone, announced as message_changed.
+    assert deleted_root["subtype"] == "message_changed" and deleted_root["message"]["ts"] == root["ts"]
+    assert deleted_root["message"]["subtype"] == "tombstone"
+    assert deleted_root["previous_message"]["reply_count"] == 1
     thread = client.conversations_replies(channel=eng, ts=root["ts"])["messages"]
     assert thread[0]["subtype"] == "tombstone" and thread[1]["text"] == "v17"
+    # Deleting its last reply removes the thread, tombstone included.
+    start = len(receiver.requests)
     assert control.delete("/messages", params={"channel": eng, "ts": reply["ts"]}).status_code == 204
+    drain(sandbox)
+    gone_reply, gone_tombstone = (e["event"] for e in events_since(receiver, start))
+    assert gone_reply["deleted_ts"] == reply["ts"] and gone_reply["previous_message"]["thread_ts"] == root["ts"]
+    assert gone_tombstone["deleted_ts"] == root["ts"]
+    assert gone_tombstone["previous_message"]["subtype"] == "tombstone"
     with pytest.raises(SlackApiError) as caught:
         client.conversations_replies(channel=eng, ts=root["ts"])
     assert caught.value.response["error"] == "thread_not_found"
+    assert root["ts"] not in [m["ts"] for m in client.conversations_history(channel=eng)["messages"]]
     assert control.delete("/messages", params={"channel": eng, "ts": lone["ts"]}).status_code == 404
 
 

@@ -418,3 +418,56 @@ def test_429_retry_after_is_honoured_then_surfaced(
 def test_bad_lookback_setting_is_one_line_error(sandbox: tuple[SandboxServer, SlackSimulator]) -> None:
     with pytest.raises(SettingsError, match="SLACK_THREAD_LOOKBACK"):
         build(settings_for(sandbox[0].env(), SLACK_THREAD_LOOKBACK="soon"), httpx.AsyncClient())
+
+
+def test_deleted_root_with_replies_keeps_the_replies_until_they_go(
+    sandbox: tuple[SandboxServer, SlackSimulator], sim: SlackSimulator
+) -> None:
+    cid = channel_id(sim, "general")
+    with control(sandbox) as http:
+        root = http.post("/messages", json={"channel": cid, "text": "Incident: search is down"}).json()["ts"]
+        reply = http.post("/messages", json={"channel": cid, "text": "Root cause: full disk",
+                                             "thread_ts": root}).json()["ts"]
+        sandbox[0].run_coroutine(sim.webhooks.drain(5))
+        (tombstoned,) = deliveries_of(sandbox, lambda: http.delete("/messages",
+                                                                   params={"channel": cid, "ts": root}))
+    (ref,) = parse_event(json.dumps(tombstoned).encode()).refs
+    assert (ref.id, ref.op) == (f"{cid}:{root}", "sync")
+
+    async def body(source: SlackSource) -> tuple[Document | Gone, list[Ref], Document | Gone]:
+        kept = await source.fetch(ref)
+        with control(sandbox) as http:
+            events = deliveries_of(sandbox, lambda: http.delete("/messages",
+                                                                params={"channel": cid, "ts": reply}))
+        refs = [r for e in events for r in parse_event(json.dumps(e).encode()).refs]
+        return kept, refs, await source.fetch(ref)
+
+    kept, refs, after = with_source(sandbox, body)
+    assert isinstance(kept, Document) and "Root cause: full disk" in kept.text
+    assert "Incident" not in kept.text and kept.title.endswith("(deleted message)")
+    assert [(r.id, r.op) for r in refs] == [(f"{cid}:{root}", "sync"), (f"{cid}:{root}", "delete")]
+    assert isinstance(after, Gone)
+
+
+def test_scale_channel_lists_completely() -> None:
+    sims = create_simulators(["slack"], profile="scale")
+    sim = sims["slack"]
+    assert isinstance(sim, SlackSimulator)
+    sim.knobs.rate_limit = 0
+    server = SandboxServer(sims).start()
+    try:
+        busiest = max(sim.channels.values(), key=lambda c: len(c.roots))
+
+        async def body(source: SlackSource) -> tuple[list[Any], list[str]]:
+            scope = Scope("slack", busiest.id)
+            pages = await collect(source, scope)
+            return pages, [i async for i in source.live_ids(scope)]
+
+        pages, live = with_source((server, sim), body)
+    finally:
+        server.stop()
+    expected = {f"{busiest.id}:{ts}" for ts in sim.truth(busiest)["threads"]}
+    ids = [r.id for p in pages for r in p.refs]
+    assert len(pages) > 1 and len(ids) == len(set(ids)) and set(ids) == expected == set(live)
+    threaded = {f"{busiest.id}:{ts}" for ts, replies in busiest.threads.items() if replies}
+    assert {r.id for p in pages for r in p.refs if r.document is None} == threaded
