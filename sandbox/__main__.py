@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from sandbox.server import SIMULATORS, SandboxServer, create_simulators
 
@@ -22,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="receiver base URL; webhooks go to {url}/webhooks/{source}")
     parser.add_argument("--print-env", action="store_true",
                         help="print NAME=value settings for vector-sync, one a line, then serve")
+    parser.add_argument("--trickle", type=float, default=0.0,
+                        help="every N seconds each simulator makes one live edit (0: off)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = sorted(set(names) - set(SIMULATORS))
@@ -34,10 +38,15 @@ def main(argv: list[str] | None = None) -> int:
         for name, value in sorted(server.env().items()):
             print(f"{name}={value}")
         sys.stdout.flush()
-    try:
-        server.serve()
-    except KeyboardInterrupt:
-        pass
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    server.start()
+    if args.trickle:
+        server.start_trickle(args.trickle)
+    print("# ready", flush=True)
+    stop.wait()
+    server.stop()
     return 0
 
 

@@ -192,6 +192,9 @@ class Simulator:
     def seed(self, profile: str, rng: random.Random, world: dict[str, Any]) -> None:
         """Fill state for ``profile`` ("empty", "small", "scale")."""
 
+    async def trickle(self, rng: random.Random) -> None:
+        """Make one realistic live edit (firing webhooks), for sandbox mode's trickle."""
+
     # --- shared -------------------------------------------------------------------------
     @property
     def app(self) -> ASGIApp:

@@ -105,6 +105,21 @@ class SandboxServer:
     def serve(self) -> None:
         asyncio.run(self._serve())
 
+    async def _trickle(self, every: float) -> None:
+        rng = random.Random(0)
+        while True:
+            await asyncio.sleep(every)
+            for sim in self.sims.values():
+                try:
+                    await sim.trickle(rng)
+                except Exception as exc:  # a failed edit must not stop the sandbox
+                    print(f"sandbox: {sim.name} trickle failed: {exc}", flush=True)
+
+    def start_trickle(self, every: float) -> None:
+        """Every ``every`` seconds, each simulator makes one live edit."""
+        assert self._loop is not None, "sandbox not started"
+        self._trickle_task = asyncio.run_coroutine_threadsafe(self._trickle(every), self._loop)
+
     def start(self) -> SandboxServer:
         started = threading.Event()
         self._thread = threading.Thread(

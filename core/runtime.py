@@ -1,0 +1,128 @@
+"""What a process holds while it runs: the pool, the index, the broker, and the connectors.
+
+``Services`` is built once per process from ``Settings`` (``open_services``) and closed at exit.
+``SourceSet`` builds connectors lazily inside the running event loop (an ``httpx.AsyncClient``
+and an async Redis client belong to the loop that made them), each with the request budget
+shared through Redis and a ``SourceContext`` that reads our own state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import redis.asyncio as aioredis
+from dramatiq.brokers.redis import RedisBroker
+from psycopg_pool import ConnectionPool
+
+from core import state
+from core.errors import NotConfigured, SettingsError
+from core.index import VectorIndex, build_index
+from core.queue import make_broker
+from core.ratelimit import RedisRateLimiter
+from core.settings import Settings
+from core.sources import Scope, Source, build_source
+
+
+@dataclass
+class Services:
+    settings: Settings
+    pool: ConnectionPool
+    index: VectorIndex
+    broker: RedisBroker
+
+    def close(self) -> None:
+        self.index.close()
+        self.pool.close()
+        self.broker.close()
+
+
+def require_urls(settings: Settings) -> None:
+    """Processes started on their own need real URLs; ``vector-sync up`` provides embedded ones."""
+    for name, value in (("DATABASE_URL", settings.database_url), ("REDIS_URL", settings.redis_url)):
+        if not value:
+            raise SettingsError(
+                f"{name} is not set: run 'vector-sync up' (or 'make run') to use the embedded "
+                f"defaults, or set {name}"
+            )
+
+
+def open_services(
+    settings: Settings, *, migrate: bool = True, broker_middleware: list[Any] | None = None,
+    pool_size: int = 8,
+) -> Services:
+    require_urls(settings)
+    pool = state.open_pool(settings.database_url, max_size=pool_size)
+    try:
+        if migrate:
+            state.migrate(pool)
+        index = build_index(settings, pool)
+        broker = make_broker(settings.redis_url, middleware=broker_middleware)
+    except BaseException:
+        pool.close()
+        raise
+    return Services(settings, pool, index, broker)
+
+
+class DatabaseContext:
+    """SourceContext over the ``scopes`` table (which Jira projects are active, …)."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+
+    async def active_scopes(self, source: str) -> list[Scope]:
+        def query() -> list[Scope]:
+            with self.pool.connection() as conn:
+                rows = conn.execute(
+                    "SELECT key, name FROM scopes WHERE source = %s AND active ORDER BY key",
+                    (source,),
+                ).fetchall()
+            return [Scope(source, key, name) for key, name in rows]
+
+        return await asyncio.to_thread(query)
+
+
+@dataclass
+class SourceSet:
+    """Connectors for the configured sources, built on first use in the current event loop."""
+
+    settings: Settings
+    pool: ConnectionPool
+    max_wait: float = 30.0
+    _client: httpx.AsyncClient | None = None
+    _redis: aioredis.Redis | None = None
+    _sources: dict[str, Source] = field(default_factory=dict)
+
+    def get(self, name: str) -> Source:
+        if name in self._sources:
+            return self._sources[name]
+        if name not in self.settings.sources:
+            raise NotConfigured(f"unknown source {name!r}")
+        source_settings = self.settings.source(name)
+        if not source_settings.configured:
+            raise NotConfigured(f"{name} is not configured (set its credentials)")
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.settings.http_timeout, connect=5.0),
+                transport=httpx.AsyncHTTPTransport(retries=1),
+                limits=httpx.Limits(max_connections=50),
+            )
+            self._redis = aioredis.from_url(self.settings.redis_url)
+        limiter = RedisRateLimiter(self._redis, name, source_settings.rate, max_wait=self.max_wait)
+        source = build_source(source_settings, self._client, limiter, DatabaseContext(self.pool))
+        self._sources[name] = source
+        return source
+
+    def configured(self) -> list[str]:
+        return self.settings.configured_sources()
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+        if self._redis is not None:
+            await self._redis.aclose()
+        self._client = None
+        self._redis = None
+        self._sources.clear()

@@ -1,0 +1,93 @@
+"""Scopes: the units the reconciler polls (Jira projects, Slack channels, GitHub repos, accounts).
+
+Discovery inserts what a source lists; whether a new scope starts active follows the source's
+configured filter (``JIRA_PROJECTS``, ``SLACK_CHANNELS``, ``GITHUB_REPOS``: ``*`` = all).
+Deactivating stops syncing but keeps what is indexed unless asked to purge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from psycopg_pool import ConnectionPool
+
+from core import state
+from core.documents import Ref, split_doc_id
+from core.settings import SourceSettings
+from core.sources import Scope
+
+
+def upsert_discovered(pool: ConnectionPool, settings: SourceSettings, found: Iterable[Scope]) -> int:
+    """Insert newly listed scopes (active per configuration) and refresh names; returns new ones."""
+    wanted = settings.scope_filter()
+    new = 0
+    with pool.connection() as conn:
+        for scope in found:
+            active = wanted is None or scope.key in wanted or scope.name in wanted
+            cur = conn.execute(
+                """INSERT INTO scopes (source, key, name, active) VALUES (%s, %s, %s, %s)
+                   ON CONFLICT (source, key) DO UPDATE SET name = excluded.name
+                   RETURNING (xmax = 0)""",
+                (scope.source, scope.key, scope.name, active),
+            )
+            row = cur.fetchone()
+            new += int(bool(row and row[0]))
+    return new
+
+
+def list_scopes(pool: ConnectionPool, source: str | None = None) -> list[dict[str, Any]]:
+    with state.dict_cursor(pool) as cur:
+        cur.execute(
+            """SELECT source, key, name, active, cursor, last_success_at, last_attempt_at,
+                      last_error, last_error_at, next_due_at, last_pruned_at
+               FROM scopes WHERE %(source)s::text IS NULL OR source = %(source)s
+               ORDER BY source, key""",
+            {"source": source},
+        )
+        return list(cur.fetchall())
+
+
+def set_active(pool: ConnectionPool, source: str, keys: list[str], active: bool) -> list[str]:
+    """Activate or deactivate scopes; returns the keys that exist (and were set)."""
+    with pool.connection() as conn:
+        rows = conn.execute(
+            """UPDATE scopes SET active = %s,
+                   next_due_at = CASE WHEN %s THEN now() ELSE next_due_at END
+               WHERE source = %s AND key = ANY(%s) RETURNING key""",
+            (active, active, source, keys),
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def ensure_scope(pool: ConnectionPool, source: str, key: str, name: str = "", active: bool = True) -> None:
+    with pool.connection() as conn:
+        conn.execute(
+            """INSERT INTO scopes (source, key, name, active) VALUES (%s, %s, %s, %s)
+               ON CONFLICT (source, key) DO NOTHING""",
+            (source, key, name, active),
+        )
+
+
+def purge_refs(pool: ConnectionPool, source: str, key: str) -> list[Ref]:
+    """Delete refs for every live document of a scope (a deleted repo or channel)."""
+    refs = []
+    for document_id in state.live_document_ids(pool, source, key):
+        _, stable = split_doc_id(document_id)
+        refs.append(Ref(source=source, id=stable, scope=key, op="delete"))
+    return refs
+
+
+def apply_events(pool: ConnectionPool, source: str, events: list[tuple[str, str]]) -> list[Ref]:
+    """Lifecycle events from webhooks: archived/unarchived toggle polling; deleted purges."""
+    refs: list[Ref] = []
+    for kind, key in events:
+        if kind == "archived":
+            set_active(pool, source, [key], False)
+        elif kind in ("unarchived", "created"):
+            ensure_scope(pool, source, key)
+            set_active(pool, source, [key], True)
+        elif kind == "deleted":
+            set_active(pool, source, [key], False)
+            refs.extend(purge_refs(pool, source, key))
+    return refs

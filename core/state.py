@@ -1,0 +1,327 @@
+"""Postgres state: connection pool, migrations, and the queries every process shares.
+
+Migrations are the numbered ``core/migrations/*.sql`` files, applied in order inside one
+transaction that holds an advisory lock, and recorded in ``schema_migrations``; so several
+processes starting at once apply each file exactly once, and running them again is harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+#: Arbitrary, fixed: the advisory lock key that serialises migrations.
+MIGRATION_LOCK = 7_214_553_901
+
+
+def open_pool(database_url: str, *, min_size: int = 1, max_size: int = 8) -> ConnectionPool:
+    """A pool that fails fast (10 s) when the database cannot be reached."""
+    pool = ConnectionPool(
+        database_url,
+        min_size=min_size,
+        max_size=max_size,
+        open=False,
+        kwargs={"autocommit": True},
+        name="vector-sync",
+    )
+    pool.open(wait=True, timeout=10)
+    return pool
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(number, name, sql) of every migration file, in order."""
+    folder = resources.files("core") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            number = int(entry.name.split("_", 1)[0])
+            found.append((number, entry.name, entry.read_text()))
+    return sorted(found)
+
+
+def migrate(pool: ConnectionPool) -> list[str]:
+    """Apply pending migrations; returns the names applied (empty when up to date)."""
+    applied: list[str] = []
+    with pool.connection() as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   version integer PRIMARY KEY,
+                   name text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        for number, name, sql in migrations():
+            if number in done:
+                continue
+            conn.execute(sql)  # type: ignore[arg-type]  # trusted files shipped with the package
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (number, name)
+            )
+            applied.append(name)
+    return applied
+
+
+def check(pool: ConnectionPool) -> None:
+    with pool.connection(timeout=5) as conn:
+        conn.execute("SELECT 1")
+
+
+# --- documents ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DocumentRow:
+    document_id: str
+    source: str
+    scope: str
+    content_hash: str | None
+    metadata_hash: str | None
+    source_updated_at: float | None
+    chunk_count: int
+    deleted_at: datetime | None
+
+
+def get_documents(pool: ConnectionPool, document_ids: list[str]) -> dict[str, DocumentRow]:
+    if not document_ids:
+        return {}
+    with pool.connection() as conn:
+        rows = conn.execute(
+            """SELECT document_id, source, scope, content_hash, metadata_hash,
+                      source_updated_at, chunk_count, deleted_at
+               FROM documents WHERE document_id = ANY(%s)""",
+            (document_ids,),
+        ).fetchall()
+    return {row[0]: DocumentRow(*row) for row in rows}
+
+
+def record_indexed(
+    pool: ConnectionPool,
+    *,
+    document_id: str,
+    source: str,
+    scope: str,
+    title: str,
+    url: str,
+    content_hash: str,
+    metadata_hash: str,
+    source_updated_at: float,
+    chunk_count: int,
+) -> None:
+    with pool.connection() as conn:
+        conn.execute(
+            """INSERT INTO documents (document_id, source, scope, title, url, content_hash,
+                   metadata_hash, source_updated_at, chunk_count, indexed_at, checked_at, deleted_at,
+                   last_error, last_error_at)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now(), now(), NULL, NULL, NULL)
+               ON CONFLICT (document_id) DO UPDATE SET
+                   source = excluded.source, scope = excluded.scope, title = excluded.title,
+                   url = excluded.url, content_hash = excluded.content_hash,
+                   metadata_hash = excluded.metadata_hash,
+                   source_updated_at = excluded.source_updated_at,
+                   chunk_count = excluded.chunk_count, indexed_at = now(), checked_at = now(),
+                   deleted_at = NULL,
+                   last_error = NULL, last_error_at = NULL""",
+            (document_id, source, scope, title, url, content_hash, metadata_hash,
+             source_updated_at, chunk_count),
+        )
+
+
+def record_deleted(pool: ConnectionPool, document_id: str, source: str) -> None:
+    with pool.connection() as conn:
+        conn.execute(
+            """INSERT INTO documents (document_id, source, chunk_count, deleted_at, checked_at)
+               VALUES (%s, %s, 0, now(), now())
+               ON CONFLICT (document_id) DO UPDATE SET
+                   chunk_count = 0, deleted_at = now(), checked_at = now(), content_hash = NULL,
+                   metadata_hash = NULL, last_error = NULL""",
+            (document_id, source),
+        )
+
+
+def mark_checked(pool: ConnectionPool, document_ids: list[str]) -> None:
+    """Note that a job looked at these documents and found nothing to change."""
+    if document_ids:
+        with pool.connection() as conn:
+            conn.execute(
+                "UPDATE documents SET checked_at = now() WHERE document_id = ANY(%s)", (document_ids,)
+            )
+
+
+def record_document_error(pool: ConnectionPool, document_id: str, source: str, error: str) -> None:
+    with pool.connection() as conn:
+        conn.execute(
+            """INSERT INTO documents (document_id, source, last_error, last_error_at)
+               VALUES (%s, %s, %s, now())
+               ON CONFLICT (document_id) DO UPDATE SET
+                   last_error = excluded.last_error, last_error_at = now()""",
+            (document_id, source, error[:2000]),
+        )
+
+
+def live_document_ids(pool: ConnectionPool, source: str, scope: str) -> list[str]:
+    with pool.connection() as conn:
+        rows = conn.execute(
+            """SELECT document_id FROM documents
+               WHERE source = %s AND scope = %s AND deleted_at IS NULL AND chunk_count > 0""",
+            (source, scope),
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def indexed_before(pool: ConnectionPool, document_ids: list[str], moment: datetime) -> list[str]:
+    """Those of ``document_ids`` last indexed before ``moment`` (prune must spare the rest)."""
+    if not document_ids:
+        return []
+    with pool.connection() as conn:
+        rows = conn.execute(
+            """SELECT document_id FROM documents
+               WHERE document_id = ANY(%s) AND (indexed_at IS NULL OR indexed_at < %s)""",
+            (document_ids, moment),
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+# --- per-source counters --------------------------------------------------------------------
+
+_COUNTERS = ("synced", "unchanged", "metadata_only", "deleted", "stale_ignored", "failed")
+
+
+def bump_source_stats(
+    pool: ConnectionPool, source: str, counts: Mapping[str, int], error: str | None = None
+) -> None:
+    counts = {k: int(v) for k, v in counts.items() if k in _COUNTERS and v}
+    if not counts and error is None:
+        return
+    columns = ", ".join(["source", *counts])
+    placeholders = ", ".join(["%s"] * (1 + len(counts)))
+    updates = [f"{k} = source_stats.{k} + excluded.{k}" for k in counts]
+    if any(k != "failed" for k in counts):
+        updates.append("last_sync_at = now()")
+    if error is not None:
+        updates += ["last_error = %s", "last_error_at = now()"]
+    sql = (
+        f"INSERT INTO source_stats ({columns}) VALUES ({placeholders}) "
+        f"ON CONFLICT (source) DO UPDATE SET {', '.join(updates) or 'source = excluded.source'}"
+    )
+    params: list[Any] = [source, *counts.values()]
+    if error is not None:
+        params.append(error[:2000])
+    with pool.connection() as conn:
+        conn.execute(sql, params)  # type: ignore[arg-type]
+
+
+def record_webhook(pool: ConnectionPool, source: str, *, rejected: str | None = None) -> None:
+    with pool.connection() as conn:
+        if rejected is None:
+            conn.execute(
+                """INSERT INTO source_stats (source, webhooks_received, last_webhook_at)
+                   VALUES (%s, 1, now())
+                   ON CONFLICT (source) DO UPDATE SET
+                       webhooks_received = source_stats.webhooks_received + 1,
+                       last_webhook_at = now()""",
+                (source,),
+            )
+        else:
+            conn.execute(
+                """INSERT INTO source_stats (source, webhooks_rejected, last_rejection,
+                       last_rejection_at)
+                   VALUES (%s, 1, %s, now())
+                   ON CONFLICT (source) DO UPDATE SET
+                       webhooks_rejected = source_stats.webhooks_rejected + 1,
+                       last_rejection = excluded.last_rejection, last_rejection_at = now()""",
+                (source, rejected[:500]),
+            )
+
+
+# --- deliveries (webhook de-duplication) ----------------------------------------------------
+
+
+def claim_delivery(pool: ConnectionPool, source: str, delivery_id: str, ttl_s: float = 7 * 86400) -> bool:
+    """True the first time a delivery id is seen (within its TTL), False for a duplicate."""
+    with pool.connection() as conn:
+        row = conn.execute(
+            """INSERT INTO deliveries (source, delivery_id, expires_at)
+               VALUES (%s, %s, now() + make_interval(secs => %s))
+               ON CONFLICT (source, delivery_id) DO UPDATE
+                   SET expires_at = excluded.expires_at
+                   WHERE deliveries.expires_at < now()
+               RETURNING 1""",
+            (source, delivery_id, ttl_s),
+        ).fetchone()
+    return row is not None
+
+
+def release_delivery(pool: ConnectionPool, source: str, delivery_id: str) -> None:
+    """Forget a delivery whose enqueue failed, so the sender's retry is not taken for a duplicate."""
+    with pool.connection() as conn:
+        conn.execute(
+            "DELETE FROM deliveries WHERE source = %s AND delivery_id = %s", (source, delivery_id)
+        )
+
+
+def expire_deliveries(pool: ConnectionPool) -> int:
+    with pool.connection() as conn:
+        cur = conn.execute("DELETE FROM deliveries WHERE expires_at < now()")
+        return cur.rowcount
+
+
+# --- heartbeats -----------------------------------------------------------------------------
+
+
+def process_name(kind: str) -> str:
+    return f"{kind}@{socket.gethostname()}:{os.getpid()}"
+
+
+def beat(pool: ConnectionPool, kind: str, name: str | None = None, info: Mapping[str, Any] | None = None) -> None:
+    with pool.connection() as conn:
+        conn.execute(
+            """INSERT INTO heartbeats (process, kind, pid, host, beat_at, info)
+               VALUES (%s, %s, %s, %s, now(), %s::jsonb)
+               ON CONFLICT (process) DO UPDATE SET beat_at = now(), info = excluded.info""",
+            (name or process_name(kind), kind, os.getpid(), socket.gethostname(),
+             json.dumps(dict(info or {}))),
+        )
+
+
+def forget_process(pool: ConnectionPool, name: str) -> None:
+    """A clean stop removes the heartbeat, so status does not report a dead process."""
+    with pool.connection() as conn:
+        conn.execute("DELETE FROM heartbeats WHERE process = %s", (name,))
+
+
+# --- kv -------------------------------------------------------------------------------------
+
+
+def kv_get(pool: ConnectionPool, key: str) -> Any:
+    with pool.connection() as conn:
+        row = conn.execute("SELECT value FROM kv WHERE key = %s", (key,)).fetchone()
+    return row[0] if row else None
+
+
+def kv_set(pool: ConnectionPool, key: str, value: Any, *, only_if_absent: bool = False) -> bool:
+    """Store ``value``; with ``only_if_absent``, keep an existing one. True if written."""
+    conflict = "DO NOTHING" if only_if_absent else "DO UPDATE SET value = excluded.value, updated_at = now()"
+    with pool.connection() as conn:
+        cur = conn.execute(
+            f"INSERT INTO kv (key, value) VALUES (%s, %s::jsonb) ON CONFLICT (key) {conflict}",  # type: ignore[arg-type]
+            (key, json.dumps(value)),
+        )
+        return cur.rowcount == 1
+
+
+@contextmanager
+def dict_cursor(pool: ConnectionPool) -> Iterator[psycopg.Cursor[dict[str, Any]]]:
+    with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        yield cur

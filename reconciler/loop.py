@@ -1,0 +1,50 @@
+"""The reconciler process: heartbeat, then reconcile due scopes until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+from core import state
+from core.heartbeat import Heartbeat
+from core.runtime import Services, SourceSet, open_services
+from core.settings import Settings
+from reconciler.backfill import run_queued_backfills
+from reconciler.reconcile import Reconciler, abandon_dead_runs, due_in
+
+log = logging.getLogger("vector_sync.reconciler")
+
+
+async def reconcile_forever(settings: Settings, services: Services, stop: threading.Event, owner: str) -> None:
+    sources = SourceSet(settings, services.pool)
+    reconciler = Reconciler(settings, services, sources, owner)
+    backfills: set[asyncio.Task[None]] = set()
+    try:
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(abandon_dead_runs, services.pool, settings.heartbeat_timeout)
+                await asyncio.to_thread(state.expire_deliveries, services.pool)
+                await reconciler.tick()
+                await run_queued_backfills(settings, services, sources, owner, backfills)
+            except Exception:  # one bad pass must not end the loop; status shows the errors
+                log.exception("reconciler pass failed")
+            wait = await asyncio.to_thread(due_in, services.pool, sources.configured())
+            wait = settings.reconcile_tick if wait is None else min(max(wait, 0.2), settings.reconcile_tick)
+            await asyncio.to_thread(stop.wait, wait)
+        for task in backfills:
+            task.cancel()
+    finally:
+        await sources.aclose()
+
+
+def run_reconciler(settings: Settings, stop: threading.Event) -> None:
+    services = open_services(settings, pool_size=6)
+    heartbeat = Heartbeat(services.pool, "reconciler", settings.heartbeat_interval).start()
+    log.info("reconciler started", extra={"sources": ",".join(settings.configured_sources()) or "none"})
+    try:
+        asyncio.run(reconcile_forever(settings, services, stop, heartbeat.name))
+    finally:
+        log.info("reconciler stopping")
+        heartbeat.stop()
+        services.close()

@@ -1,0 +1,308 @@
+"""One reconciler pass: discover scopes, claim the due ones, list changes, enqueue, advance.
+
+Claiming is a lease: inside one short transaction the due rows are locked with
+``FOR UPDATE SKIP LOCKED`` and their ``next_due_at`` pushed forward by ``LEASE``, so another
+replica skips them while this one works, and picks them up again if this one dies mid-pass.
+
+A scope's cursor is the newest source ``updated_at`` a *finished* pass enqueued; the next pass
+lists from ``cursor - RECONCILE_OVERLAP`` (source clocks, minute-precision queries and
+eventually consistent search all blur the edge). Within a pass, every page is enqueued before its
+checkpoint is saved, so a crash resumes after the last enqueued page and never skips one.
+
+Pruning (``PRUNE_INTERVAL``, daily by default) lists a scope's live ids and enqueues deletes for
+the documents we hold that the source no longer lists — only those indexed before the listing
+began (a document indexed during the crawl may be missing from it), and each delete is still
+confirmed by a fetch in the worker, so a failed fetch never deletes anything. A listing that
+fails part-way prunes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from psycopg_pool import ConnectionPool
+
+from core import queue, scopes, state
+from core.documents import Ref, doc_id
+from core.errors import VectorSyncError
+from core.runtime import Services, SourceSet
+from core.settings import Settings
+from core.sources import Scope
+
+log = logging.getLogger("vector_sync.reconciler")
+
+#: Seconds a claimed scope is leased to this replica before another may take it.
+LEASE = 600.0
+#: Scopes of one source reconciled at once (each source's request budget still applies).
+SCOPE_CONCURRENCY = 4
+#: Seconds between scope discoveries per source (at most; also on start).
+DISCOVERY_INTERVAL = 600.0
+
+
+@dataclass(frozen=True)
+class ClaimedScope:
+    source: str
+    key: str
+    name: str
+    cursor: float | None
+    checkpoint: str | None
+    pass_since: float | None
+    pass_high_water: float | None
+    prune_due: bool
+
+
+def claim_due(pool: ConnectionPool, sources: list[str], limit: int = 32) -> list[ClaimedScope]:
+    if not sources:
+        return []
+    with pool.connection() as conn, conn.transaction():
+        rows = conn.execute(
+            """SELECT source, key, name, cursor, checkpoint, pass_since, pass_high_water,
+                      (next_prune_at IS NOT NULL AND next_prune_at <= now())
+               FROM scopes
+               WHERE active AND source = ANY(%s) AND next_due_at <= now()
+               ORDER BY next_due_at
+               LIMIT %s
+               FOR UPDATE SKIP LOCKED""",
+            (sources, limit),
+        ).fetchall()
+        for row in rows:
+            conn.execute(
+                """UPDATE scopes SET next_due_at = now() + make_interval(secs => %s),
+                       last_attempt_at = now()
+                   WHERE source = %s AND key = %s""",
+                (LEASE, row[0], row[1]),
+            )
+    return [ClaimedScope(*row) for row in rows]
+
+
+def start_run(pool: ConnectionPool, kind: str, source: str, scope: str | None, owner: str,
+              params: Mapping[str, Any] | None = None) -> int:
+    with pool.connection() as conn:
+        row = conn.execute(
+            """INSERT INTO runs (kind, source, scope, status, owner, params)
+               VALUES (%s, %s, %s, 'running', %s, %s::jsonb) RETURNING id""",
+            (kind, source, scope, owner, json.dumps(dict(params or {}))),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def progress_run(pool: ConnectionPool, run_id: int, counters: Mapping[str, Any],
+                 checkpoint: Mapping[str, Any] | None = None) -> None:
+    with pool.connection() as conn:
+        conn.execute(
+            """UPDATE runs SET counters = %s::jsonb, progress_at = now(),
+                   checkpoint = coalesce(%s::jsonb, checkpoint)
+               WHERE id = %s""",
+            (json.dumps(dict(counters)), json.dumps(dict(checkpoint)) if checkpoint is not None else None, run_id),
+        )
+
+
+def finish_run(pool: ConnectionPool, run_id: int, counters: Mapping[str, Any], error: str | None = None) -> None:
+    with pool.connection() as conn:
+        conn.execute(
+            """UPDATE runs SET status = %s, counters = %s::jsonb, error = %s,
+                   finished_at = now(), progress_at = now()
+               WHERE id = %s""",
+            ("failed" if error else "succeeded", json.dumps(dict(counters)), error, run_id),
+        )
+
+
+class Reconciler:
+    def __init__(self, settings: Settings, services: Services, sources: SourceSet, owner: str) -> None:
+        self.settings = settings
+        self.services = services
+        self.pool = services.pool
+        self.sources = sources
+        self.owner = owner
+        self._discovered_at: dict[str, float] = {}
+
+    async def tick(self) -> int:
+        """Discover, then reconcile every due scope; returns how many scopes were processed."""
+        configured = self.sources.configured()
+        await self.discover(configured)
+        claimed = await asyncio.to_thread(claim_due, self.pool, configured)
+        by_source: dict[str, list[ClaimedScope]] = {}
+        for scope in claimed:
+            by_source.setdefault(scope.source, []).append(scope)
+        await asyncio.gather(*(self._reconcile_source(items) for items in by_source.values()))
+        return len(claimed)
+
+    async def discover(self, sources: list[str], *, force: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        for name in sources:
+            last = self._discovered_at.get(name)
+            if not force and last is not None and loop.time() - last < DISCOVERY_INTERVAL:
+                continue
+            self._discovered_at[name] = loop.time()
+            try:
+                found = await self.sources.get(name).scopes()
+            except VectorSyncError as exc:
+                log.warning("scope discovery failed", extra={"source": name, "error": str(exc)})
+                await asyncio.to_thread(state.bump_source_stats, self.pool, name, {}, f"discovery: {exc}")
+                continue
+            new = await asyncio.to_thread(
+                scopes.upsert_discovered, self.pool, self.settings.source(name), found
+            )
+            if new:
+                log.info("scopes discovered", extra={"source": name, "new": new})
+
+    async def _reconcile_source(self, items: list[ClaimedScope]) -> None:
+        semaphore = asyncio.Semaphore(SCOPE_CONCURRENCY)
+
+        async def one(item: ClaimedScope) -> None:
+            async with semaphore:
+                await self.reconcile_scope(item)
+                if item.prune_due:
+                    await self.prune_scope(item)
+
+        await asyncio.gather(*(one(item) for item in items))
+
+    async def reconcile_scope(self, item: ClaimedScope) -> dict[str, Any]:
+        source = self.sources.get(item.source)
+        resuming = item.checkpoint is not None
+        since = item.pass_since if resuming else (
+            None if item.cursor is None else item.cursor - self.settings.reconcile_overlap
+        )
+        high = item.pass_high_water if resuming else None
+        counters: dict[str, Any] = {"pages": 0, "refs": 0, "resumed": resuming, "since": since}
+        run_id = await asyncio.to_thread(start_run, self.pool, "reconcile", item.source, item.key, self.owner,
+                                         {"since": since, "resumed": resuming})
+        scope = Scope(item.source, item.key, item.name)
+        try:
+            async for page in source.changes(scope, since, item.checkpoint):
+                refs = [_with_scope(ref, item.key) for ref in page.refs]
+                await asyncio.to_thread(queue.enqueue, self.services.broker, refs)
+                if page.high_water is not None:
+                    high = page.high_water if high is None else max(high, page.high_water)
+                counters["pages"] += 1
+                counters["refs"] += len(refs)
+                await asyncio.to_thread(self._save_checkpoint, item, page.checkpoint, since, high)
+                await asyncio.to_thread(progress_run, self.pool, run_id, counters)
+        except Exception as exc:  # any failure: record, keep the checkpoint, retry with backoff
+            message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, VectorSyncError) else str(exc)
+            log.warning("reconcile failed", extra={"source": item.source, "scope": item.key, "error": message})
+            await asyncio.to_thread(self._fail, item, message)
+            await asyncio.to_thread(finish_run, self.pool, run_id, counters, message)
+            return counters
+        cursor = item.cursor if high is None else max(high, item.cursor or high)
+        counters["cursor"] = cursor
+        await asyncio.to_thread(self._succeed, item, cursor)
+        await asyncio.to_thread(finish_run, self.pool, run_id, counters)
+        log.info("reconciled", extra={"source": item.source, "scope": item.key,
+                                      "pages": counters["pages"], "refs": counters["refs"]})
+        return counters
+
+    async def prune_scope(self, item: ClaimedScope) -> dict[str, Any]:
+        source = self.sources.get(item.source)
+        run_id = await asyncio.to_thread(start_run, self.pool, "prune", item.source, item.key, self.owner)
+        started = datetime.now(timezone.utc)
+        counters: dict[str, Any] = {"live": 0, "held": 0, "missing": 0, "spared": 0}
+        try:
+            live = {doc_id(item.source, i) async for i in source.live_ids(Scope(item.source, item.key, item.name))}
+        except Exception as exc:  # a partial listing must never prune
+            message = f"listing failed, nothing pruned: {exc}"
+            await asyncio.to_thread(finish_run, self.pool, run_id, counters, message)
+            await asyncio.to_thread(self._schedule_prune, item, retry=True)
+            return counters
+        held = await asyncio.to_thread(state.live_document_ids, self.pool, item.source, item.key)
+        missing = [d for d in held if d not in live]
+        stale = await asyncio.to_thread(state.indexed_before, self.pool, missing, started)
+        refs = [Ref(source=item.source, id=d.split(":", 1)[1], scope=item.key, op="delete") for d in stale]
+        if refs:
+            await asyncio.to_thread(queue.enqueue, self.services.broker, refs)
+        counters.update(live=len(live), held=len(held), missing=len(missing), spared=len(missing) - len(stale),
+                        deletes_enqueued=len(refs))
+        await asyncio.to_thread(finish_run, self.pool, run_id, counters)
+        await asyncio.to_thread(self._schedule_prune, item)
+        log.info("pruned", extra={"source": item.source, "scope": item.key, **counters})
+        return counters
+
+    # --- scope row updates ------------------------------------------------------------------
+
+    def _save_checkpoint(self, item: ClaimedScope, checkpoint: str | None, since: float | None,
+                         high: float | None) -> None:
+        with self.pool.connection() as conn:
+            conn.execute(
+                """UPDATE scopes SET checkpoint = %s, pass_since = %s, pass_high_water = %s,
+                       next_due_at = greatest(next_due_at, now() + make_interval(secs => %s))
+                   WHERE source = %s AND key = %s""",
+                (checkpoint, since, high, LEASE, item.source, item.key),
+            )
+
+    def _succeed(self, item: ClaimedScope, cursor: float | None) -> None:
+        poll = self.settings.source(item.source).poll_interval
+        with self.pool.connection() as conn:
+            conn.execute(
+                """UPDATE scopes SET cursor = %s, checkpoint = NULL, pass_since = NULL,
+                       pass_high_water = NULL, last_success_at = now(), last_error = NULL,
+                       next_due_at = now() + make_interval(secs => %s),
+                       next_prune_at = coalesce(next_prune_at, now() + make_interval(secs => %s))
+                   WHERE source = %s AND key = %s""",
+                (cursor, poll, self.settings.prune_interval, item.source, item.key),
+            )
+
+    def _fail(self, item: ClaimedScope, message: str) -> None:
+        poll = self.settings.source(item.source).poll_interval
+        # Retry sooner than the next poll, with jitter, but not in a tight loop.
+        retry = min(poll, 60.0) * random.uniform(0.8, 1.2)
+        with self.pool.connection() as conn:
+            conn.execute(
+                """UPDATE scopes SET last_error = %s, last_error_at = now(),
+                       next_due_at = now() + make_interval(secs => %s)
+                   WHERE source = %s AND key = %s""",
+                (message[:2000], retry, item.source, item.key),
+            )
+
+    def _schedule_prune(self, item: ClaimedScope, *, retry: bool = False) -> None:
+        delay = 3600.0 if retry else self.settings.prune_interval
+        with self.pool.connection() as conn:
+            conn.execute(
+                """UPDATE scopes SET next_prune_at = now() + make_interval(secs => %s),
+                       last_pruned_at = CASE WHEN %s THEN last_pruned_at ELSE now() END
+                   WHERE source = %s AND key = %s""",
+                (delay, retry, item.source, item.key),
+            )
+
+
+def _with_scope(ref: Ref, scope: str) -> Ref:
+    if ref.scope:
+        return ref
+    return Ref(source=ref.source, id=ref.id, scope=scope, op=ref.op, event_at=ref.event_at, document=ref.document)
+
+
+def due_in(pool: ConnectionPool, sources: list[str]) -> float | None:
+    """Seconds until the next scope falls due (None when there is none)."""
+    if not sources:
+        return None
+    with pool.connection() as conn:
+        row = conn.execute(
+            "SELECT min(next_due_at) FROM scopes WHERE active AND source = ANY(%s)", (sources,)
+        ).fetchone()
+    if not row or row[0] is None:
+        return None
+    return max(0.0, (row[0] - datetime.now(timezone.utc)).total_seconds())
+
+
+def abandon_dead_runs(pool: ConnectionPool, heartbeat_timeout: float) -> int:
+    """Mark running runs whose owner's heartbeat is gone as abandoned (resumable)."""
+    with pool.connection() as conn:
+        cur = conn.execute(
+            """UPDATE runs SET status = 'abandoned', finished_at = now(),
+                   error = coalesce(error, 'its process stopped before it finished')
+               WHERE status = 'running' AND kind <> 'backfill'
+                 AND progress_at < now() - make_interval(secs => %s)
+                 AND (owner IS NULL OR owner NOT IN (
+                      SELECT process FROM heartbeats
+                      WHERE beat_at > now() - make_interval(secs => %s)))""",
+            (heartbeat_timeout, heartbeat_timeout),
+        )
+        return cur.rowcount
+

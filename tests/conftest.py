@@ -1,0 +1,207 @@
+"""Fixtures: real Postgres and Redis (embedded unless DATABASE_URL / REDIS_URL name others),
+a real Dramatiq worker, a real receiver on loopback, and the sandbox simulators.
+
+Postgres is migrated once per session and truncated per test; Redis is flushed per test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from core import state
+from core.embedded import EmbeddedPostgres, EmbeddedRedis
+from core.queue import QUEUE
+from core.runtime import Services, open_services
+from core.settings import Settings
+
+ADMIN_KEY = "test-admin-key"
+
+#: Test processes shorten the real defaults so status and retries can be watched in seconds.
+BASE_ENV = {
+    "ADMIN_API_KEY": ADMIN_KEY,
+    "EMBEDDING_DIMENSIONS": "256",
+    "HEARTBEAT_INTERVAL": "1",
+    "HEARTBEAT_TIMEOUT": "5",
+    "RECONCILE_TICK": "0.5",
+    "WORKER_THREADS": "4",
+    "SANDBOX": "off",
+    "LOG_LEVEL": "WARNING",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """DATABASE_URL and REDIS_URL of real servers for the whole session."""
+    home = tmp_path_factory.mktemp("vs")
+    started: list[Any] = []
+    urls = {"DATABASE_URL": os.environ.get("DATABASE_URL", ""), "REDIS_URL": os.environ.get("REDIS_URL", "")}
+    if not urls["DATABASE_URL"]:
+        pg = EmbeddedPostgres(home / "pg")
+        urls["DATABASE_URL"] = pg.start()
+        started.append(pg)
+    if not urls["REDIS_URL"]:
+        rd = EmbeddedRedis(Path(f"/tmp/vs-redis-{os.getpid()}"), durable=False)
+        urls["REDIS_URL"] = rd.start()
+        started.append(rd)
+    pool = state.open_pool(urls["DATABASE_URL"], max_size=1)
+    state.migrate(pool)
+    pool.close()
+    yield urls
+    for server in reversed(started):
+        server.stop()
+
+
+def make_settings(infra: dict[str, str], **env: str) -> Settings:
+    return Settings.from_environ({**BASE_ENV, **infra, **env})
+
+
+@pytest.fixture
+def settings(infra: dict[str, str]) -> Settings:
+    return make_settings(infra)
+
+
+TABLES = ("scopes", "documents", "runs", "run_items", "deliveries", "heartbeats", "source_stats", "kv")
+
+
+@pytest.fixture
+def services(settings: Settings) -> Iterator[Services]:
+    svc = open_services(settings)
+    with svc.pool.connection() as conn:
+        conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
+        for (table,) in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename LIKE 'vectors_%%'"
+        ).fetchall():
+            conn.execute(f"TRUNCATE {table}")
+    svc.broker.client.flushall()
+    yield svc
+    svc.close()
+
+
+class WorkerHandle:
+    """A real Dramatiq worker consuming the sync queue in this process."""
+
+    def __init__(self, settings: Settings) -> None:
+        from workers.runtime import start_worker
+
+        self.services = open_services(settings)
+        self.worker, self.runtime, self.heartbeat = start_worker(settings, self.services)
+
+    @property
+    def pipeline(self) -> Any:
+        return self.runtime.pipeline()
+
+    def drain(self, timeout: float = 60.0) -> None:
+        """Wait until the queue is empty and nothing is in flight."""
+        broker = self.services.broker
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            broker.join(QUEUE, timeout=int(max(1, deadline - time.monotonic()) * 1000))
+            self.worker.join()
+            client = broker.client
+            if not client.hlen(f"dramatiq:{QUEUE}.msgs") and not client.zcard(f"dramatiq:{QUEUE}.DQ"):
+                return
+            time.sleep(0.05)
+        raise TimeoutError("the sync queue did not drain")
+
+    def stop(self) -> None:
+        self.worker.stop(timeout=10_000)
+        self.heartbeat.stop()
+        self.services.close()
+
+
+@pytest.fixture
+def worker_factory(services: Services) -> Iterator[Callable[..., WorkerHandle]]:
+    handles: list[WorkerHandle] = []
+
+    def make(settings: Settings | None = None) -> WorkerHandle:
+        handle = WorkerHandle(settings or services.settings)
+        handles.append(handle)
+        return handle
+
+    yield make
+    for handle in handles:
+        handle.stop()
+
+
+@pytest.fixture
+def worker(worker_factory: Callable[..., WorkerHandle]) -> WorkerHandle:
+    return worker_factory()
+
+
+class ReceiverHandle:
+    """The receiver app served by uvicorn on a loopback port, from a thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        from receiver.app import create_app
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port,
+                                log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("receiver did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+@pytest.fixture
+def receiver_factory(services: Services) -> Iterator[Callable[..., ReceiverHandle]]:
+    handles: list[ReceiverHandle] = []
+
+    def make(settings: Settings | None = None) -> ReceiverHandle:
+        handle = ReceiverHandle(settings or services.settings)
+        handles.append(handle)
+        return handle
+
+    yield make
+    for handle in handles:
+        handle.stop()
+
+
+@pytest.fixture
+def receiver(receiver_factory: Callable[..., ReceiverHandle]) -> ReceiverHandle:
+    return receiver_factory()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(interval)
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+__all__ = ["ADMIN_KEY", "make_settings", "wait_for", "run", "replace", "free_port"]
