@@ -512,6 +512,7 @@ class PineconeSimulator(Simulator):
             check_metadata(set_metadata, vid or "filter")
         if vid is not None:
             _check_id(vid)
+            self._check_merged(namespace, vid, set_metadata)
             self._write(lambda: self._update_one(namespace, vid, values, set_metadata))
             return {}
         if not flt:
@@ -523,6 +524,14 @@ class PineconeSimulator(Simulator):
         for one in matched:
             self._write(lambda one=one: self._update_one(namespace, one, None, set_metadata))
         return {"matchedRecords": len(matched)}
+
+    def _check_merged(self, namespace: str, vid: str,
+                      set_metadata: dict[str, Any] | None) -> None:
+        """400 when merging ``set_metadata`` into the visible record would pass 40 KB."""
+        self.settle()
+        record = self.namespaces.get(namespace, {}).get(vid)
+        if record is not None and set_metadata:
+            check_metadata({**record.metadata, **set_metadata}, vid)
 
     def _update_one(self, namespace: str, vid: str, values: list[float] | None,
                     set_metadata: dict[str, Any] | None) -> None:

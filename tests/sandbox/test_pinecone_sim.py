@@ -149,6 +149,13 @@ def test_update_sets_metadata_and_values(index) -> None:
     got = index.fetch(ids=["u"], namespace="up").vectors["u"]
     assert got.metadata == {"title": "new", "source": "jira"}  # merged, not replaced
     assert got.values[:2] == pytest.approx(vec(9)[:2])
+    with pytest.raises(ApiError) as err:  # the merged metadata would pass 40 KB
+        index.update(id="u", set_metadata={"text": "x" * 41_000}, namespace="up")
+    assert err.value.status_code == 400
+    matched = index.update(filter={"source": "jira"}, set_metadata={"seen": True},
+                           namespace="up")
+    assert matched.matched_records == 1
+    assert index.fetch(ids=["u"], namespace="up").vectors["u"].metadata["seen"] is True
 
 
 def test_list_paginates_in_byte_order(index) -> None:
