@@ -93,7 +93,7 @@ class TempoSimulator(Simulator):
         now = time.time()
         for _ in range(count):
             issue = rng.choice(self.issues)
-            day = date.today() - timedelta(days=rng.randint(0, 119))
+            day = _today() - timedelta(days=rng.randint(0, 119))
             created = datetime(day.year, day.month, day.day, tzinfo=timezone.utc).timestamp()
             created += rng.randint(8, 19) * 3600
             text = rng.choice(WORK)
@@ -205,7 +205,7 @@ class TempoSimulator(Simulator):
             worklog = self.add(
                 issue_id=int(body["issueId"]), seconds=int(body.get("timeSpentSeconds", 3600)),
                 billable=body.get("billableSeconds"),
-                start_date=body.get("startDate", date.today().isoformat()),
+                start_date=body.get("startDate", _today().isoformat()),
                 start_time=body.get("startTime", "09:00:00"),
                 description=body.get("description", ""),
                 author=body.get("authorAccountId", ACCOUNTS[0]))
@@ -298,3 +298,8 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 def create(knobs: Knobs | None = None) -> TempoSimulator:
     return TempoSimulator(knobs)
+
+
+def _today() -> date:
+    """Today in UTC, so windows do not depend on the machine's time zone."""
+    return datetime.now(timezone.utc).date()

@@ -131,7 +131,7 @@ class TempoSource:
         """Ids of the worklogs ``changes`` would emit, with a startDate in the last ``live_days``
         (all dates when None). Worklogs of inactive projects are left out, so pruning removes
         them once their project is deactivated."""
-        start = BACKFILL_FROM if self.live_days is None else date.today() - timedelta(days=self.live_days)
+        start = BACKFILL_FROM if self.live_days is None else _today() - timedelta(days=self.live_days)
         url: str | None = self._list_url({"from": start.isoformat(), "to": _far_future()})
         while url:
             body = await self._get_json(url)
@@ -307,7 +307,7 @@ def _epoch(raw: Any) -> float | None:
 
 def _far_future() -> str:
     # Worklogs may be planned ahead; a year covers what teams log in advance.
-    return (date.today() + timedelta(days=366)).isoformat()
+    return (_today() + timedelta(days=366)).isoformat()
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:
@@ -327,3 +327,8 @@ def _jira_budget(limiter: Limiter | None) -> Limiter | None:
         return RedisRateLimiter(limiter.redis, "jira", parse_rate(DEFAULT_RATE_LIMIT["jira"]),
                                 max_wait=limiter.max_wait)
     return None
+
+
+def _today() -> date:
+    """Today in UTC, so windows do not depend on the machine's time zone."""
+    return datetime.now(timezone.utc).date()
