@@ -267,6 +267,8 @@ def _event_result(event: dict[str, Any], event_time: Any) -> WebhookResult:
         return WebhookResult(note=f"slack: ignored {kind} event")
     if not isinstance(channel, str) or not channel:
         raise MalformedWebhook("slack: message event without a channel")
+    if event.get("channel_type") in ("im", "mpim"):
+        return WebhookResult(note="slack: ignored direct message (DMs are not synced)")
     fallback = float(event_time) if isinstance(event_time, int | float) else None
     return _message_result(channel, event, fallback)
 
@@ -341,7 +343,7 @@ class SlackSource:
             raise PermanentSourceError(NAME, f"{method}: {code} (check SLACK_BOT_TOKEN and its scopes)")
         raise SlackApiError(method, code)
 
-    async def _paged(self, method: str, key: str, **params: Any) -> AsyncIterator[dict[str, Any]]:
+    async def _paged(self, method: str, **params: Any) -> AsyncIterator[dict[str, Any]]:
         cursor = params.pop("cursor", None)
         while True:
             data = await self._call(method, cursor=cursor, **params)
@@ -363,8 +365,7 @@ class SlackSource:
         if cached and time.monotonic() - cached[0] < CACHE_TTL:
             return cached[1]
         members: list[str] = []
-        async for page in self._paged("conversations.members", "members", channel=channel_id,
-                                      limit=1000):
+        async for page in self._paged("conversations.members", channel=channel_id, limit=1000):
             members += page.get("members", [])
         self._members[channel_id] = (time.monotonic(), members)
         return members
@@ -410,7 +411,7 @@ class SlackSource:
     async def scopes(self) -> list[Scope]:
         """Public channels (joined when needed) and private ones the bot is in; not archived."""
         found: list[Scope] = []
-        async for page in self._paged("conversations.list", "channels",
+        async for page in self._paged("conversations.list",
                                       types="public_channel,private_channel",
                                       exclude_archived="true", limit=200):
             for info in page.get("channels", []):
@@ -465,9 +466,9 @@ class SlackSource:
             if id(message) in lone:  # the listing already holds the whole document
                 document = to_document(info, [message], names, members)
                 refs.append(Ref(NAME, f"{channel_id}:{thread_ts}", channel_id, "sync", at, document))
-            elif thread_ts == message["ts"] and (is_content(message) or message.get("reply_count")):
-                refs.append(Ref(NAME, f"{channel_id}:{thread_ts}", channel_id, "sync", at))
-            elif thread_ts != message["ts"]:  # a reply broadcast to the channel
+            elif is_content(message) or message.get("reply_count") or thread_ts != message["ts"]:
+                # A thread (maybe under a tombstone root), or a reply broadcast to the channel:
+                # the worker fetches the whole thread.
                 refs.append(Ref(NAME, f"{channel_id}:{thread_ts}", channel_id, "sync", at))
         return refs, high
 

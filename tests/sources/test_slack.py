@@ -241,6 +241,8 @@ def test_parse_retry_keeps_delivery_id_and_handles_handshake_and_noise() -> None
     with pytest.raises(MalformedWebhook):
         parse_event(json.dumps({**envelope, "event": {"type": "message", "ts": "1.1"}}).encode())
     assert parse_event(b'{"type":"app_rate_limited","team_id":"T1"}').note
+    dm = {**envelope, "event": {**envelope["event"], "channel": "D1", "channel_type": "im"}}
+    assert parse_event(json.dumps(dm).encode()).refs == []
 
 
 # --- Web API through the connector -----------------------------------------------------------
