@@ -34,8 +34,13 @@ return tostring(wait)
 
 
 def burst_for(rate: Rate) -> int:
-    """How many requests may go at once before spacing starts."""
-    return int(max(1, min(rate.limit, 10)))
+    """How many requests may go at once before spacing starts: one.
+
+    Strict spacing keeps every window of the budget's period within the budget, which is what
+    rolling-window quotas (Fireflies, Tempo's gateway) count; a burst allowance would let the
+    first period overrun by the burst size. Throughput is the same.
+    """
+    return 1
 
 
 class RedisRateLimiter:

@@ -71,8 +71,11 @@ def build(
     context: SourceContext | None = None,
     *,
     jira_limiter: Limiter | None = None,
-    live_days: int | None = LIVE_DAYS,
+    live_days: int | None = None,
 ) -> TempoSource:
+    # The reconciler prunes every stored worklog that live_ids does not list, so its listing
+    # must be complete: a full re-list costs ~3 requests per 12,000 worklogs at 5,000 a page.
+    # A recent window (live_days) is only safe for callers that prune within that window.
     return TempoSource(settings, client, limiter, context, jira_limiter=jira_limiter,
                        live_days=live_days)
 
