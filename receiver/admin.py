@@ -1,37 +1,219 @@
-"""Admin API: scopes, backfills, runs, and the webhook verification token (X-Admin-Key)."""
+"""Admin API (every route needs ``X-Admin-Key``): scopes, backfills, runs, dead letters, and the
+webhook verification token.
+
+Backfills requested here are queued as ``runs`` rows and executed by the reconciler process
+(the receiver only answers), so a receiver restart never loses one.
+"""
 
 from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from core import scopes, state
+from core import queue, scopes, state
 from core.documents import Ref
 from core.runtime import Services
 from core.settings import SOURCE_NAMES
+from core.runs import Conflict, create_run, load_run, verification
 
 
 def apply_scope_events(services: Services, source: str, events: list[tuple[str, str]]) -> list[Ref]:
     return scopes.apply_events(services.pool, source, events)
 
 
-async def verification_token(request: Request) -> Response:
-    from receiver.routes import check_admin, error, services
+def _helpers() -> Any:
+    # Late import: routes imports this module.
+    from receiver import routes
 
-    if denied := check_admin(request):
-        return denied
+    return routes
+
+
+def _jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
+
+
+async def _json_body(request: Request) -> dict[str, Any] | Response:
+    routes = _helpers()
+    raw = await routes.read_body(request, 64 * 1024)
+    if isinstance(raw, Response):
+        return raw
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return routes.error(400, "body is not valid JSON")
+    if not isinstance(body, dict):
+        return routes.error(400, "body must be a JSON object")
+    return body
+
+
+def _source_or_error(request: Request) -> str | Response:
     source = request.path_params["source"]
     if source not in SOURCE_NAMES:
-        return error(404, f"unknown source {source!r}")
-    token = await run_in_threadpool(state.kv_get, services(request).pool, f"{source}.verification_token")
+        return _helpers().error(404, f"unknown source {source!r}; one of {', '.join(SOURCE_NAMES)}")
+    return source
+
+
+async def list_scopes(request: Request) -> Response:
+    routes = _helpers()
+    if denied := routes.check_admin(request):
+        return denied
+    source = request.query_params.get("source") or None
+    if source is not None and source not in SOURCE_NAMES:
+        return routes.error(400, f"unknown source {source!r}")
+    rows = await run_in_threadpool(scopes.list_scopes, routes.services(request).pool, source)
+    return JSONResponse({"scopes": [_jsonable(r) for r in rows]})
+
+
+async def change_scopes(request: Request) -> Response:
+    routes = _helpers()
+    if denied := routes.check_admin(request):
+        return denied
+    source = _source_or_error(request)
+    if isinstance(source, Response):
+        return source
+    body = await _json_body(request)
+    if isinstance(body, Response):
+        return body
+    keys = body.get("keys")
+    if not isinstance(keys, list) or not keys or not all(isinstance(k, str) and k for k in keys):
+        return routes.error(400, "'keys' must be a non-empty list of scope keys")
+    action = request.path_params["action"]
+    if action not in ("activate", "deactivate"):
+        return routes.error(404, f"no scope action {action!r}; activate or deactivate")
+    activate = action == "activate"
+    svc = routes.services(request)
+    done = await run_in_threadpool(scopes.set_active, svc.pool, source, keys, activate)
+    purged = 0
+    if not activate and body.get("purge") is True and done:
+        refs = [r for key in done for r in await run_in_threadpool(scopes.purge_refs, svc.pool, source, key)]
+        if refs and (failed := await routes.enqueue(request, refs)):
+            return failed
+        purged = len(refs)
+    unknown = sorted(set(keys) - set(done))
+    status = 200 if not unknown else 404
+    body_out: dict[str, Any] = {"source": source, "changed": done, "active": activate, "purged": purged}
+    if unknown:
+        body_out["error"] = f"unknown scope(s): {', '.join(unknown)}"
+    return JSONResponse(body_out, status)
+
+
+async def start_backfill(request: Request) -> Response:
+    routes = _helpers()
+    if denied := routes.check_admin(request):
+        return denied
+    source = _source_or_error(request)
+    if isinstance(source, Response):
+        return source
+    settings = routes.settings_of(request)
+    if not settings.source(source).configured:
+        return routes.error(400, f"{source} is not configured: set its credentials")
+    body = await _json_body(request)
+    if isinstance(body, Response):
+        return body
+    keys = body.get("scopes", [])
+    days = body.get("days")
+    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+        return routes.error(400, "'scopes' must be a list of scope keys")
+    if days is not None and (not isinstance(days, int) or isinstance(days, bool) or days < 1):
+        return routes.error(400, "'days' must be a whole number of days, at least 1")
+    try:
+        run_id = await run_in_threadpool(
+            create_run, routes.services(request).pool, source, keys, days, status="queued"
+        )
+    except Conflict as exc:
+        return routes.error(409, str(exc))
+    return JSONResponse({"run_id": run_id, "status": "queued", "url": f"/api/runs/{run_id}"}, 202)
+
+
+async def get_run(request: Request) -> Response:
+    routes = _helpers()
+    if denied := routes.check_admin(request):
+        return denied
+    try:
+        run_id = int(request.path_params["id"])
+    except ValueError:
+        return routes.error(400, "run id must be a number")
+    pool = routes.services(request).pool
+    run = await run_in_threadpool(load_run, pool, run_id)
+    if run is None:
+        return routes.error(404, f"no run {run_id}")
+    out = _jsonable(run)
+    if run["kind"] == "backfill":
+        out["verification"] = await run_in_threadpool(verification, pool, run_id)
+    return JSONResponse(out)
+
+
+async def list_runs(request: Request) -> Response:
+    routes = _helpers()
+    if denied := routes.check_admin(request):
+        return denied
+    source = request.query_params.get("source") or None
+    kind = request.query_params.get("kind") or None
+    with state.dict_cursor(routes.services(request).pool) as cur:
+        cur.execute(
+            """SELECT id, kind, source, scope, status, counters, error, started_at, progress_at,
+                      finished_at FROM runs
+               WHERE (%(source)s::text IS NULL OR source = %(source)s)
+                 AND (%(kind)s::text IS NULL OR kind = %(kind)s)
+               ORDER BY id DESC LIMIT 100""",
+            {"source": source, "kind": kind},
+        )
+        rows = cur.fetchall()
+    return JSONResponse({"runs": [_jsonable(r) for r in rows]})
+
+
+async def dead_letters(request: Request) -> Response:
+    routes = _helpers()
+    if denied := routes.check_admin(request):
+        return denied
+    letters = await run_in_threadpool(queue.dead_letters, routes.services(request).broker)
+    return JSONResponse({"dead_letters": letters, "count": len(letters)})
+
+
+async def replay_dead_letters(request: Request) -> Response:
+    routes = _helpers()
+    if denied := routes.check_admin(request):
+        return denied
+    body = await _json_body(request)
+    if isinstance(body, Response):
+        return body
+    ids = body.get("message_ids")
+    if ids is not None and (not isinstance(ids, list) or not all(isinstance(i, str) for i in ids)):
+        return routes.error(400, "'message_ids' must be a list of strings")
+    count = await run_in_threadpool(queue.replay_dead_letters, routes.services(request).broker, ids)
+    return JSONResponse({"replayed": count})
+
+
+async def verification_token(request: Request) -> Response:
+    routes = _helpers()
+    if denied := routes.check_admin(request):
+        return denied
+    source = _source_or_error(request)
+    if isinstance(source, Response):
+        return source
+    token = await run_in_threadpool(state.kv_get, routes.services(request).pool, f"{source}.verification_token")
     if token is None:
-        return error(404, f"no {source} verification token has been received")
+        return routes.error(404, f"no {source} verification token has been received")
     return JSONResponse({"source": source, "verification_token": token})
 
 
 def routes() -> list[BaseRoute]:
     return [
+        Route("/api/scopes", list_scopes),
+        Route("/api/scopes/{source}/{action:str}", change_scopes, methods=["POST"]),
+        Route("/api/backfill/{source}", start_backfill, methods=["POST"]),
+        Route("/api/runs", list_runs),
+        Route("/api/runs/{id}", get_run),
+        Route("/api/dead-letters", dead_letters),
+        Route("/api/dead-letters/replay", replay_dead_letters, methods=["POST"]),
         Route("/api/admin/verification-token/{source}", verification_token),
     ]

@@ -19,10 +19,8 @@ fails part-way prunes nothing.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -30,6 +28,7 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 
 from core import queue, scopes, state
+from core.runs import finish_run, progress_run, start_run
 from core.documents import Ref, doc_id
 from core.errors import VectorSyncError
 from core.runtime import Services, SourceSet
@@ -80,39 +79,6 @@ def claim_due(pool: ConnectionPool, sources: list[str], limit: int = 32) -> list
                 (LEASE, row[0], row[1]),
             )
     return [ClaimedScope(*row) for row in rows]
-
-
-def start_run(pool: ConnectionPool, kind: str, source: str, scope: str | None, owner: str,
-              params: Mapping[str, Any] | None = None) -> int:
-    with pool.connection() as conn:
-        row = conn.execute(
-            """INSERT INTO runs (kind, source, scope, status, owner, params)
-               VALUES (%s, %s, %s, 'running', %s, %s::jsonb) RETURNING id""",
-            (kind, source, scope, owner, json.dumps(dict(params or {}))),
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-def progress_run(pool: ConnectionPool, run_id: int, counters: Mapping[str, Any],
-                 checkpoint: Mapping[str, Any] | None = None) -> None:
-    with pool.connection() as conn:
-        conn.execute(
-            """UPDATE runs SET counters = %s::jsonb, progress_at = now(),
-                   checkpoint = coalesce(%s::jsonb, checkpoint)
-               WHERE id = %s""",
-            (json.dumps(dict(counters)), json.dumps(dict(checkpoint)) if checkpoint is not None else None, run_id),
-        )
-
-
-def finish_run(pool: ConnectionPool, run_id: int, counters: Mapping[str, Any], error: str | None = None) -> None:
-    with pool.connection() as conn:
-        conn.execute(
-            """UPDATE runs SET status = %s, counters = %s::jsonb, error = %s,
-                   finished_at = now(), progress_at = now()
-               WHERE id = %s""",
-            ("failed" if error else "succeeded", json.dumps(dict(counters)), error, run_id),
-        )
 
 
 class Reconciler:
