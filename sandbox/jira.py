@@ -18,6 +18,8 @@ webhook with a secret would: ``X-Hub-Signature: sha256=<hmac>``, a stable
 
 from __future__ import annotations
 
+from collections import Counter
+
 import asyncio
 import base64
 import binascii
@@ -432,6 +434,8 @@ class JiraSimulator(Simulator):
 
     def __init__(self, knobs: Knobs | None = None) -> None:
         super().__init__(knobs)
+        #: How many times each issue id was bulk-fetched (tests prove no page is fetched twice).
+        self.bulkfetched: Counter[str] = Counter()
         self.time_zone = ZoneInfo("America/New_York")
         #: Seconds before the first webhook retry; doubles each retry.
         self.retry_delay = 0.5
@@ -753,6 +757,7 @@ class JiraSimulator(Simulator):
         wanted = parse_fields([str(f) for f in fields_raw], default={"id", *ALL_FIELDS})
         found: list[dict[str, Any]] = []
         seen: set[int] = set()
+        self.bulkfetched.update(str(raw) for raw in ids)
         for raw in ids:
             issue = self.resolve(str(raw))
             # Issues that do not exist (or are not visible) are left out, not reported as errors.
