@@ -1,0 +1,366 @@
+"""The dashboard at ``/``, rendered by a real headless Chromium against a real receiver on
+loopback, over a realistic state in Postgres (and a real message waiting in Redis).
+
+Chromium renders with ``--dump-dom`` after a ``--virtual-time-budget`` (virtual time stands
+still while a fetch is pending, so the page's first fetch always completes inside the budget and
+its 5 s refresh timer fires exactly when the budget passes 5 s). A screenshot is kept in
+``test-artifacts/dashboard.png``.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import re
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from core import queue
+from core.documents import Ref
+from core.heartbeat import Heartbeat
+from tests.conftest import make_settings
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio",
+]
+
+# Untrusted text in an error message: it must show as text and never become markup.
+HOSTILE_ERROR = ('Slack said <script>window.__pwned = 1</script><img src=x onerror="window.__pwned=2">'
+                 ' & "token_revoked"')
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if path := shutil.which(name):
+            return path
+    pytest.fail("Chromium is not installed: the dashboard test needs a real headless browser. "
+                "Install it with `apt-get install -y chromium` (.ci/run does this in CI).")
+
+
+def run_chromium(url: str, tmp_path: Path, *args: str, budget_ms: int = 3000) -> str:
+    profile = tmp_path / f"chromium-profile-{len(list(tmp_path.glob('chromium-profile-*')))}"
+    profile.mkdir()
+    result = subprocess.run(
+        [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+         f"--virtual-time-budget={budget_ms}", *args, url],
+        capture_output=True, text=True, timeout=90,
+    )
+    assert result.returncode == 0, f"chromium failed ({result.returncode}): {result.stderr[-2000:]}"
+    return result.stdout
+
+
+# --- a small DOM built from Chromium's serialised DOM ----------------------------------------
+
+
+class Node:
+    def __init__(self, tag: str, attrs: dict[str, str], parent: Node | None) -> None:
+        self.tag, self.attrs, self.parent = tag, attrs, parent
+        self.children: list[Node | str] = []
+
+    def text(self) -> str:
+        parts = [c if isinstance(c, str) else c.text() for c in self.children]
+        return " ".join(" ".join(parts).split())
+
+    def iter(self) -> Iterator[Node]:
+        yield self
+        for child in self.children:
+            if isinstance(child, Node):
+                yield from child.iter()
+
+    def find_all(self, tag: str | None = None, **attrs: str) -> list[Node]:
+        return [n for n in self.iter()
+                if (tag is None or n.tag == tag)
+                and all(n.attrs.get(k.replace("_", "-")) == v for k, v in attrs.items())]
+
+    def find(self, tag: str | None = None, **attrs: str) -> Node:
+        found = self.find_all(tag, **attrs)
+        assert found, f"no <{tag or '*'}> with {attrs} in the rendered page"
+        return found[0]
+
+
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+
+class DomBuilder(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.root = Node("#document", {}, None)
+        self.current = self.root
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        node = Node(tag, {k: v or "" for k, v in attrs}, self.current)
+        self.current.children.append(node)
+        if tag not in VOID:
+            self.current = node
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.current.children.append(Node(tag, {k: v or "" for k, v in attrs}, self.current))
+
+    def handle_endtag(self, tag: str) -> None:
+        node: Node | None = self.current
+        while node is not None and node.tag != tag:
+            node = node.parent
+        if node is not None and node.parent is not None:
+            self.current = node.parent
+
+    def handle_data(self, data: str) -> None:
+        self.current.children.append(data)
+
+
+def parse_dom(html: str) -> Node:
+    builder = DomBuilder()
+    builder.feed(html)
+    builder.close()
+    return builder.root
+
+
+# --- a realistic state -------------------------------------------------------------------------
+
+
+def seed_state(services: Any) -> None:
+    with services.pool.connection() as conn:
+        conn.execute(
+            """INSERT INTO scopes (source, key, name, active, last_success_at, last_attempt_at,
+                                   last_error, last_error_at) VALUES
+               ('github', 'acme/api', 'acme/api', true, now() - interval '2 minutes', now(), NULL, NULL),
+               ('github', 'acme/web', 'acme/web', true, now() - interval '1 minute', now(), NULL, NULL),
+               ('jira', 'SUBS', 'Subscriptions', true, now() - interval '3 days', now() - interval '3 days', NULL, NULL),
+               ('slack', 'C0123', 'delivery', true, now() - interval '2 hours', now(), %s, now() - interval '1 minute')""",
+            (HOSTILE_ERROR,),
+        )
+        conn.execute(
+            """INSERT INTO documents (document_id, source, scope, title, chunk_count, indexed_at) VALUES
+               ('github:acme/api/issues/1', 'github', 'acme/api', 'One', 2, now()),
+               ('github:acme/api/issues/2', 'github', 'acme/api', 'Two', 3, now()),
+               ('github:acme/web/pulls/7', 'github', 'acme/web', 'Seven', 1, now()),
+               ('jira:10001', 'jira', 'SUBS', 'SUBS-1', 4, now()),
+               ('api:handbook', 'api', '', 'Handbook', 5, now()),
+               ('api:faq', 'api', '', 'FAQ', 2, now())"""
+        )
+        conn.execute(
+            """INSERT INTO source_stats (source, synced, webhooks_received, webhooks_rejected,
+                                         last_webhook_at, last_rejection, last_rejection_at)
+               VALUES ('github', 3, 12, 1, now(), 'bad signature', now())"""
+        )
+        conn.execute(
+            """INSERT INTO runs (kind, source, scope, status, error, started_at, progress_at, finished_at) VALUES
+               ('reconcile', 'github', 'acme/api', 'running', NULL, now(), now(), NULL),
+               ('reconcile', 'slack', 'C0123', 'failed', %s, now() - interval '2 minutes',
+                now() - interval '1 minute', now() - interval '1 minute')""",
+            (HOSTILE_ERROR,),
+        )
+        # A reconciler that stopped beating ten minutes ago.
+        conn.execute(
+            """INSERT INTO heartbeats (process, kind, pid, host, started_at, beat_at)
+               VALUES ('reconciler@old-host:4242', 'reconciler', 4242, 'old-host',
+                       now() - interval '1 hour', now() - interval '10 minutes')"""
+        )
+        # Notion sent a verification token nobody has configured yet; its value is a secret.
+        conn.execute("""INSERT INTO kv (key, value) VALUES ('notion.verification_token', '"secret_tok_XYZ"')""")
+    # One real message waiting in Redis (no worker runs in this test).
+    queue.enqueue(services.broker, [Ref(source="github", id="acme/api/issues/3", scope="acme/api")])
+
+
+@pytest.fixture
+def dashboard_settings(infra: dict[str, str]) -> Any:
+    return make_settings(infra, GITHUB_TOKEN="ghp_secret_value", SLACK_BOT_TOKEN="xoxb-secret-value",
+                         JIRA_URL="https://jira.example", JIRA_EMAIL="a@example.com",
+                         JIRA_API_TOKEN="jira-secret-value", HEARTBEAT_TIMEOUT="60")
+
+
+@pytest.fixture
+def live_worker(services: Any, dashboard_settings: Any) -> Iterator[Heartbeat]:
+    """A real heartbeat writer for a worker process."""
+    beat = Heartbeat(services.pool, "worker", 1.0).start()
+    yield beat
+    beat.stop()
+
+
+class TestDashboardInChromium:
+    def test_renders_the_status_report(self, services, receiver_factory, dashboard_settings, live_worker, tmp_path):
+        seed_state(services)
+        receiver = receiver_factory(dashboard_settings)
+        # The page renders what the status API says; read it to know what to expect.
+        report = httpx.get(f"{receiver.url}/api/status").json()
+        assert report["sources"]["github"]["state"] == "fresh"
+        assert report["sources"]["jira"]["state"] == "stale"
+        assert report["sources"]["slack"]["state"] == "failing"
+
+        dom_html = run_chromium(f"{receiver.url}/", tmp_path, "--dump-dom")
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "dashboard.html").write_text(dom_html)
+        dom = parse_dom(dom_html)
+
+        main = dom.find("main", id="report")
+        assert main.attrs["data-loaded"] == "true", "the status report never rendered"
+        banner = dom.find("p", id="banner")
+        assert "hidden" in banner.attrs and "data-script-error" not in banner.attrs, banner.text()
+        assert dom.find(id="verdict").text() == "Not all fresh"
+        assert dom.find(id="refreshed").text().startswith("Last refreshed ")
+
+        # One card per source, coloured by state.
+        cards = {n.attrs["data-source"]: n for n in dom.find_all("article")}
+        assert list(cards) == ["jira", "slack", "github", "notion", "tempo", "fireflies"]
+        states = {name: card.attrs["data-state"] for name, card in cards.items()}
+        assert states == {"jira": "stale", "slack": "failing", "github": "fresh",
+                          "notion": "not configured", "tempo": "not configured", "fireflies": "not configured"}
+        assert "state-fresh" in cards["github"].attrs["class"]
+        assert "state-stale" in cards["jira"].attrs["class"]
+        assert "state-failing" in cards["slack"].attrs["class"]
+        assert "state-not-configured" in cards["notion"].attrs["class"]
+
+        github = cards["github"].text()
+        assert "Documents 3" in github and "Vectors 6" in github
+        assert "Scopes 2 active of 2" in github
+        assert "Runs 1 in flight" in github
+        assert "Webhooks 12 received, 1 rejected" in github
+        assert "Last rejection bad signature" in github
+        assert re.search(r"Last success \d+(\.\d)?m ago \(stale after ", github), github
+        assert "Last error none" in github
+        jira = cards["jira"].text()
+        assert re.search(r"Last success 3\.\dd ago", jira) and "Documents 1" in jira and "Vectors 4" in jira
+        assert "No credentials set" in cards["tempo"].text()
+
+        # The hostile error message shows verbatim, as text: no element came out of it.
+        slack = cards["slack"].text()
+        assert re.search(f"Last error {re.escape(HOSTILE_ERROR)} \\([\\d.]+[smhd] ago\\)", slack), slack
+        assert "1 failing" in slack and "1 failed (24h)" in slack
+        assert len(dom.find_all("script")) == 1, "report text became a <script> element"
+        assert not dom.find_all("img"), "report text became an <img> element"
+        assert "<script>window.__pwned" not in dom_html  # serialised escaped, as text
+
+        assert dom.find(data_part="push-api").text() == "Push API Documents 2 Vectors 7"
+        assert dom.find(data_part="queue").text() == "Queue Depth 1 Dead letters 0"
+        assert dom.find(data_part="index").text() == "Vector index Backend pgvector"
+
+        kinds = {n.attrs["data-kind"]: n for n in dom.iter() if "data-kind" in n.attrs}
+        assert {k: n.attrs["data-alive"] for k, n in kinds.items()} == \
+            {"web": "true", "worker": "true", "reconciler": "false"}
+        assert re.search(r"reconciler@old-host:4242 dead heartbeat 1\d\.\dm ago", kinds["reconciler"].text())
+        assert "alive heartbeat" in kinds["worker"].text() and "worker@" in kinds["worker"].text()
+
+        failures = dom.find(id="failures")
+        rows = failures.find_all("tr")
+        assert len(rows) == 2  # header + one failed run
+        assert re.fullmatch(f"\\d{{4}}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\d UTC reconcile slack C0123 {re.escape(HOSTILE_ERROR)}",
+                            rows[1].text()), rows[1].text()
+
+        tokens = dom.find("section", id="tokens-section")
+        assert "hidden" not in tokens.attrs
+        assert [li.text() for li in tokens.find_all("li")] == ["notion"]
+        for secret in ("secret_tok_XYZ", "ghp_secret_value", "xoxb-secret-value", "jira-secret-value"):
+            assert secret not in dom_html
+
+        # A screenshot for people to look at.
+        shot = ARTIFACTS / "dashboard.png"
+        shot.unlink(missing_ok=True)
+        run_chromium(f"{receiver.url}/", tmp_path, f"--screenshot={shot}", "--window-size=1280,1400")
+        assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def test_refreshes_and_shows_a_banner_when_status_is_unreachable(
+        self, services, receiver_factory, dashboard_settings, tmp_path
+    ):
+        """The page behind a loopback proxy that forwards the first /api/status to the real
+        receiver and then loses it: the page refreshes on its own, keeps the last report and
+        says the status API cannot be reached."""
+        seed_state(services)
+        receiver = receiver_factory(dashboard_settings)
+        requests: list[str] = []
+
+        class Proxy(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                requests.append(self.path)
+                if self.path == "/api/status" and requests.count("/api/status") > 1:
+                    self.send_response(502)
+                    self.send_header("Content-Type", "text/plain")
+                    self.end_headers()
+                    self.wfile.write(b"receiver unreachable")
+                    return
+                upstream = httpx.get(f"{receiver.url}{self.path}")
+                self.send_response(upstream.status_code)
+                for name in ("content-type", "content-security-policy"):
+                    if name in upstream.headers:
+                        self.send_header(name, upstream.headers[name])
+                self.end_headers()
+                self.wfile.write(upstream.content)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            # 5 s refresh: a 7 s budget sees the first load and exactly one refresh.
+            dom_html = run_chromium(f"http://127.0.0.1:{server.server_address[1]}/", tmp_path,
+                                    "--dump-dom", budget_ms=7000)
+        finally:
+            server.shutdown()
+            server.server_close()
+        assert requests.count("/api/status") == 2, requests
+        dom = parse_dom(dom_html)
+        banner = dom.find("p", id="banner")
+        assert "hidden" not in banner.attrs
+        assert banner.text().startswith("Cannot reach /api/status: answered HTTP 502. Showing the report from ")
+        # The last good report stays on screen.
+        assert dom.find("main", id="report").attrs["data-loaded"] == "true"
+        assert dom.find(id="verdict").text() == "Not all fresh"
+        assert dom.find("article", data_source="slack").attrs["data-state"] == "failing"
+
+    def test_banner_when_status_never_answers(self, services, receiver, tmp_path):
+        """Nothing to show yet and the API is down: the verdict says unknown, not fresh."""
+        page = httpx.get(f"{receiver.url}/").text
+
+        class Down(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path == "/":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html; charset=utf-8")
+                    self.end_headers()
+                    self.wfile.write(page.encode())
+                else:
+                    self.send_response(503)
+                    self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Down)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            dom = parse_dom(run_chromium(f"http://127.0.0.1:{server.server_address[1]}/", tmp_path, "--dump-dom"))
+        finally:
+            server.shutdown()
+            server.server_close()
+        assert dom.find("p", id="banner").text() == "Cannot reach /api/status: answered HTTP 503."
+        assert dom.find(id="verdict").text() == "Status unknown"
+        assert dom.find("main", id="report").attrs["data-loaded"] == "false"
+
+
+class TestDashboardPage:
+    def test_page_is_self_contained_and_locked_down(self, services, receiver):
+        response = httpx.get(f"{receiver.url}/")
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/html")
+        html = response.text
+        # No CDN, no remote fonts or scripts: nothing leaves this origin.
+        for needle in ("http://", "https://", "//cdn", "src=\"//"):
+            assert needle not in html
+        csp = response.headers["content-security-policy"]
+        assert "default-src 'none'" in csp and "connect-src 'self'" in csp
+        assert "script-src 'sha256-" in csp and "unsafe-inline" not in csp
+        # The status API it reads is there and is JSON.
+        status = httpx.get(f"{receiver.url}/api/status")
+        assert status.status_code == 200 and json.loads(status.text)["sources"]
