@@ -7,6 +7,7 @@ session); the processes it supervises get plain ``DATABASE_URL`` / ``REDIS_URL``
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import redis
 
 log = logging.getLogger("vector_sync.embedded")
@@ -111,24 +113,101 @@ class EmbeddedRedis:
 
 @dataclass
 class EmbeddedPostgres:
-    """Postgres with pgvector from the pgserver wheel, data under ``folder``."""
+    """Postgres with pgvector from the pgserver wheel, data under ``folder``.
+
+    ``pgserver`` keeps a list of the pids holding a handle on a data folder
+    (``.handle_pids.json``) and only stops the server when the last one lets go. That list
+    never forgets a process that died without cleaning up (``kill -9``), and then no later
+    ``cleanup()`` stops the server. So ``start()`` drops dead pids from the list, and ``stop()``
+    makes sure the postmaster and every backend of this data folder are gone, stopping it with
+    ``pg_ctl`` (then signals) itself if pgserver did not.
+    """
 
     folder: Path
     server: Any = field(default=None, repr=False)
+    pid: int | None = None
 
     def start(self) -> str:
         import pgserver  # only needed when Postgres is embedded
 
+        logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every command at INFO
         self.folder.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("XDG_RUNTIME_DIR", str(self.folder.parent))
+        self._forget_dead_handles()
         self.server = pgserver.get_server(self.folder, cleanup_mode="stop")
+        self.pid = self.server.get_pid()
         url: str = self.server.get_uri()
         return url
 
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.cleanup()
-            self.server = None
+    def stop(self, timeout: float = 10.0) -> None:
+        server, self.server = self.server, None
+        if server is not None:
+            try:
+                server.cleanup()
+            except Exception as exc:  # fall through to the checks below
+                log.warning("pgserver cleanup failed: %s", exc)
+        self._ensure_stopped(server, timeout)
+
+    def processes(self) -> list[psutil.Process]:
+        """The postmaster of this data folder and its backends, if running."""
+        pid = self.pid or _postmaster_pid(self.folder)
+        if pid is None:
+            return []
+        try:
+            postmaster = psutil.Process(pid)
+            if postmaster.name() != "postgres" or str(self.folder.resolve()) not in " ".join(postmaster.cmdline()):
+                return []
+            return [postmaster, *postmaster.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def _ensure_stopped(self, server: Any, timeout: float) -> None:
+        procs = self.processes()
+        if not procs:
+            return
+        log.info("embedded postgres still running after cleanup; stopping it")
+        try:
+            from pgserver._commands import pg_ctl
+
+            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.folder.resolve(),
+                   user=getattr(server, "system_user", None) or _pg_system_user(), timeout=timeout)
+        except Exception as exc:
+            log.warning("pg_ctl stop failed (%s); signalling postgres", exc)
+        _, alive = psutil.wait_procs(procs, timeout=timeout)
+        for proc in alive:
+            try:
+                proc.terminate()
+            except psutil.Error:
+                pass
+        _, alive = psutil.wait_procs(alive, timeout=3)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(alive, timeout=3)
+
+    def _forget_dead_handles(self) -> None:
+        path = self.folder / ".handle_pids.json"
+        try:
+            pids = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]
+        if alive != pids:
+            path.write_text(json.dumps(alive))
+
+
+def _postmaster_pid(folder: Path) -> int | None:
+    try:
+        return int((folder / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+
+
+def _pg_system_user() -> str | None:
+    """pgserver runs postgres as the ``pgserver`` OS user when we are root."""
+    return "pgserver" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
 
 
 def wipe(folder: Path) -> None:

@@ -164,6 +164,7 @@ class Settings:
     stuck_after: float = 900.0
     alert_slack_webhook_url: str = ""
     sandbox: str = "auto"
+    sandbox_port_base: int = 8200  # sandbox mode: simulator i listens on SANDBOX_PORT_BASE + i
     sources: Mapping[str, SourceSettings] = field(default_factory=dict)
 
     @classmethod
@@ -219,6 +220,7 @@ class Settings:
             stuck_after=env.duration("STUCK_AFTER", 900.0),
             alert_slack_webhook_url=env.str("ALERT_SLACK_WEBHOOK_URL", ""),
             sandbox=sandbox,
+            sandbox_port_base=env.int("SANDBOX_PORT_BASE", 8200, 1024, 65000),
             sources=sources,
         )
 

@@ -4,12 +4,17 @@ Starts embedded Postgres and Redis (unless ``DATABASE_URL`` / ``REDIS_URL`` are 
 migrations, optionally starts the sandbox (no real source configured), then runs the receiver,
 ``WORKER_PROCESSES`` workers and the reconciler as child processes. If any child dies, the
 others are stopped and the command exits 1 naming it. SIGINT/SIGTERM stop every child (SIGTERM,
-then SIGKILL after 10 s) and both embedded servers.
+then SIGKILL after ``STOP_GRACE`` seconds) and both embedded servers, within 15 s.
+
+Sandbox mode (``settings.wants_sandbox()``): the six SaaS simulators run as one more child,
+seeded with the small profile, webhooks pointed at the receiver, a slow trickle of live edits;
+the settings they print become the children's environment and ``$VECTOR_SYNC_HOME/sandbox.env``.
 """
 
 from __future__ import annotations
 
 import atexit
+import ctypes
 import logging
 import os
 import secrets
@@ -20,6 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from core import state
 from core.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -28,10 +34,20 @@ from core.settings import Settings
 
 log = logging.getLogger("vector_sync.up")
 
-#: Seconds a child gets between SIGTERM and SIGKILL.
-STOP_GRACE = 10.0
-#: First port of the sandbox simulators in sandbox mode.
-SANDBOX_PORT_BASE = int(os.environ.get("SANDBOX_PORT_BASE", "8200"))
+#: Seconds a child gets between SIGTERM and SIGKILL (the whole stop stays within 15 s).
+STOP_GRACE = 8.0
+#: The simulators sandbox mode runs: the six SaaS sources. Not openai/pinecone: sandbox mode
+#: uses the offline embedder and pgvector, as with no configuration at all.
+SANDBOX_SOURCES = ("jira", "slack", "github", "notion", "tempo", "fireflies")
+#: Seconds between two live edits in each simulator in sandbox mode.
+SANDBOX_TRICKLE = 30.0
+#: Poll intervals in sandbox mode unless set: short enough to watch the reconciler work
+#: (Tempo has no webhooks, so its trickle only arrives through polling).
+SANDBOX_POLL_INTERVAL = "60"
+
+
+class StartupError(Exception):
+    """``up`` could not start; the message is one line."""
 
 
 @dataclass
@@ -40,11 +56,34 @@ class Child:
     args: list[str]
     process: subprocess.Popen[bytes] | None = None
 
-    def start(self, env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(self.args, env=env, stdin=subprocess.DEVNULL)
+    def start(self, env: dict[str, str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        # Own process group: a terminal's Ctrl-C reaches only the supervisor, which stops the
+        # children in order. If the supervisor itself is killed, the kernel sends them SIGTERM.
+        self.process = subprocess.Popen(
+            self.args, env=env, stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=_die_with_parent, **kwargs,
+        )
+        return self.process
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+
+def _load_prctl() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the supervisor dies (Linux's PR_SET_PDEATHSIG).
+    Resolved beforehand: nothing may be imported between fork and exec."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)
 
 
 def start_embedded(settings: Settings) -> tuple[Settings, list[EmbeddedPostgres | EmbeddedRedis]]:
@@ -54,12 +93,12 @@ def start_embedded(settings: Settings) -> tuple[Settings, list[EmbeddedPostgres 
     try:
         if not database_url:
             pg = EmbeddedPostgres(settings.home / "pg")
-            database_url = pg.start()
             started.append(pg)
+            database_url = pg.start()
         if not redis_url:
             rd = EmbeddedRedis(settings.home / "redis")
-            redis_url = rd.start()
             started.append(rd)
+            redis_url = rd.start()
     except BaseException:
         stop_embedded(started)
         raise
@@ -89,38 +128,70 @@ def attached_settings(settings: Settings) -> Settings:
 
 
 def start_sandbox(settings: Settings, receiver_url: str) -> tuple[Child, dict[str, str]]:
-    """Start the simulators as a child; returns it and the settings they print."""
+    """Start the six SaaS simulators as a child; returns it and the settings they print."""
     child = Child("sandbox", [
-        sys.executable, "-m", "sandbox", "--port-base", str(SANDBOX_PORT_BASE), "--profile", "small",
-        "--webhook-url", receiver_url, "--print-env", "--trickle", "20",
+        sys.executable, "-m", "sandbox", "--port-base", str(settings.sandbox_port_base),
+        "--profile", "small", "--only", ",".join(SANDBOX_SOURCES), "--webhook-url", receiver_url,
+        "--print-env", "--trickle", f"{SANDBOX_TRICKLE:g}",
     ])
-    child.process = subprocess.Popen(child.args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    process = child.start(dict(os.environ), stdout=subprocess.PIPE)
+    assert process.stdout is not None
     env: dict[str, str] = {}
-    assert child.process.stdout is not None
+    ready = threading.Event()
+
+    def read() -> None:
+        """Collect NAME=value lines until ``# ready``, then pass its output on to stderr."""
+        assert process.stdout is not None
+        for raw in process.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            if ready.is_set():
+                print(line, file=sys.stderr, flush=True)
+            elif line == "# ready":
+                ready.set()
+            elif "=" in line and not line.startswith("#"):
+                name, value = line.split("=", 1)
+                env[name.strip()] = value.strip()
+
+    threading.Thread(target=read, name="sandbox-output", daemon=True).start()
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = child.process.stdout.readline().decode().strip()
-        if not line:
-            if child.process.poll() is not None:
-                raise RuntimeError("the sandbox exited during start-up")
-            continue
-        if line == "# ready":
-            break
-        if "=" in line and not line.startswith("#"):
-            name, value = line.split("=", 1)
-            env[name] = value
-    else:
-        raise RuntimeError("the sandbox did not start within 60 s")
-    # Keep draining its stdout so it never blocks on a full pipe.
-    threading.Thread(target=lambda: [None for _ in child.process.stdout], daemon=True).start()  # type: ignore[union-attr]
+    while not ready.wait(0.1):
+        if process.poll() is not None:
+            raise StartupError(
+                f"the sandbox exited during start-up (status {process.returncode}); are ports "
+                f"{settings.sandbox_port_base + 1}-{settings.sandbox_port_base + len(SANDBOX_SOURCES)} "
+                "free? (set SANDBOX_PORT_BASE)"
+            )
+        if time.monotonic() > deadline:
+            child.process.kill()  # type: ignore[union-attr]
+            raise StartupError("the sandbox did not start within 60 s")
     return child, env
 
 
 def write_sandbox_env(home: Path, env: dict[str, str]) -> Path:
     path = home / "sandbox.env"
-    path.write_text("".join(f"{k}={v}\n" for k, v in sorted(env.items())))
-    path.chmod(0o600)
+    tmp = path.with_suffix(".env.tmp")
+    tmp.write_text("".join(f"{k}={v}\n" for k, v in sorted(env.items())))
+    tmp.chmod(0o600)
+    tmp.replace(path)
     return path
+
+
+def sandbox_banner(path: Path) -> str:
+    return (
+        "\n"
+        "  ┌─ vector-sync is in SANDBOX MODE ─────────────────────────────────────────────\n"
+        "  │ No real source is configured, so Jira, Slack, GitHub, Notion, Tempo and\n"
+        "  │ Fireflies are local simulators (seeded 'small' profile, a live edit every\n"
+        f"  │ {SANDBOX_TRICKLE:g} s, webhooks sent to this receiver). Embeddings are offline, the index is\n"
+        "  │ pgvector. The simulators' settings and the ADMIN_API_KEY are in\n"
+        f"  │   {path}\n"
+        f"  │ (for one-shot commands: set -a; . {path}; set +a; vector-sync status)\n"
+        "  │ To sync your real tools, set their credentials (e.g. JIRA_URL, JIRA_EMAIL,\n"
+        "  │ JIRA_API_TOKEN; SLACK_BOT_TOKEN; GITHUB_TOKEN; NOTION_TOKEN; TEMPO_API_TOKEN;\n"
+        "  │ FIREFLIES_API_KEY; see docs/sources/) and run again: any real source credential\n"
+        "  │ turns the sandbox off. SANDBOX=off forces it off; docs/sandbox.md explains it.\n"
+        "  └──────────────────────────────────────────────────────────────────────────────\n"
+    )
 
 
 def up(settings: Settings) -> int:
@@ -130,31 +201,31 @@ def up(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     log.info("starting", extra={"home": str(settings.home)})
-    settings, embedded = start_embedded(settings)
     children: list[Child] = []
+    embedded: list[EmbeddedPostgres | EmbeddedRedis] = []
+    reason: str | None = None
     try:
+        settings, embedded = start_embedded(settings)
         pool = state.open_pool(settings.database_url, max_size=1)
-        applied = state.migrate(pool)
-        pool.close()
+        try:
+            applied = state.migrate(pool)
+        finally:
+            pool.close()
         if applied:
             log.info("migrations applied: %s", ", ".join(applied))
         env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
                "VECTOR_SYNC_HOME": str(settings.home)}
         receiver_url = f"http://{settings.host}:{settings.port}"
-        if settings.wants_sandbox():
+        if settings.wants_sandbox() and not stop.is_set():
             sandbox, sandbox_env = start_sandbox(settings, receiver_url)
             children.append(sandbox)
+            for name in SANDBOX_SOURCES:
+                var = f"{name.upper()}_POLL_INTERVAL"
+                sandbox_env[var] = os.environ.get(var) or SANDBOX_POLL_INTERVAL
             sandbox_env["ADMIN_API_KEY"] = str(settings.admin_api_key) or _sandbox_admin_key(settings.home)
             path = write_sandbox_env(settings.home, sandbox_env)
             env.update(sandbox_env)
-            print(
-                "\n  vector-sync is in SANDBOX MODE: no real source is configured, so the six SaaS\n"
-                "  sources are local simulators with seeded data and a trickle of live edits.\n"
-                f"  Their settings (and the ADMIN_API_KEY) are in {path}.\n"
-                "  To sync real tools, set their credentials (see docs/configuration.md);\n"
-                "  any real source credential turns the sandbox off.\n",
-                file=sys.stderr, flush=True,
-            )
+            print(sandbox_banner(path), file=sys.stderr, flush=True)
         children += [
             Child("web", [sys.executable, "-m", "uvicorn", "--factory", "receiver.app:main",
                           "--host", settings.host, "--port", str(settings.port),
@@ -164,15 +235,22 @@ def up(settings: Settings) -> int:
             Child("reconciler", [sys.executable, "-m", "reconciler"]),
         ]
         for child in children:
-            if child.process is None:
+            if child.process is None and not stop.is_set():
                 child.start(env)
-        print(f"  receiver on {receiver_url}  (status: {receiver_url}/api/status)\n", file=sys.stderr, flush=True)
+        if not stop.is_set():
+            print(f"  receiver on {receiver_url}  (status: {receiver_url}/api/status)\n",
+                  file=sys.stderr, flush=True)
         reason = supervise(children, stop)
+    except StartupError as exc:
+        reason = str(exc)
+    except Exception as exc:
+        log.exception("start-up failed")
+        reason = f"start-up failed: {type(exc).__name__}: {exc}"
     finally:
         stop_children(children)
         stop_embedded(embedded)
     if reason:
-        print(f"vector-sync: {reason}; stopped everything", file=sys.stderr)
+        print(f"vector-sync: {reason}; stopped everything", file=sys.stderr, flush=True)
         return 1
     log.info("stopped")
     return 0
@@ -189,17 +267,33 @@ def _sandbox_admin_key(home: Path) -> str:
 
 def supervise(children: list[Child], stop: threading.Event) -> str | None:
     """Wait until a stop signal (None) or a child's death (the reason)."""
-    while not stop.wait(0.5):
+    while not stop.wait(0.2):
         for child in children:
             if child.process is not None and child.process.poll() is not None:
-                return f"{child.name} exited with status {child.process.returncode}"
+                if stop.is_set():
+                    return None
+                return f"{child.name} exited with {_describe(child.process.returncode)}"
     return None
 
 
+def _describe(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"status {code}"
+
+
 def stop_children(children: list[Child]) -> None:
+    """SIGTERM to all at once (the receiver, workers and reconciler drain in parallel),
+    SIGKILL to whatever still runs after ``STOP_GRACE`` seconds."""
     for child in children:
         if child.alive():
-            child.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            try:
+                child.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            except ProcessLookupError:
+                pass
     deadline = time.monotonic() + STOP_GRACE
     for child in children:
         if child.process is None:

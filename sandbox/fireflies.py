@@ -661,6 +661,19 @@ class FirefliesSimulator(Simulator):
         headers = {"Content-Type": "application/json", "X-Hub-Signature": self.sign(body)}
         self.webhooks.send_soon(body, headers)
 
+    async def trickle(self, rng: random.Random) -> None:
+        """One live change: a meeting still being processed finishes (its transcript and
+        summary appear and ``meeting.transcribed`` fires, as the control API's process call
+        does), or, when none is pending, a new meeting starts (not yet transcribed)."""
+        pending = [t for t in self.transcripts.values() if t.sentences is None]
+        if pending:
+            t = min(pending, key=lambda t: t.date)
+            self.fill(t, rng, rng.randint(12, 30))
+            self.send_event("meeting.transcribed", t.id)
+        else:
+            t = self.new_transcript(rng, date=int(time.time() * 1000))
+            self.transcripts[t.id] = t
+
 
 def _bind(value: Any, variables: dict[str, Any]) -> Any:
     if isinstance(value, tuple) and value and value[0] == "$":

@@ -985,6 +985,44 @@ class GitHubSimulator(Simulator):
                 "url": f"https://github.com/{repo.full_name}/commit/{commit.sha}",
                 "author": person, "committer": person, **by_status}
 
+    async def trickle(self, rng: random.Random) -> None:
+        """One live edit: a new issue, a comment, or a push of one commit to the default branch.
+        Same state changes and webhooks as the control API's issue, comment and push calls."""
+        repos = [r for r in self.repos.values() if not r.deleted and not r.archived]
+        if not repos:
+            return
+        repo = rng.choice(repos)
+        user = rng.choice(_USERS)
+        now = time.time()
+        items = [i for i in repo.issues.values() if i.visible]
+        roll = rng.random()
+        if roll < 0.35 or not items:
+            issue = Issue(repo.next_number(), self.next_id(), f"{rng.choice(_VERBS)} {rng.choice(_TOPICS)}",
+                          " ".join(rng.sample(_SENTENCES, 2)), user, now, now,
+                          labels=sorted(rng.sample(_LABELS, rng.randint(0, 2))))
+            repo.issues[issue.number] = issue
+            self.emit("issues", {"action": "opened", "issue": self.issue_json(repo, issue), "_sender": user}, repo)
+        elif roll < 0.7:
+            issue = rng.choice(items)
+            comment = Comment(self.next_id(), user, rng.choice(_SENTENCES), now, now)
+            issue.comments.append(comment)
+            issue.touch(now)
+            self._comment_event("created", repo, issue, comment)
+        else:
+            before = repo.commits[-1].sha if repo.commits else "0" * 40
+            files = [(f, "modified", rng.randint(1, 40), rng.randint(0, 20))
+                     for f in sorted(rng.sample(_FILES, rng.randint(1, 2)))]
+            message = f"{rng.choice(_VERBS)} {rng.choice(_TOPICS)}\n\n{rng.choice(_SENTENCES)}"
+            commit = self._commit(repo, message, user, now, files, f"trickle:{now}")
+            ref = f"refs/heads/{repo.default_branch}"
+            self.emit("push", {
+                "ref": ref, "before": before, "after": commit.sha, "created": False, "deleted": False,
+                "forced": False, "base_ref": None,
+                "compare": f"https://github.com/{repo.full_name}/compare/{before[:12]}...{commit.sha[:12]}",
+                "commits": [self._push_commit(repo, commit)], "head_commit": self._push_commit(repo, commit),
+                "pusher": {"name": user, "email": None},
+            }, repo)
+
 
 class _Replay:
     """A request whose JSON body was already read (so one control handler can call another)."""

@@ -1070,6 +1070,45 @@ class JiraSimulator(Simulator):
                              adf(f"I looked at {rng.choice(_WORDS['topic'])}: {_sentence(rng).lower()}."), at)
         issue.updated = at + rng.randrange(0, 86400) * 1000
 
+    async def trickle(self, rng: random.Random) -> None:
+        """One live edit, as a person would make it: a new issue, a comment, or a transition.
+        Same state changes and webhooks as the control API's create/comment/edit."""
+        issues = list(self.issues.values())
+        roll = rng.random()
+        if not self.projects:
+            return
+        at = now_ms()
+        if roll < 0.35 or not issues:
+            project = rng.choice(list(self.projects.values()))
+            reporter = rng.choice(list(self.users))
+            issue = self.add_issue(
+                project, _sentence(rng), reporter=reporter, created=at, status="To Do",
+                description=adf(f"{_sentence(rng)}.\n\nRaised while looking at "
+                                f"{rng.choice(_WORDS['topic'])} {rng.choice(_WORDS['where'])}."),
+                assignee=rng.choice(list(self.users)) if rng.random() < 0.5 else None,
+                labels=rng.sample(_LABELS, rng.randrange(0, 3)), priority=rng.choice(_PRIORITIES),
+                issuetype=rng.choice(_TYPES),
+            )
+            self.fire_issue_event("jira:issue_created", issue, "issue_created", at, reporter)
+        elif roll < 0.7:
+            issue = rng.choice(issues)
+            author = rng.choice(list(self.users))
+            comment = self.add_comment(
+                issue, author, adf(f"Update on {rng.choice(_WORDS['topic'])}: {_sentence(rng).lower()}."), at)
+            issue.updated = max(issue.updated, at)
+            self.fire_comment_event("comment_created", issue, comment)
+        else:
+            issue = rng.choice(issues)
+            later = [s for s in _STATUSES if s != issue.status]
+            old, issue.status = issue.status, rng.choice(later)
+            items = [_change("status", old, issue.status)]
+            if rng.random() < 0.5:
+                old_assignee, issue.assignee = issue.assignee, rng.choice(list(self.users))
+                items.append(_change("assignee", old_assignee, issue.assignee))
+            issue.updated = at
+            self.fire_issue_event("jira:issue_updated", issue, "issue_generic", at,
+                                  issue.assignee or issue.reporter, items)
+
 
 # --- small pure helpers ---------------------------------------------------------------------
 

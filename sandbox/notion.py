@@ -860,6 +860,34 @@ class NotionSimulator(Simulator):
         else:
             raise ValueError(f"unknown seed profile {profile!r}")
 
+    async def trickle(self, rng: random.Random) -> None:
+        """One live edit: a paragraph added to a page, a new page, or a renamed page.
+        Same state changes and events as the control API's append, create and edit calls
+        (content updates wait out the aggregation window, as Notion's do)."""
+        pages = [p for p in self.pages.values() if self.visible(p)]
+        people = [u for u, info in self.users.items() if info["type"] == "person"]
+        if not people:
+            return
+        author = rng.choice(people)
+        topic = rng.choice(_TOPICS)
+        roll = rng.random()
+        if roll < 0.5 and pages:
+            page = rng.choice(pages)
+            new = self.set_blocks(page, [{"type": "paragraph", "text": f"Update: {topic[rng.randint(1, 2)]}"}],
+                                  author, append=True)
+            self.emit("page.content_updated", page, author, {"updated_blocks": new})
+        elif roll < 0.8 or not pages:
+            parents = [p for p in pages if p.parent[0] != "database_id"]
+            parent = ("page_id", rng.choice(parents).id) if parents and rng.random() < 0.6 else ("workspace", "")
+            page = self.create_page(f"{topic[0]}: notes {rng.randint(1, 999)}", parent,
+                                    blocks=_content(rng, topic), author=author)
+            self.emit("page.created", page, author)
+        else:
+            page = rng.choice(pages)
+            page.title = f"{page.title.split(' (rev ')[0]} (rev {rng.randint(2, 99)})"
+            self._touch(page, author, self.now())
+            self.emit("page.properties_updated", page, author, {"updated_properties": ["title"]})
+
 
 # --- module helpers -------------------------------------------------------------------------
 async def _json_body(request: Request) -> dict[str, Any]:

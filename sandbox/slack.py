@@ -818,6 +818,31 @@ class SlackSimulator(Simulator):
         self.channels[channel.id] = channel
         return channel
 
+    async def trickle(self, rng: random.Random) -> None:
+        """One live edit in a channel the app is in: a new message, a thread reply, or an edit.
+        Same state changes and Events API deliveries as the control API."""
+        channels = [c for c in self.channels.values() if not c.is_archived and BOT_USER in c.members]
+        if not channels:
+            return
+        channel = rng.choice(channels)
+        people = [u for u in channel.members if u in self.users and not self.users[u]["is_bot"]]
+        if not people:
+            return
+        user = rng.choice(people)
+        roots = [ts for ts, m in channel.messages.items()
+                 if "thread_ts" not in m or m.get("thread_ts") == ts]
+        roots = [ts for ts in roots if channel.messages[ts].get("subtype") != "tombstone"]
+        roll = rng.random()
+        if roll < 0.45 or not roots:
+            self.post_message(channel.id, _sentence(rng), user=user)
+        elif roll < 0.8:
+            recent = sorted(roots)[-5:]
+            self.post_message(channel.id, _sentence(rng), user=user, thread_ts=rng.choice(recent))
+        else:
+            ts = max(roots)
+            text = channel.messages[ts]["text"]
+            self.edit_message(channel.id, ts, f"{text} Edit: {_sentence(rng)}")
+
 
 def _fill(
     channel: Channel, rng: random.Random, count: int, start: int, span: int, *,

@@ -244,6 +244,22 @@ class TempoSimulator(Simulator):
         return JSONResponse({"retry_after_header": self.retry_after_header,
                              "throttled": self.throttled})
 
+    async def trickle(self, rng: random.Random) -> None:
+        """One live edit: someone logs time today, or corrects a worklog. Tempo sends no
+        webhooks; the reconciler's ``updatedFrom`` polling picks these up."""
+        if self.worklogs and rng.random() < 0.35:
+            worklog = self.worklogs[rng.choice(list(self.worklogs))]
+            worklog["timeSpentSeconds"] = rng.choice([900, 1800, 3600, 5400, 7200])
+            worklog["billableSeconds"] = worklog["timeSpentSeconds"]
+            worklog["description"] = f"{worklog['description'].split(' (corrected')[0]} (corrected)"
+            previous = datetime.strptime(worklog["updatedAt"], "%Y-%m-%dT%H:%M:%SZ")
+            worklog["updatedAt"] = stamp(max(time.time(), previous.replace(tzinfo=timezone.utc).timestamp() + 1))
+        elif self.issues:
+            issue = rng.choice(self.issues)
+            self.add(issue_id=int(issue["id"]), seconds=rng.choice([900, 1800, 3600, 5400]),
+                     start_date=_today().isoformat(), description=rng.choice(WORK),
+                     author=rng.choice(ACCOUNTS), start_time=f"{rng.randint(8, 17):02d}:00:00")
+
 
 class _Query:
     """The validated query string of ``GET /4/worklogs``."""
