@@ -12,7 +12,9 @@
     ├── EmbeddingError           the embedder refused or failed
     └── SourceError(source, detail, status)
         ├── TransientSourceError retried with backoff (5xx, timeouts, connection errors)
-        │   └── RateLimited      retried after ``retry_after`` seconds (429, 503 + Retry-After)
+        │   ├── RateLimited      retried after ``retry_after`` seconds (429, 503 + Retry-After)
+        │   └── NotReady         exists but has no content yet (a transcript being processed):
+        │                        deferred, not failed; the next reconcile pass lists it again
         └── PermanentSourceError not retried blindly (revoked auth, 4xx other than 404/429)
 
 A ``Gone`` result (not an error) is how a fetch says "deleted upstream"; a failed fetch is
@@ -78,6 +80,10 @@ class RateLimited(TransientSourceError):
     def __init__(self, source: str, detail: str, retry_after: float, status: int = 429) -> None:
         super().__init__(source, detail, status)
         self.retry_after = retry_after
+
+
+class NotReady(TransientSourceError):
+    """Raised when a document exists but its content is not ready yet (never stored empty)."""
 
 
 class PermanentSourceError(SourceError):

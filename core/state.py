@@ -195,7 +195,7 @@ def indexed_before(pool: ConnectionPool, document_ids: list[str], moment: dateti
 
 # --- per-source counters --------------------------------------------------------------------
 
-_COUNTERS = ("synced", "unchanged", "metadata_only", "deleted", "stale_ignored", "failed")
+_COUNTERS = ("synced", "unchanged", "metadata_only", "deleted", "stale_ignored", "deferred", "failed")
 
 
 def bump_source_stats(

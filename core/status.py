@@ -69,7 +69,8 @@ def build_status(services: Services, settings: Settings) -> dict[str, Any]:
             for row in conn.execute(
                 """SELECT source, synced, unchanged, metadata_only, deleted, stale_ignored, failed,
                           last_sync_at, last_error, last_error_at, webhooks_received,
-                          webhooks_rejected, last_webhook_at, last_rejection, last_rejection_at
+                          webhooks_rejected, last_webhook_at, last_rejection, last_rejection_at,
+                          deferred
                    FROM source_stats"""
             ).fetchall()
         }
@@ -183,7 +184,8 @@ def _source_status(
         "runs": {"in_flight": int(in_flight), "stuck": int(stuck), "failed_24h": int(failed_24h)},
         "pipeline": {
             k: int(stat_row[i]) if stat_row else 0
-            for i, k in enumerate(("synced", "unchanged", "metadata_only", "deleted", "stale_ignored", "failed"), 1)
+            for k, i in (("synced", 1), ("unchanged", 2), ("metadata_only", 3), ("deleted", 4),
+                         ("stale_ignored", 5), ("deferred", 15), ("failed", 6))
         },
         "last_indexed_at": _iso(stat_row[7]) if stat_row else None,
         "webhooks": {
@@ -220,7 +222,7 @@ def render_metrics(status: dict[str, Any]) -> str:
     metric("vectors", "Vectors (chunks) indexed", "gauge",
            [({"source": n}, s["vectors"]) for n, s in sources.items()]
            + [({"source": "api"}, status["push_api"]["vectors"])])
-    for counter in ("synced", "unchanged", "metadata_only", "deleted", "stale_ignored", "failed"):
+    for counter in ("synced", "unchanged", "metadata_only", "deleted", "stale_ignored", "deferred", "failed"):
         metric(f"pipeline_{counter}_total", f"Documents the pipeline counted as {counter}", "counter",
                [({"source": n}, s["pipeline"][counter]) for n, s in sources.items()])
     metric("webhooks_received_total", "Webhooks accepted", "counter",

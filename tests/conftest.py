@@ -39,6 +39,11 @@ BASE_ENV = {
     "LOG_LEVEL": "WARNING",
 }
 
+#: Request budgets far above what tests send, for tests that are not about budgets (the
+#: production defaults space Slack at 50/min and Fireflies at 60/min).
+FAST_BUDGETS = {f"{name.upper()}_RATE_LIMIT": "1000/s"
+                for name in ("jira", "slack", "github", "notion", "tempo", "fireflies")}
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -81,9 +86,8 @@ def settings(infra: dict[str, str]) -> Settings:
 TABLES = ("scopes", "documents", "runs", "run_items", "deliveries", "heartbeats", "source_stats", "kv")
 
 
-@pytest.fixture
-def services(settings: Settings) -> Iterator[Services]:
-    svc = open_services(settings)
+def reset_state(svc: Services) -> None:
+    """Empty every table and the index, and flush Redis."""
     with svc.pool.connection() as conn:
         conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
         for (table,) in conn.execute(
@@ -91,6 +95,12 @@ def services(settings: Settings) -> Iterator[Services]:
         ).fetchall():
             conn.execute(f"TRUNCATE {table}")
     svc.broker.client.flushall()
+
+
+@pytest.fixture
+def services(settings: Settings) -> Iterator[Services]:
+    svc = open_services(settings)
+    reset_state(svc)
     yield svc
     svc.close()
 
@@ -204,4 +214,4 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-__all__ = ["ADMIN_KEY", "make_settings", "wait_for", "run", "replace", "free_port"]
+__all__ = ["ADMIN_KEY", "BASE_ENV", "FAST_BUDGETS", "make_settings", "reset_state", "wait_for", "run", "replace", "free_port"]

@@ -23,7 +23,7 @@ from psycopg_pool import ConnectionPool
 from core import state
 from core.documents import Document, Gone, Ref, chunk_text, vector_id
 from core.embeddings import Embedder
-from core.errors import NotConfigured, PermanentSourceError, RateLimited, VectorSyncError
+from core.errors import NotConfigured, NotReady, PermanentSourceError, RateLimited, VectorSyncError
 from core.index import Vector, VectorIndex
 from core.runtime import SourceSet
 from core.settings import Settings
@@ -164,6 +164,11 @@ class Pipeline:
                 else:
                     async with semaphore:
                         resolved[ref.document_id] = await self.sources.get(ref.source).fetch(ref)
+            except NotReady as exc:
+                # Not a failure: nothing is stored, nothing deleted, no retry storm. The source is
+                # polled with an overlap that lists it again (and Fireflies pushes when ready).
+                outcome.add(ref.source, "deferred")
+                log.info("not ready, deferred", extra={"document_id": ref.document_id, "reason": str(exc)})
             except (VectorSyncError, OSError) as exc:
                 outcome.failures[ref.document_id] = (exc, ref)
                 log.warning("fetch failed", extra={"document_id": ref.document_id, "error": str(exc)})

@@ -97,6 +97,7 @@ CREATE TABLE source_stats (
     metadata_only     bigint NOT NULL DEFAULT 0,
     deleted           bigint NOT NULL DEFAULT 0,
     stale_ignored     bigint NOT NULL DEFAULT 0,
+    deferred          bigint NOT NULL DEFAULT 0,
     failed            bigint NOT NULL DEFAULT 0,
     last_sync_at      timestamptz,
     last_error        text,

@@ -32,6 +32,7 @@ from core.errors import (
     MalformedWebhook,
     NotConfigured,
     PermanentSourceError,
+    NotReady,
     TransientSourceError,
 )
 from core.http import Limiter, SourceHTTP
@@ -71,7 +72,7 @@ query Transcript($id: String!) {
 }"""
 
 
-class NotProcessedYet(TransientSourceError):
+class NotProcessedYet(NotReady):
     """Raised when a transcript exists but Fireflies has not finished processing it."""
 
 

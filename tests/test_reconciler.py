@@ -1,0 +1,238 @@
+"""The reconciler against the sandbox: schedules, shared claiming, failures, and liveness."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import pytest
+from freezegun import freeze_time
+
+from core import state
+from core.runtime import SourceSet
+from core.settings import DEFAULT_POLL_INTERVAL
+from core.status import build_status
+from reconciler.reconcile import Reconciler, claim_due
+from sandbox.server import SandboxServer, create_simulators
+from tests.conftest import BASE_ENV, FAST_BUDGETS, make_settings, wait_for
+
+SOURCES = ["jira", "slack", "github", "notion", "tempo", "fireflies"]
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    sims = create_simulators(SOURCES, profile="small", seed=7)
+    for sim in sims.values():
+        sim.knobs.rate_limit = 0  # these tests are about schedules, not budgets
+    server = SandboxServer(sims).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sandbox_settings(infra, sandbox):
+    return make_settings(infra, **sandbox.env(), **FAST_BUDGETS)
+
+
+def tick(settings, services, owner="test-reconciler") -> int:
+    async def go() -> int:
+        sources = SourceSet(settings, services.pool)
+        try:
+            return await Reconciler(settings, services, sources, owner).tick()
+        finally:
+            await sources.aclose()
+
+    return asyncio.run(go())
+
+
+def scope_rows(services):
+    with state.dict_cursor(services.pool) as cur:
+        cur.execute("SELECT * FROM scopes WHERE active ORDER BY source, key")
+        return cur.fetchall()
+
+
+def pass_time(services, minutes: float) -> None:
+    """Move every scope's schedule back, as if ``minutes`` had passed."""
+    with services.pool.connection() as conn:
+        conn.execute(
+            """UPDATE scopes SET next_due_at = next_due_at - make_interval(mins => %s),
+                   last_success_at = last_success_at - make_interval(mins => %s)""",
+            (minutes, minutes),
+        )
+
+
+class TestSchedules:
+    def test_each_source_is_polled_on_its_schedule(self, services, sandbox_settings):
+        # Given a first pass over every discovered scope of all six sources:
+        assert tick(sandbox_settings, services) > 0
+        rows = scope_rows(services)
+        assert {r["source"] for r in rows} == set(SOURCES)
+        for row in rows:
+            assert row["last_success_at"] is not None, row
+            gap = (row["next_due_at"] - row["last_success_at"]).total_seconds()
+            assert gap == pytest.approx(DEFAULT_POLL_INTERVAL[row["source"]], abs=5), row["source"]
+        # Then nothing is due straight away:
+        assert tick(sandbox_settings, services) == 0
+        # When 16 minutes pass, only Slack (every 15 min) is due:
+        pass_time(services, 16)
+        due = claim_due(services.pool, SOURCES, limit=100)
+        assert {c.source for c in due} == {"slack"}
+        # (release the lease the claim took, as a finished pass would)
+        with services.pool.connection() as conn:
+            conn.execute("UPDATE scopes SET next_due_at = now() - interval '1 second' WHERE source = 'slack'")
+        assert tick(sandbox_settings, services) == len([r for r in rows if r["source"] == "slack"])
+        # When 31 minutes have passed since the first pass, Jira and GitHub (30 min) are due, and
+        # Slack again (polled at minute 16); Notion, Tempo and Fireflies (60 min) are not:
+        pass_time(services, 15)
+        due_sources = {c.source for c in claim_due(services.pool, SOURCES, limit=100)}
+        assert due_sources == {"jira", "github", "slack"}
+
+    def test_status_turns_stale_when_a_source_misses_its_threshold(self, services, sandbox_settings):
+        tick(sandbox_settings, services)
+        fresh = build_status(services, sandbox_settings)["sources"]["slack"]
+        assert fresh["configured"] and fresh["fresh"] is True and fresh["state"] == "fresh"
+        later = datetime.now(timezone.utc) + timedelta(seconds=sandbox_settings.source("slack").stale_after + 60)
+        # Only this process's clock moves; Postgres and Redis keep real time.
+        with freeze_time(later, tick=True, ignore=["psycopg", "psycopg_pool", "redis", "dramatiq", "threading"]):
+            report = build_status(services, sandbox_settings)
+        assert report["sources"]["slack"]["fresh"] is False
+        assert report["sources"]["slack"]["state"] == "stale"
+        assert report["all_fresh"] is False
+
+
+class TestSharedWork:
+    def test_two_reconcilers_never_poll_one_scope_at_once(self, services, sandbox_settings):
+        # Discover first so both replicas see the same scopes.
+        async def discover() -> None:
+            sources = SourceSet(sandbox_settings, services.pool)
+            await Reconciler(sandbox_settings, services, sources, "d").discover(SOURCES, force=True)
+            await sources.aclose()
+
+        asyncio.run(discover())
+        active = len(scope_rows(services))
+        results: list[int] = []
+        barrier = threading.Barrier(2)
+
+        def replica(name: str) -> None:
+            barrier.wait()
+            results.append(tick(sandbox_settings, services, owner=name))
+
+        threads = [threading.Thread(target=replica, args=(f"replica-{i}",)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        # Every scope was reconciled exactly once, shared between the two.
+        assert sum(results) == active
+        with services.pool.connection() as conn:
+            counts = conn.execute(
+                "SELECT source, scope, count(*) FROM runs WHERE kind = 'reconcile' GROUP BY source, scope"
+            ).fetchall()
+        assert len(counts) == active
+        assert all(n == 1 for _, _, n in counts)
+
+    def test_concurrent_claims_are_disjoint(self, services, sandbox_settings):
+        tick(sandbox_settings, services)
+        with services.pool.connection() as conn:
+            conn.execute("UPDATE scopes SET next_due_at = now() - interval '1 minute'")
+        claims: list[list[str]] = []
+
+        def claim() -> None:
+            claims.append([f"{c.source}/{c.key}" for c in claim_due(services.pool, SOURCES, limit=100)])
+
+        threads = [threading.Thread(target=claim) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        flat = [k for c in claims for k in c]
+        assert len(flat) == len(set(flat)) == len(scope_rows(services))
+
+
+class TestFailures:
+    def test_a_failing_source_is_recorded_and_retried_without_losing_its_cursor(self, services, sandbox, sandbox_settings):
+        tick(sandbox_settings, services)
+        before = {r["key"]: r["cursor"] for r in scope_rows(services) if r["source"] == "github"}
+        knobs = f"{sandbox.url('github')}/_sandbox/knobs"
+        httpx.put(knobs, json={"fault_rate": 1.0}).raise_for_status()
+        try:
+            with services.pool.connection() as conn:
+                conn.execute("UPDATE scopes SET next_due_at = now() - interval '1 second' WHERE source = 'github'")
+            tick(sandbox_settings, services)
+        finally:
+            httpx.put(knobs, json={"fault_rate": 0.0}).raise_for_status()
+        rows = [r for r in scope_rows(services) if r["source"] == "github"]
+        assert all(r["last_error"] for r in rows)
+        assert {r["key"]: r["cursor"] for r in rows} == before
+        # Retried well before the next regular poll, not in a tight loop.
+        for row in rows:
+            wait = (row["next_due_at"] - row["last_error_at"]).total_seconds()
+            assert 30 <= wait <= 90
+        report = build_status(services, sandbox_settings)["sources"]["github"]
+        assert report["state"] == "failing"
+        assert report["last_error"]
+        with services.pool.connection() as conn:
+            failed = conn.execute("SELECT count(*) FROM runs WHERE source = 'github' AND status = 'failed'").fetchone()[0]
+        assert failed == len(rows)
+        # When the source recovers, the next pass clears the error.
+        with services.pool.connection() as conn:
+            conn.execute("UPDATE scopes SET next_due_at = now() - interval '1 second' WHERE source = 'github'")
+        tick(sandbox_settings, services)
+        assert all(r["last_error"] is None for r in scope_rows(services) if r["source"] == "github")
+        assert build_status(services, sandbox_settings)["sources"]["github"]["state"] == "fresh"
+
+    def test_a_failed_listing_prunes_nothing(self, services, sandbox, sandbox_settings, worker_factory):
+        worker = worker_factory(sandbox_settings)
+        tick(sandbox_settings, services)
+        worker.drain()
+        with services.pool.connection() as conn:
+            held = conn.execute("SELECT count(*) FROM documents WHERE source = 'notion' AND deleted_at IS NULL").fetchone()[0]
+            conn.execute("UPDATE scopes SET next_due_at = now() - interval '1 second', next_prune_at = now() "
+                         "WHERE source = 'notion'")
+        assert held > 0
+        knobs = f"{sandbox.url('notion')}/_sandbox/knobs"
+        httpx.put(knobs, json={"fault_rate": 1.0}).raise_for_status()
+        try:
+            tick(sandbox_settings, services)
+            worker.drain()
+        finally:
+            httpx.put(knobs, json={"fault_rate": 0.0}).raise_for_status()
+        with services.pool.connection() as conn:
+            after = conn.execute("SELECT count(*) FROM documents WHERE source = 'notion' AND deleted_at IS NULL").fetchone()[0]
+            prune = conn.execute("SELECT status, error FROM runs WHERE kind = 'prune' AND source = 'notion'").fetchone()
+        assert after == held
+        assert prune[0] == "failed" and "nothing pruned" in prune[1]
+
+
+class TestLiveness:
+    def test_a_killed_reconciler_is_reported_dead(self, infra, services, settings):
+        env = {**os.environ, **BASE_ENV, **infra, "HEARTBEAT_INTERVAL": "0.5", "HEARTBEAT_TIMEOUT": "3"}
+        process = subprocess.Popen([sys.executable, "-m", "reconciler"], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_for(lambda: build_status(services, settings)["processes_alive"]["reconciler"], timeout=60)
+            process.send_signal(signal.SIGKILL)
+            process.wait(10)
+            wait_for(lambda: not build_status(services, settings)["processes_alive"]["reconciler"], timeout=30)
+            dead = [p for p in build_status(services, settings)["processes"] if p["kind"] == "reconciler"]
+            assert dead and not dead[0]["alive"]
+            assert dead[0]["pid"] == process.pid
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+    def test_a_reconciler_stops_cleanly_on_sigterm(self, infra, services, settings):
+        env = {**os.environ, **BASE_ENV, **infra, "HEARTBEAT_INTERVAL": "0.5"}
+        process = subprocess.Popen([sys.executable, "-m", "reconciler"], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_for(lambda: build_status(services, settings)["processes_alive"]["reconciler"], timeout=60)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+        # A clean stop removes its heartbeat: status does not report a dead process.
+        assert not [p for p in build_status(services, settings)["processes"] if p["kind"] == "reconciler"]
