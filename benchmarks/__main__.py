@@ -34,11 +34,14 @@ def machine() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        # Other processes on the machine skew every figure: record how busy it was.
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
     }
 
 
 def print_table(name: str, result: dict[str, Any]) -> None:
-    print(f"\n== {name} ({result['wall_s']:.1f} s) ==")
+    load = result["machine"]["load_average_1_5_15"][0], result.get("load_average_after", [0])[0]
+    print(f"\n== {name} ({result['wall_s']:.1f} s; load average {load[0]} before, {load[1]} after) ==")
     for key, value in result.get("params", {}).items():
         print(f"  {'param ' + key:<44} {value}")
     for key, value in result.get("figures", {}).items():
@@ -83,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                 result["error"] = f"{type(exc).__name__}: {exc}"
                 traceback.print_exc()
             result["wall_s"] = round(time.monotonic() - started, 2)
+            result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
             (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
             print_table(name, result)
     finally:
