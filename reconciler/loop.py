@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 
-from core import state
+from core import alerts, state
 from core.heartbeat import Heartbeat
 from core.runtime import Services, SourceSet, open_services
 from core.settings import Settings
@@ -15,11 +16,18 @@ from reconciler.reconcile import Reconciler, abandon_dead_runs, due_in
 
 log = logging.getLogger("vector_sync.reconciler")
 
+#: Seconds between alert checks (each builds a full status report), and before the first one.
+ALERT_INTERVAL = 60.0
+ALERT_GRACE = 120.0
+
 
 async def reconcile_forever(settings: Settings, services: Services, stop: threading.Event, owner: str) -> None:
     sources = SourceSet(settings, services.pool)
     reconciler = Reconciler(settings, services, sources, owner)
     backfills: set[asyncio.Task[None]] = set()
+    # The first alert check waits for a first pass and the other processes' first heartbeats,
+    # so a fresh start does not announce every source as stale.
+    next_alert = time.monotonic() + ALERT_GRACE
     try:
         while not stop.is_set():
             try:
@@ -27,6 +35,9 @@ async def reconcile_forever(settings: Settings, services: Services, stop: thread
                 await asyncio.to_thread(state.expire_deliveries, services.pool)
                 await reconciler.tick()
                 await run_queued_backfills(settings, services, sources, owner, backfills)
+                if settings.alert_slack_webhook_url and time.monotonic() >= next_alert:
+                    await asyncio.to_thread(alerts.check_and_notify, services, settings)
+                    next_alert = time.monotonic() + ALERT_INTERVAL
             except Exception:  # one bad pass must not end the loop; status shows the errors
                 log.exception("reconciler pass failed")
             wait = await asyncio.to_thread(due_in, services.pool, sources.configured())

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import socket
 import threading
 import time
@@ -53,9 +55,12 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def infra() -> Iterator[dict[str, str]]:
     """DATABASE_URL and REDIS_URL of real servers for the whole session."""
-    home = tmp_path_factory.mktemp("vs")
+    # Our own folder, not pytest's: pytest prunes old basetemps (which a concurrent session may
+    # still use) and makes them 0700, while pgserver runs postgres as another OS user when root.
+    home = Path(tempfile.mkdtemp(prefix="vector-sync-test-"))
+    home.chmod(0o755)
     started: list[Any] = []
     urls = {"DATABASE_URL": os.environ.get("DATABASE_URL", ""), "REDIS_URL": os.environ.get("REDIS_URL", "")}
     if not urls["DATABASE_URL"]:
@@ -72,6 +77,7 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     yield urls
     for server in reversed(started):
         server.stop()
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def make_settings(infra: dict[str, str], **env: str) -> Settings:
