@@ -158,7 +158,7 @@ class EmbeddedPostgres:
             if postmaster.name() != "postgres" or str(self.folder.resolve()) not in " ".join(postmaster.cmdline()):
                 return []
             return [postmaster, *postmaster.children(recursive=True)]
-        except psutil.Error:
+        except (psutil.Error, ValueError):
             return []
 
     def _ensure_stopped(self, server: Any, timeout: float) -> None:
@@ -200,9 +200,10 @@ class EmbeddedPostgres:
 
 def _postmaster_pid(folder: Path) -> int | None:
     try:
-        return int((folder / "postmaster.pid").read_text().split("\n", 1)[0])
+        pid = int((folder / "postmaster.pid").read_text().split("\n", 1)[0])
     except (OSError, ValueError):
         return None
+    return pid if pid > 0 else None  # negative: a single-user backend (initdb), not a postmaster
 
 
 def _pg_system_user() -> str | None:

@@ -29,6 +29,7 @@ from typing import Any
 
 from core import state
 from core.embedded import EmbeddedPostgres, EmbeddedRedis
+from core.index import build_index
 from core.logs import configure_logging
 from core.settings import Settings
 
@@ -209,6 +210,9 @@ def up(settings: Settings) -> int:
         pool = state.open_pool(settings.database_url, max_size=1)
         try:
             applied = state.migrate(pool)
+            # Create the vector table (and the pgvector extension) here, once, before the
+            # receiver, workers and reconciler all try at the same moment on a fresh database.
+            build_index(settings, pool)
         finally:
             pool.close()
         if applied:
