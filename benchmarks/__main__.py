@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                                       "machine": machine(), "infra": {"embedded": infra.embedded}}
             try:
                 result |= module.run(infra, args.quick)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - report it, run the next benchmark
                 failed += 1
                 result["error"] = f"{type(exc).__name__}: {exc}"
                 traceback.print_exc()

@@ -15,9 +15,15 @@ from typing import Any
 import httpx
 
 from benchmarks.harness import Infra, Sandbox, Worker
-from core.runtime import open_services, SourceSet
+from core.runtime import SourceSet, open_services
 from reconciler.backfill import (
-    Backfill, create_run, finish_run, owner_name, read_back, totals, verification,
+    Backfill,
+    create_run,
+    finish_run,
+    owner_name,
+    read_back,
+    totals,
+    verification,
 )
 
 #: --quick: this many projects (of 72) instead of all.

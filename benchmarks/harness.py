@@ -50,7 +50,7 @@ def percentile(values: list[float], pct: float) -> float:
     if not values:
         return 0.0
     ordered = sorted(values)
-    rank = max(1, int(round(pct / 100 * len(ordered) + 0.4999)))
+    rank = max(1, round(pct / 100 * len(ordered) + 0.4999))
     return ordered[min(rank, len(ordered)) - 1]
 
 
@@ -95,7 +95,7 @@ class Infra:
         for server in reversed(self._started):
             try:
                 server.stop()
-            except Exception as exc:  # keep stopping the others
+            except Exception as exc:  # noqa: BLE001 - keep stopping the others
                 print(f"benchmarks: stopping {type(server).__name__} failed: {exc}", file=sys.stderr)
         self._started.clear()
         shutil.rmtree(self.home, ignore_errors=True)
