@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -24,7 +25,7 @@ from core.runtime import Services, SourceSet
 from core.settings import SOURCE_NAMES, Settings
 from reconciler.reconcile import Reconciler
 from sandbox.server import SandboxServer, create_simulators
-from tests.conftest import ADMIN_KEY, make_settings
+from tests.conftest import ADMIN_KEY, ReceiverHandle, WorkerHandle, make_settings
 
 HEADERS = {"X-Admin-Key": ADMIN_KEY}
 
@@ -59,10 +60,36 @@ def start_sandbox(names: list[str]) -> SandboxServer:
     return SandboxServer(sims).start()
 
 
-@pytest.fixture
-def settings(infra: dict[str, str], sandbox: SandboxServer, request: pytest.FixtureRequest) -> Settings:
+@pytest.fixture(scope="module")
+def module_settings(infra: dict[str, str], sandbox: SandboxServer, request: pytest.FixtureRequest) -> Settings:
     extra = getattr(request.module, "EXTRA_ENV", {})
     return make_settings(infra, **{**sandbox.env(), **FAST_ENV, **extra})
+
+
+@pytest.fixture
+def settings(module_settings: Settings) -> Settings:
+    return module_settings
+
+
+@dataclass
+class Stack:
+    worker: WorkerHandle
+    receiver: ReceiverHandle
+
+
+@pytest.fixture(scope="module")
+def stack(module_settings: Settings) -> Iterator[Stack]:
+    """One worker and one receiver for the module (starting and stopping them per test costs
+    about a second); ``services`` still truncates the tables and flushes Redis before each test."""
+    worker = WorkerHandle(module_settings)
+    try:
+        receiver = ReceiverHandle(module_settings)
+    except BaseException:
+        worker.stop()
+        raise
+    yield Stack(worker, receiver)
+    receiver.stop()
+    worker.stop()
 
 
 class System:
@@ -217,6 +244,6 @@ def reset_sandbox(sandbox: SandboxServer) -> None:
 
 
 @pytest.fixture
-def system(sandbox: SandboxServer, services: Services, receiver: Any, worker: Any) -> Iterator[System]:
-    yield System(sandbox, services, receiver, worker)
+def system(sandbox: SandboxServer, services: Services, stack: Stack) -> Iterator[System]:
+    yield System(sandbox, services, stack.receiver, stack.worker)
     reset_sandbox(sandbox)

@@ -19,7 +19,7 @@ import pytest
 
 from core.documents import vector_id
 from tests.conftest import make_settings
-from tests.contract.conftest import FAST_ENV, System, long_text, reset_sandbox, start_sandbox, unique
+from tests.contract.conftest import FAST_ENV, System, long_text, start_sandbox, unique
 
 _scopes = itertools.count(1)
 
@@ -274,52 +274,55 @@ def _tampered_signature(value: str) -> str:
     return value[:-1] + ("0" if last != "0" else "1")
 
 
-def test_bad_signature_is_refused_and_nothing_is_enqueued(sandbox: Any, services: Any, receiver: Any,
-                                                          receiver_factory: Any, infra: Any,
+def test_bad_signature_is_refused_and_nothing_is_enqueued(system: System, receiver_factory: Any, infra: Any,
                                                           adapter: Adapter) -> None:
-    system = System(sandbox, services, receiver, worker=None)  # no worker: the queue shows all
-    try:
-        name = adapter.name
-        scope = adapter.scope(system)
-        system.knobs(name, webhook_drop_rate=1)  # recorded, signed, never sent
-        make_item(system, adapter, scope, unique("signed"))
-        system.flush_webhooks(name)
-        delivery = system.deliveries(name)[-1]
-        assert delivery.dropped
-        body, headers = delivery.body, dict(delivery.headers)
-        header = SIGNATURE_HEADERS[name]
-        # (Creating a Slack channel sent channel_created before the drop: claimed, nothing queued.)
-        claimed, received = system.delivery_count(), system.stats(name)["webhooks_received"]
-        assert system.queue_depth() == 0
+    name = adapter.name
+    scope = adapter.scope(system)
+    system.settle(name)
+    system.knobs(name, webhook_drop_rate=1)  # recorded, signed, never sent
+    item = make_item(system, adapter, scope, unique("signed"))
+    system.flush_webhooks(name)
+    delivery = system.deliveries(name)[-1]
+    assert delivery.dropped
+    body, headers = delivery.body, dict(delivery.headers)
+    header = SIGNATURE_HEADERS[name]
+    # (Creating a Slack channel sent channel_created before the drop: claimed, nothing to sync.)
+    claimed, received = system.delivery_count(), system.stats(name)["webhooks_received"]
 
-        forged = {**headers, header: _tampered_signature(headers[header])}
-        assert system.post_delivery(name, body, forged).status_code == 401
-        altered_body = body.rstrip()[:-1] + b" }"  # still valid JSON, one byte more
-        json.loads(altered_body)
-        assert altered_body != body
-        assert system.post_delivery(name, altered_body, headers).status_code == 401
-        unsigned = {k: v for k, v in headers.items() if k.lower() != header.lower()}
-        assert system.post_delivery(name, body, unsigned).status_code == 401
-        assert system.queue_depth() == 0
-        assert system.delivery_count() == claimed
-        assert system.stats(name)["webhooks_rejected"] == 3
-        assert system.stats(name)["webhooks_received"] == received
+    forged = {**headers, header: _tampered_signature(headers[header])}
+    assert system.post_delivery(name, body, forged).status_code == 401
+    altered_body = body.rstrip()[:-1] + b" }"  # still valid JSON, one byte more
+    json.loads(altered_body)
+    assert system.post_delivery(name, altered_body, headers).status_code == 401
+    unsigned = {k: v for k, v in headers.items() if k.lower() != header.lower()}
+    assert system.post_delivery(name, body, unsigned).status_code == 401
+    # Nothing was enqueued: the queue is empty and, once the worker is idle, nothing was synced.
+    assert system.queue_depth() == 0
+    system.worker.drain()
+    assert system.row(item.document_id) is None
+    assert system.delivery_count() == claimed
+    stats = system.stats(name)
+    assert stats["webhooks_rejected"] == 3 and stats["webhooks_received"] == received
+    assert stats["synced"] == stats["failed"] == 0
 
-        # A receiver without the source's secret refuses even a correctly signed delivery.
-        no_secret = make_settings(infra, **{**sandbox.env(), **FAST_ENV, SECRET_VARS[name]: ""})
-        closed = receiver_factory(no_secret)
-        refused = system.post_delivery(name, body, headers, receiver=closed)
-        assert refused.status_code == 403, refused.text
-        assert system.queue_depth() == 0
-        assert system.delivery_count() == claimed
+    # A receiver without the source's secret refuses even a correctly signed delivery.
+    no_secret = make_settings(infra, **{**system.sandbox.env(), **FAST_ENV, SECRET_VARS[name]: ""})
+    closed = receiver_factory(no_secret)
+    refused = system.post_delivery(name, body, headers, receiver=closed)
+    assert refused.status_code == 403, refused.text
+    assert "not set" in refused.json()["error"]
+    assert system.queue_depth() == 0
+    system.worker.drain()
+    assert system.row(item.document_id) is None
+    assert system.delivery_count() == claimed
 
-        # The same delivery, untouched, is accepted and enqueued: the refusals were the signature's.
-        accepted = system.post_delivery(name, body, headers)
-        assert accepted.status_code == 200, accepted.text
-        assert accepted.json()["enqueued"] >= 1
-        assert system.queue_depth() >= 1
-    finally:
-        reset_sandbox(sandbox)
+    # The same delivery, untouched, is accepted and indexed: the refusals were the signature's.
+    accepted = system.post_delivery(name, body, headers)
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["enqueued"] >= 1
+    system.worker.drain()
+    row = system.row(item.document_id)
+    assert row is not None and row["chunk_count"] >= 1
 
 
 # --- 5. duplicate deliveries --------------------------------------------------------------------
