@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,11 +129,14 @@ class EmbeddedPostgres:
     pid: int | None = None
 
     def start(self) -> str:
-        import pgserver  # only needed when Postgres is embedded
+        with warnings.catch_warnings():
+            # Without XDG_RUNTIME_DIR, platformdirs warns and pgserver keeps its inter-process
+            # lock in /tmp/runtime-$UID: fine for us, and not worth a line on every start.
+            warnings.simplefilter("ignore")
+            import pgserver  # only needed when Postgres is embedded
 
         logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every command at INFO
         self.folder.mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault("XDG_RUNTIME_DIR", str(self.folder.parent))
         self._forget_dead_handles()
         self.server = pgserver.get_server(self.folder, cleanup_mode="stop")
         self.pid = self.server.get_pid()

@@ -1,9 +1,15 @@
-"""``python -m sandbox``: serve every simulator on loopback (also ``vector-sync sandbox``)."""
+"""``python -m sandbox``: serve every simulator on loopback (also ``vector-sync sandbox``).
+
+With ``--print-env``, stdout is the settings vector-sync needs (``NAME=value``, one a line,
+sorted) followed by ``# ready`` once every server listens; ``vector-sync up`` relies on that.
+See docs/sandbox.md.
+"""
 
 from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import sys
 import threading
 
@@ -27,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trickle", type=float, default=0.0,
                         help="every N seconds each simulator makes one live edit (0: off)")
     args = parser.parse_args(argv)
+    if args.trickle < 0:
+        parser.error("--trickle must be 0 (off) or a number of seconds")
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = sorted(set(names) - set(SIMULATORS))
     if unknown:
@@ -34,10 +42,19 @@ def main(argv: list[str] | None = None) -> int:
     sims = create_simulators(names, profile=args.profile, seed=args.seed)
     server = SandboxServer(sims, host=args.host, port_base=args.port_base,
                            webhook_url=args.webhook_url)
+    if args.port_base:
+        busy = [f"{name} ({port})" for name, port in server.ports.items() if not _free(args.host, port)]
+        if busy:
+            print(f"sandbox: port(s) in use: {', '.join(busy)}; choose another --port-base "
+                  "(SANDBOX_PORT_BASE for vector-sync up)", file=sys.stderr)
+            return 1
     if args.print_env:
         for name, value in sorted(server.env().items()):
             print(f"{name}={value}")
         sys.stdout.flush()
+    else:
+        for name in sims:
+            print(f"sandbox: {name} on {server.url(name)}", file=sys.stderr)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -48,6 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     stop.wait()
     server.stop()
     return 0
+
+
+def _free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 if __name__ == "__main__":

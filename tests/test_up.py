@@ -415,6 +415,35 @@ def test_reconciler_death_stops_everything(home: Path) -> None:
         up.finish()
 
 
+def test_next_up_after_a_killed_supervisor_recovers_and_stops_cleanly(home: Path) -> None:
+    """``kill -9`` of ``up`` itself: its children follow (parent-death signal); the embedded
+    servers are left running, and the next ``up`` adopts them and really stops them, although
+    pgserver still lists the dead supervisor as a holder of the data folder."""
+    first = Up(home, SANDBOX="off")
+    second: Up | None = None
+    try:
+        first.wait_serving()
+        procs = first.remember_processes()
+        children = [p for p in procs.values() if any(a in cmdline(p) for a in ("workers", "reconciler", "uvicorn"))]
+        assert len(children) == 3
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(10)
+        wait_for(lambda: not any(running(p) for p in children), timeout=15)
+        handles = json.loads((home / "pg" / ".handle_pids.json").read_text())
+        assert first.process.pid in handles  # the stale entry that used to keep postgres alive
+
+        second = Up(home, SANDBOX="off")
+        second.wait_serving()
+        second.remember_processes()
+        code, took = second.stop(signal.SIGTERM)
+        assert code == 0 and took < 15
+        assert second.survivors() == [] and first.survivors() == []
+    finally:
+        first.finish()
+        if second is not None:
+            second.finish()
+
+
 # --- configuration --------------------------------------------------------------------------
 
 
@@ -432,6 +461,24 @@ def test_external_database_and_redis_start_no_embedded_server(infra: dict[str, s
         assert up.survivors() == []
     finally:
         up.finish()
+
+
+def test_sandbox_ports_taken_fails_fast_naming_the_setting_and_cleans_up(home: Path) -> None:
+    base = free_port_block(6)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", base + 3))
+        taken.listen()
+        up = Up(home, SANDBOX_PORT_BASE=str(base))
+        try:
+            code = up.process.wait(60)
+            up.remember_processes()
+            assert code == 1
+            lines = [line for line in up.output().splitlines() if line.startswith("vector-sync:")]
+            assert len(lines) == 1 and "SANDBOX_PORT_BASE" in lines[0], up.output()[-2000:]
+            assert f"({base + 3})" in up.output()  # the sandbox names the busy port
+            assert up.survivors() == []  # the embedded servers it had started are stopped
+        finally:
+            up.finish()
 
 
 @pytest.mark.parametrize("name,value", [("PORT", "abc"), ("SANDBOX_PORT_BASE", "eighty")])
