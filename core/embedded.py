@@ -144,13 +144,24 @@ class EmbeddedPostgres:
         return url
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Let go of the server; stop it unless another live process still holds it (a
+        one-shot command attached to the server of a running ``vector-sync up``)."""
         server, self.server = self.server, None
         if server is not None:
             try:
                 server.cleanup()
             except Exception as exc:  # fall through to the checks below
                 log.warning("pgserver cleanup failed: %s", exc)
+        if self._other_holders():
+            return
         self._ensure_stopped(server, timeout)
+
+    def _other_holders(self) -> list[int]:
+        try:
+            pids = json.loads((self.folder / ".handle_pids.json").read_text())
+        except (OSError, ValueError):
+            return []
+        return [p for p in pids if isinstance(p, int) and p != os.getpid() and psutil.pid_exists(p)]
 
     def processes(self) -> list[psutil.Process]:
         """The postmaster of this data folder and its backends, if running."""

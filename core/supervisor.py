@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import fcntl
 import logging
 import os
 import secrets
@@ -25,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from core import state
 from core.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -195,9 +196,32 @@ def sandbox_banner(path: Path) -> str:
     )
 
 
+def lock_home(home: Path) -> IO[str]:
+    """One ``up`` per home: a second one would take over (and stop) the first one's servers.
+    The lock lives as long as the returned file stays open, and dies with the process."""
+    handle = open(home / "up.lock", "a+")  # noqa: SIM115 - held for the process's lifetime
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise StartupError(f"vector-sync up is already running on {home} (pid {holder})") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
 def up(settings: Settings) -> int:
     configure_logging(settings.log_level)
     settings.home.mkdir(parents=True, exist_ok=True)
+    try:
+        home_lock = lock_home(settings.home)
+    except StartupError as exc:
+        print(f"vector-sync: {exc}", file=sys.stderr, flush=True)
+        return 1
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -253,6 +277,7 @@ def up(settings: Settings) -> int:
     finally:
         stop_children(children)
         stop_embedded(embedded)
+    home_lock.close()
     if reason:
         print(f"vector-sync: {reason}; stopped everything", file=sys.stderr, flush=True)
         return 1

@@ -107,16 +107,19 @@ class SandboxServer:
 
     async def _trickle(self, every: float) -> None:
         rng = random.Random(0)
+        sims = list(self.sims.values())
         while True:
-            await asyncio.sleep(every)
-            for sim in self.sims.values():
+            for sim in sims:
+                # Spread the edits over the period: a steady trickle, not a burst.
+                await asyncio.sleep(every / len(sims))
                 try:
                     await sim.trickle(rng)
                 except Exception as exc:  # a failed edit must not stop the sandbox
-                    print(f"sandbox: {sim.name} trickle failed: {exc}", flush=True)
+                    print(f"sandbox: {sim.name} trickle failed: {type(exc).__name__}: {exc}", flush=True)
 
     def start_trickle(self, every: float) -> None:
-        """Every ``every`` seconds, each simulator makes one live edit."""
+        """Every ``every`` seconds, each simulator makes one live edit (one after another,
+        spread evenly over the period)."""
         assert self._loop is not None, "sandbox not started"
         self._trickle_task = asyncio.run_coroutine_threadsafe(self._trickle(every), self._loop)
 

@@ -386,6 +386,17 @@ def test_restart_reuses_data_and_a_dead_child_stops_everything(first_run: dict[s
         assert hits and first_run["slack_marker"] in hits[0]["text"]
         print(f"\n[test_up] second run on the same home: serving after {serving:.1f}s")
 
+        # A one-shot command attaches to the running servers and leaves them running.
+        status = subprocess.run(vector_sync_command() + ["status", "--json"], capture_output=True, text=True,
+                                env={**up.env, **read_env_file(home / "sandbox.env")}, timeout=60, check=False)
+        assert status.returncode in (0, 1), status.stderr
+        assert json.loads(status.stdout)["sources"]["slack"]["documents"] > 0
+        # A second `up` on the same home refuses to start instead of taking the servers over.
+        again = subprocess.run(vector_sync_command() + ["up"], env={**up.env, "PORT": str(free_port())},
+                               capture_output=True, text=True, timeout=60, check=False)
+        assert again.returncode == 1 and "already running" in again.stderr, again.stderr
+        assert up.get("/readyz").json()["checks"] == {"postgres": "ok", "redis": "ok"}
+
         procs = up.remember_processes()
         [worker] = [p for p in procs.values() if cmdline(p)[-2:] == ["-m", "workers"]]
         start = time.monotonic()
