@@ -30,11 +30,16 @@ from tests.conftest import ADMIN_KEY, ReceiverHandle, WorkerHandle, make_setting
 HEADERS = {"X-Admin-Key": ADMIN_KEY}
 
 #: Our side's request budgets would space calls 20 ms to 1.2 s apart (strict spacing); the
-#: contract is about behaviour, not budgets. Small chunks make "several chunks" cheap.
+#: contract is about behaviour, not budgets. Small chunks make "several chunks" cheap. The
+#: product's default 1,536 dimensions (the shared test default is 256): the offline embedder
+#: hashes words into buckets, and at 256 a test's marker word can share a bucket with another
+#: word of opposite sign and cancel out, so a one-word search would miss it. Tests also write
+#: each marker word twice, so no single colliding word can cancel it.
 FAST_ENV = {
     **{f"{name.upper()}_RATE_LIMIT": "1000/s" for name in SOURCE_NAMES},
     "CHUNK_TOKENS": "64",
     "CHUNK_OVERLAP_TOKENS": "8",
+    "EMBEDDING_DIMENSIONS": "1536",
 }
 
 _counter = itertools.count(1)
@@ -132,8 +137,9 @@ class System:
         return httpx.post(url, content=body, headers=headers, timeout=30)
 
     # --- reconciler -------------------------------------------------------------------------
-    def reconcile(self, source: str, key: str, *, prune: bool = False) -> None:
-        """One reconciler tick in which exactly (source, key) is due (and its prune, if asked)."""
+    def reconcile(self, source: str, key: str, *, prune: bool = False, drain: bool = True) -> None:
+        """One reconciler tick in which exactly (source, key) is due (and its prune, if asked);
+        then the queue drained, unless ``drain`` is False."""
 
         async def one_tick() -> int:
             sources = SourceSet(self.settings, self.services.pool)
@@ -147,7 +153,7 @@ class System:
 
         claimed = asyncio.run(one_tick())
         assert claimed == 1, f"expected the one due scope {source}/{key} to be claimed, got {claimed}"
-        if self.worker is not None:
+        if drain and self.worker is not None:
             self.worker.drain()
 
     def _make_due(self, source: str, key: str, prune: bool) -> None:
@@ -217,7 +223,7 @@ class System:
     def stats(self, source: str) -> dict[str, int]:
         with self.services.pool.connection() as conn:
             cur = conn.execute(
-                """SELECT synced, unchanged, metadata_only, deleted, stale_ignored, failed,
+                """SELECT synced, unchanged, metadata_only, deleted, stale_ignored, deferred, failed,
                           webhooks_received, webhooks_rejected
                    FROM source_stats WHERE source = %s""", (source,))
             found = cur.fetchone()

@@ -158,7 +158,7 @@ def adapter(request: pytest.FixtureRequest) -> Adapter:
 
 
 def make_item(system: System, adapter: Adapter, scope: str, word: str, text: str | None = None) -> Item:
-    item = adapter.create(system, scope, f"Contract item {word}", text or f"The {word} decision was made.")
+    item = adapter.create(system, scope, f"Contract item {word}", text or f"The {word} decision was made: {word}.")
     return item
 
 
@@ -183,7 +183,7 @@ def test_change_reaches_index_through_webhook_alone(system: System, adapter: Ada
     assert row is not None and row["deleted_at"] is None and row["chunk_count"] >= 1
     assert row["scope"] == scope
     # An edit, again through the webhook alone, replaces the old text.
-    adapter.edit(system, item, f"The {second} decision replaced it.")
+    adapter.edit(system, item, f"The {second} decision replaced it: {second}.")
     system.settle(name)
     assert indexed_with(system, item, second, name)
     assert f"The {first} decision" not in system.chunk_texts(item.document_id)
@@ -207,7 +207,7 @@ def test_dropped_webhook_is_caught_by_the_next_reconciler_pass(system: System, a
 
     system.knobs(name, webhook_drop_rate=1)
     sent = len(system.deliveries(name))
-    adapter.edit(system, item, f"The {new} decision replaced it.")
+    adapter.edit(system, item, f"The {new} decision replaced it: {new}.")
     fresh = make_item(system, adapter, scope, created)
     system.settle(name)
     lost = system.deliveries(name)[sent:]
@@ -378,8 +378,8 @@ def test_out_of_order_updates_end_in_the_newest_state(system: System, adapter: A
     if name == "jira":
         # Jira's own hold-and-release: the webhooks leave newest first.
         system.control("jira", "PUT", "/jira/settings", json={"webhook_mode": "hold"})
-        adapter.edit(system, item, f"The {v2} version.")
-        adapter.edit(system, item, f"The {v3} version.")
+        adapter.edit(system, item, f"The {v2} version: {v2}.")
+        adapter.edit(system, item, f"The {v3} version: {v3}.")
         system.control("jira", "PUT", "/jira/settings", json={"webhook_mode": "now"})
         released = system.control("jira", "POST", "/jira/webhooks/release", json={"order": "reverse"}).json()
         assert released["released"] == 2
@@ -392,10 +392,10 @@ def test_out_of_order_updates_end_in_the_newest_state(system: System, adapter: A
         # processed before the next arrives.
         system.knobs(name, webhook_drop_rate=1)
         sent = len(system.deliveries(name))
-        adapter.edit(system, item, f"The {v2} version.")
+        adapter.edit(system, item, f"The {v2} version: {v2}.")
         system.flush_webhooks(name)
         middle = len(system.deliveries(name))
-        adapter.edit(system, item, f"The {v3} version.")
+        adapter.edit(system, item, f"The {v3} version: {v3}.")
         system.flush_webhooks(name)
         older, newer = system.deliveries(name)[sent:middle], system.deliveries(name)[middle:]
         assert older and newer
