@@ -273,7 +273,7 @@ def up(settings: Settings) -> int:
         reason = str(exc)
     except Exception as exc:
         log.exception("start-up failed")
-        reason = f"start-up failed: {type(exc).__name__}: {exc}"
+        reason = f"start-up failed: {type(exc).__name__}: {' '.join(str(exc).split())}"  # one line
     finally:
         stop_children(children)
         stop_embedded(embedded)
