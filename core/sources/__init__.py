@@ -11,7 +11,14 @@ import httpx
 
 from core.http import Limiter
 from core.settings import SOURCE_NAMES, SourceSettings
-from core.sources.base import Page, Scope, Source, SourceContext, StaticContext, WebhookResult
+from core.sources.base import (
+    Page,
+    Scope,
+    Source,
+    SourceContext,
+    StaticContext,
+    WebhookResult,
+)
 
 __all__ = [
     "SOURCE_NAMES", "Page", "Scope", "Source", "SourceContext", "StaticContext", "WebhookResult",

@@ -14,8 +14,6 @@ turned into a wait (``extensions.metadata.retryAfter``) through SourceHTTP's ``r
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import re
@@ -28,16 +26,16 @@ import httpx
 
 from core.documents import Document, Gone, Ref
 from core.errors import (
-    InvalidWebhook,
     MalformedWebhook,
     NotConfigured,
-    PermanentSourceError,
     NotReady,
+    PermanentSourceError,
     TransientSourceError,
 )
 from core.http import Limiter, SourceHTTP
 from core.settings import SourceSettings
 from core.sources.base import Page, Scope, SourceContext, WebhookResult
+from core.sources.webhooks import check_sha256_signature
 
 log = logging.getLogger(__name__)
 
@@ -190,12 +188,7 @@ class FirefliesSource:
         secret = self.settings.secret("FIREFLIES_WEBHOOK_SECRET")
         if not secret:
             raise NotConfigured("FIREFLIES_WEBHOOK_SECRET is not set; refusing Fireflies webhooks")
-        given = _header(headers, "x-hub-signature")
-        if not given.startswith("sha256="):
-            raise InvalidWebhook("missing or malformed X-Hub-Signature")
-        expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(given[len("sha256="):].strip().lower(), expected):
-            raise InvalidWebhook("X-Hub-Signature does not match the body")
+        check_sha256_signature(headers, body, secret=secret, header_name="X-Hub-Signature", source=NAME)
 
     def parse(self, headers: Mapping[str, str], body: bytes) -> WebhookResult:
         return parse_event(body)
@@ -396,11 +389,3 @@ def _retry_seconds(retry: Any, now: float | None = None) -> float:
         retry = retry / 1000 - (time.time() if now is None else now)
     # A small floor: a zero wait would spend the retry attempts in a tight loop.
     return max(MIN_RETRY_WAIT, float(retry))
-
-
-def _header(headers: Mapping[str, str], name: str) -> str:
-    value = headers.get(name)
-    if value is None:
-        lowered = {k.lower(): v for k, v in headers.items()}
-        value = lowered.get(name.lower(), "")
-    return value or ""

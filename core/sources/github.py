@@ -17,8 +17,6 @@ Stable ids (lower-cased, since GitHub names are case-insensitive): ``{owner}/{re
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import hmac
 import json
 import re
 import time
@@ -30,10 +28,11 @@ from urllib.parse import parse_qs, urlencode
 import httpx
 
 from core.documents import Document, Gone, Ref
-from core.errors import InvalidWebhook, MalformedWebhook, NotConfigured, PermanentSourceError
+from core.errors import MalformedWebhook, NotConfigured, PermanentSourceError
 from core.http import Limiter, SourceHTTP, retry_after
 from core.settings import SourceSettings
 from core.sources.base import Page, Scope, WebhookResult
+from core.sources.webhooks import check_sha256_signature, header
 
 SOURCE = "github"
 PER_PAGE = 100
@@ -161,15 +160,6 @@ def rate_limit_wait(response: httpx.Response, now: float | None = None) -> float
     if response.status_code == 429 or "secondary rate limit" in response.text.lower():
         return SECONDARY_WAIT
     return None
-
-
-def _header(headers: Mapping[str, str], name: str) -> str:
-    """Case-insensitive header lookup on a plain dict or Starlette's Headers."""
-    value = headers.get(name)
-    if value is None:
-        lowered = name.lower()
-        value = next((v for k, v in headers.items() if k.lower() == lowered), None)
-    return value or ""
 
 
 # --- the source --------------------------------------------------------------------------------
@@ -323,18 +313,13 @@ def _same_repo(response: httpx.Response, repo: str) -> bool:
 # --- webhooks (pure) ---------------------------------------------------------------------------
 def verify_signature(secret: str, headers: Mapping[str, str], body: bytes) -> None:
     """Raise InvalidWebhook unless ``X-Hub-Signature-256`` is HMAC-SHA256(secret, raw body)."""
-    given = _header(headers, "X-Hub-Signature-256")
-    if not given.startswith("sha256="):
-        raise InvalidWebhook("missing or malformed X-Hub-Signature-256")
-    expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise InvalidWebhook("X-Hub-Signature-256 does not match the body")
+    check_sha256_signature(headers, body, secret=secret, header_name="X-Hub-Signature-256", source=SOURCE)
 
 
 def _payload(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
     """The JSON payload, whether sent as JSON or form-encoded (``payload=<json>``)."""
     try:
-        if "x-www-form-urlencoded" in _header(headers, "Content-Type") or body.startswith(b"payload="):
+        if "x-www-form-urlencoded" in header(headers, "Content-Type") or body.startswith(b"payload="):
             raw = parse_qs(body.decode(), strict_parsing=True)["payload"][0]
         else:
             raw = body.decode()
@@ -348,8 +333,8 @@ def _payload(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
 
 def parse_webhook(headers: Mapping[str, str], body: bytes) -> WebhookResult:
     """A verified delivery → refs to sync/delete, scope events, or the ping reply."""
-    event = _header(headers, "X-GitHub-Event")
-    delivery = _header(headers, "X-GitHub-Delivery") or None
+    event = header(headers, "X-GitHub-Event")
+    delivery = header(headers, "X-GitHub-Delivery") or None
     if not event:
         raise MalformedWebhook("missing X-GitHub-Event header")
     payload = _payload(headers, body)

@@ -11,8 +11,6 @@ raw body>``; ``X-Atlassian-Webhook-Identifier`` is stable across retries (the de
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping
@@ -23,7 +21,6 @@ import httpx
 
 from core.documents import Document, Gone, Ref
 from core.errors import (
-    InvalidWebhook,
     MalformedWebhook,
     NotConfigured,
     PermanentSourceError,
@@ -32,6 +29,7 @@ from core.errors import (
 from core.http import Limiter, SourceHTTP
 from core.settings import SourceSettings
 from core.sources.base import Page, Scope, SourceContext, WebhookResult
+from core.sources.webhooks import check_sha256_signature, header
 
 NAME = "jira"
 log = logging.getLogger(__name__)
@@ -227,18 +225,6 @@ def reset_after(response: httpx.Response) -> float | None:
     return None
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    """Case-insensitive header read (plain dicts in tests, Starlette headers in the receiver)."""
-    value = headers.get(name)
-    if value is not None:
-        return value
-    lowered = name.lower()
-    for key, val in headers.items():
-        if key.lower() == lowered:
-            return val
-    return None
-
-
 # --- the connector --------------------------------------------------------------------------
 
 
@@ -352,16 +338,11 @@ class JiraSource:
         secret = str(self.settings.secret("JIRA_WEBHOOK_SECRET"))
         if not secret:
             raise NotConfigured("JIRA_WEBHOOK_SECRET is not set; Jira webhooks are refused")
-        given = _header(headers, "X-Hub-Signature") or ""
-        if not given.startswith("sha256="):
-            raise InvalidWebhook("missing or malformed X-Hub-Signature")
-        expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            raise InvalidWebhook("X-Hub-Signature does not match the body")
+        check_sha256_signature(headers, body, secret=secret, header_name="X-Hub-Signature", source=NAME)
 
     def parse(self, headers: Mapping[str, str], body: bytes) -> WebhookResult:
         payload = _load(body)
-        delivery = _header(headers, "X-Atlassian-Webhook-Identifier")
+        delivery = header(headers, "X-Atlassian-Webhook-Identifier") or None
         event = str(payload.get("webhookEvent") or "")
         stamp = payload.get("timestamp")
         event_at = stamp / 1000 if isinstance(stamp, (int, float)) else None

@@ -15,8 +15,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +25,6 @@ import httpx
 
 from core.documents import Document, Gone, Ref
 from core.errors import (
-    InvalidWebhook,
     MalformedWebhook,
     NotConfigured,
     PermanentSourceError,
@@ -36,6 +33,7 @@ from core.errors import (
 from core.http import Limiter, SourceHTTP
 from core.settings import SourceSettings
 from core.sources.base import Page, Scope, SourceContext, WebhookResult
+from core.sources.webhooks import check_sha256_signature, header
 
 NAME = "notion"
 SCOPE = Scope(NAME, "workspace", "Notion workspace")
@@ -245,15 +243,6 @@ def event_to_result(event: Mapping[str, Any]) -> WebhookResult:
     return WebhookResult(refs=[ref], delivery_id=delivery_id)
 
 
-def _header(headers: Mapping[str, str], name: str) -> str:
-    """Case-insensitive header lookup (plain dicts in tests, Starlette Headers in the app)."""
-    value = headers.get(name)
-    if value is None:
-        lowered = name.lower()
-        value = next((v for k, v in headers.items() if k.lower() == lowered), None)
-    return value or ""
-
-
 # --- the connector --------------------------------------------------------------------------------
 class NotionSource:
     name = NAME
@@ -375,7 +364,7 @@ class NotionSource:
     # --- webhooks -------------------------------------------------------------------------
     def handshake(self, headers: Mapping[str, str], body: bytes) -> str | None:
         """The verification token from Notion's unsigned first POST, else None."""
-        if _header(headers, "x-notion-signature"):
+        if header(headers, "x-notion-signature"):
             return None
         try:
             data = json.loads(body)
@@ -390,12 +379,7 @@ class NotionSource:
         token = self.settings.secret("NOTION_WEBHOOK_TOKEN")
         if not token:
             raise NotConfigured("notion: NOTION_WEBHOOK_TOKEN is not set; refusing webhooks")
-        signature = _header(headers, "x-notion-signature")
-        if not signature:
-            raise InvalidWebhook("notion: missing X-Notion-Signature")
-        expected = "sha256=" + hmac.new(token.encode(), body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(signature.strip().encode(), expected.encode()):
-            raise InvalidWebhook("notion: X-Notion-Signature does not match")
+        check_sha256_signature(headers, body, secret=token, header_name="X-Notion-Signature", source=NAME)
 
     def parse(self, headers: Mapping[str, str], body: bytes) -> WebhookResult:
         try:

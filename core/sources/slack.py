@@ -13,7 +13,6 @@ an old thread does not move its root, so ``changes`` reads back ``SLACK_THREAD_L
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import logging
@@ -38,6 +37,7 @@ from core.errors import (
 from core.http import Limiter, SourceHTTP
 from core.settings import SourceSettings, parse_duration
 from core.sources.base import Page, Scope, SourceContext, WebhookResult
+from core.sources.webhooks import header, hmac_sha256
 
 log = logging.getLogger(__name__)
 
@@ -192,26 +192,17 @@ def user_ids(messages: Iterable[Mapping[str, Any]]) -> set[str]:
 # --- webhooks (pure) ----------------------------------------------------------------------
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    value = headers.get(name)
-    if value is None:
-        lowered = name.lower()
-        value = next((v for k, v in headers.items() if k.lower() == lowered), None)
-    return value
-
-
 def signature(secret: str, timestamp: str, body: bytes) -> str:
     """``v0=`` + hex HMAC-SHA256(secret, ``v0:{timestamp}:{raw body}``)."""
-    mac = hmac.new(secret.encode(), f"v0:{timestamp}:".encode() + body, hashlib.sha256)
-    return "v0=" + mac.hexdigest()
+    return "v0=" + hmac_sha256(secret, f"v0:{timestamp}:".encode() + body)
 
 
 def verify_signature(
     secret: str, headers: Mapping[str, str], body: bytes, now: float | None = None
 ) -> None:
     """Raise InvalidWebhook unless ``X-Slack-Signature`` matches and the timestamp is fresh."""
-    stamp = _header(headers, "X-Slack-Request-Timestamp")
-    given = _header(headers, "X-Slack-Signature")
+    stamp = header(headers, "X-Slack-Request-Timestamp")
+    given = header(headers, "X-Slack-Signature")
     if not stamp or not given:
         raise InvalidWebhook("slack: missing X-Slack-Signature or X-Slack-Request-Timestamp")
     try:
