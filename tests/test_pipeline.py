@@ -181,3 +181,30 @@ class TestHealth:
         # And a push answers 503 rather than pretending: the sender retries.
         refused = httpx.post(f"{broken.url}/api/documents", json={"id": "a", "title": "t", "text": "x"}, headers=HEADERS)
         assert refused.status_code == 503
+
+
+class TestFilteredSearch:
+    def test_a_selective_filter_still_returns_every_match(self, services, worker):
+        """Few documents of one source among many others: the filter must not starve the scan."""
+        from core.documents import Document, Ref
+
+        refs = [Ref("api", f"bulk{n}", document=Document("api", f"bulk{n}", "", f"Bulk {n}",
+                                                       f"common words shared by all {n}", 1.0))
+                for n in range(600)]
+        refs += [Ref("api", f"rare{n}", document=Document("api", f"rare{n}", "", f"Rare {n}",
+                                                        f"common words shared by all rare {n}", 1.0,
+                                                        metadata={"team": "rare"}))
+                 for n in range(12)]
+        from core import queue
+
+        queue.enqueue(services.broker, refs)
+        worker.drain()
+        vector = worker.pipeline.embedder.inner  # the offline embedder, same as the index's
+        import asyncio
+
+        [query] = asyncio.run(vector.embed(["common words shared by all"]))
+        matches = services.index.query(query, 10, {"team": "rare"})
+        assert len(matches) == 10
+        assert all(m.metadata["team"] == "rare" for m in matches)
+        everything = services.index.query(query, 50, {"team": "rare"})
+        assert len(everything) == 12

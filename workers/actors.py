@@ -69,7 +69,7 @@ def register(broker: RedisBroker, pipeline_factory: Any, *, max_retries: int = 8
     """Declare the sync actor on ``broker``. ``pipeline_factory()`` returns the Pipeline to use
     (built lazily, inside the worker's event loop)."""
 
-    async def sync_refs(refs: list[dict[str, Any]]) -> dict[str, int]:
+    async def sync_refs(refs: list[dict[str, Any]]) -> None:
         started = time.monotonic()
         pipeline: Pipeline = pipeline_factory()
         outcome = await pipeline.run([Ref.from_dict(r) for r in refs])
@@ -83,7 +83,8 @@ def register(broker: RedisBroker, pipeline_factory: Any, *, max_retries: int = 8
             },
         )
         raise_for(outcome)
-        return dict(outcome.counts)
+        # Nothing is returned: there is no results backend, and the counts are in the log line
+        # above and in source_stats.
 
     return dramatiq.actor(
         sync_refs,

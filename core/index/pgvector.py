@@ -119,15 +119,20 @@ class PgvectorIndex:
     ) -> list[Match]:
         where, params = _where(filter or {})
         literal = vector_literal(vector)
-        with self.pool.connection() as conn:
-            # Let the HNSW scan look further than top_k so post-filtering still fills it.
-            conn.execute(f"SET hnsw.ef_search = {max(40, min(1000, top_k * 4))}")
-            rows = conn.execute(
-                f"""SELECT id, 1 - (embedding <=> %s::vector) AS score, metadata
-                    FROM {self.table} {where}
-                    ORDER BY embedding <=> %s::vector LIMIT %s""",
-                (literal, *params, literal, top_k),
-            ).fetchall()
+        sql = f"""SELECT id, 1 - (embedding <=> %s::vector) AS score, metadata
+                  FROM {self.table} {where}
+                  ORDER BY embedding <=> %s::vector LIMIT %s"""
+        args = (literal, *params, literal, top_k)
+        with self.pool.connection() as conn, conn.transaction():
+            # The HNSW scan visits ef_search candidates and filters them afterwards, so a
+            # selective filter can come back short although more matches exist. Ask wide first;
+            # if a filtered query still comes back short, answer with an exact scan instead:
+            # a short answer must mean there is no more, never that the index gave up.
+            conn.execute(f"SET LOCAL hnsw.ef_search = {max(40, min(1000, top_k * 4))}")
+            rows = conn.execute(sql, args).fetchall()
+            if where and len(rows) < top_k:
+                conn.execute("SET LOCAL enable_indexscan = off")
+                rows = conn.execute(sql, args).fetchall()
         return [Match(id=r[0], score=float(r[1]), metadata=r[2]) for r in rows]
 
     def list_ids(self, prefix: str) -> list[str]:
