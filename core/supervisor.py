@@ -190,7 +190,7 @@ def sandbox_banner(path: Path) -> str:
         f"  │ (for one-shot commands: set -a; . {path}; set +a; vector-sync status)\n"
         "  │ To sync your real tools, set their credentials (e.g. JIRA_URL, JIRA_EMAIL,\n"
         "  │ JIRA_API_TOKEN; SLACK_BOT_TOKEN; GITHUB_TOKEN; NOTION_TOKEN; TEMPO_API_TOKEN;\n"
-        "  │ FIREFLIES_API_KEY; see docs/sources/) and run again: any real source credential\n"
+        "  │ FIREFLIES_API_KEY; see docs/configuration.md) and run again: any real source credential\n"
         "  │ turns the sandbox off. SANDBOX=off forces it off; docs/sandbox.md explains it.\n"
         "  └──────────────────────────────────────────────────────────────────────────────\n"
     )

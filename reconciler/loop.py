@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from core import alerts, state
 from core.heartbeat import Heartbeat
@@ -21,6 +24,21 @@ ALERT_INTERVAL = 60.0
 ALERT_GRACE = 120.0
 
 
+async def until_stopped(work: Coroutine[Any, Any, Any], stop: threading.Event) -> bool:
+    """Run ``work`` unless ``stop`` is set first; then cancel it (a pass may be waiting for a
+    request budget slot) and return False. A cancelled pass keeps its checkpoint and lease."""
+    task = asyncio.ensure_future(work)
+    while not task.done():
+        if stop.is_set():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return False
+        await asyncio.wait({task}, timeout=0.2)
+    task.result()
+    return True
+
+
 async def reconcile_forever(settings: Settings, services: Services, stop: threading.Event, owner: str) -> None:
     sources = SourceSet(settings, services.pool)
     reconciler = Reconciler(settings, services, sources, owner)
@@ -33,7 +51,8 @@ async def reconcile_forever(settings: Settings, services: Services, stop: thread
             try:
                 await asyncio.to_thread(abandon_dead_runs, services.pool, settings.heartbeat_timeout)
                 await asyncio.to_thread(state.expire_deliveries, services.pool)
-                await reconciler.tick()
+                if not await until_stopped(reconciler.tick(), stop):
+                    break
                 await run_queued_backfills(settings, services, sources, owner, backfills)
                 if settings.alert_slack_webhook_url and time.monotonic() >= next_alert:
                     await asyncio.to_thread(alerts.check_and_notify, services, settings)

@@ -152,6 +152,14 @@ class Reconciler:
                 counters["refs"] += len(refs)
                 await asyncio.to_thread(self._save_checkpoint, item, page.checkpoint, since, high)
                 await asyncio.to_thread(progress_run, self.pool, run_id, counters)
+        except asyncio.CancelledError:
+            # Stopping: hand the scope back at once (its checkpoint is kept) instead of holding
+            # the lease, and close the run as abandoned. Synchronous: the task is being cancelled.
+            self._release(item)
+            with self.pool.connection() as conn:
+                conn.execute("UPDATE runs SET status = 'abandoned', finished_at = now(), "
+                             "error = 'stopped before it finished' WHERE id = %s", (run_id,))
+            raise
         except Exception as exc:  # any failure: record, keep the checkpoint, retry with backoff
             message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, VectorSyncError) else str(exc)
             log.warning("reconcile failed", extra={"source": item.source, "scope": item.key, "error": message})
@@ -214,6 +222,11 @@ class Reconciler:
                    WHERE source = %s AND key = %s""",
                 (cursor, poll, self.settings.prune_interval, item.source, item.key),
             )
+
+    def _release(self, item: ClaimedScope) -> None:
+        with self.pool.connection() as conn:
+            conn.execute("UPDATE scopes SET next_due_at = now() WHERE source = %s AND key = %s",
+                         (item.source, item.key))
 
     def _fail(self, item: ClaimedScope, message: str) -> None:
         poll = self.settings.source(item.source).poll_interval

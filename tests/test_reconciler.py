@@ -236,3 +236,34 @@ class TestLiveness:
         assert process.wait(15) == 0
         # A clean stop removes its heartbeat: status does not report a dead process.
         assert not [p for p in build_status(services, settings)["processes"] if p["kind"] == "reconciler"]
+
+
+class TestStopping:
+    def test_a_pass_stopped_midway_hands_its_scope_back(self, services, sandbox, sandbox_settings):
+        """SIGTERM during a slow pass: the pass is cancelled, its run abandoned, the scope due now."""
+        from reconciler.loop import until_stopped
+
+        httpx.put(f"{sandbox.url('jira')}/_sandbox/knobs", json={"latency": 2.0}).raise_for_status()
+        stop = threading.Event()
+
+        async def go() -> bool:
+            sources = SourceSet(sandbox_settings, services.pool)
+            reconciler = Reconciler(sandbox_settings, services, sources, "stopping")
+            await reconciler.discover(["jira"], force=True)
+            threading.Timer(1.0, stop.set).start()
+            try:
+                return await until_stopped(reconciler.tick(), stop)
+            finally:
+                await sources.aclose()
+
+        try:
+            finished = asyncio.run(go())
+        finally:
+            httpx.put(f"{sandbox.url('jira')}/_sandbox/knobs", json={"latency": 0.0}).raise_for_status()
+        assert finished is False
+        with services.pool.connection() as conn:
+            statuses = {r[0] for r in conn.execute("SELECT status FROM runs WHERE source = 'jira'")}
+            overdue = conn.execute(
+                "SELECT bool_and(next_due_at <= now()) FROM scopes WHERE source = 'jira'").fetchone()[0]
+        assert statuses == {"abandoned"}
+        assert overdue is True

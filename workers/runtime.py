@@ -59,6 +59,8 @@ def run_worker(settings: Settings, stop: threading.Event) -> None:
         stop.wait()
     finally:
         log.info("worker stopping")
-        worker.stop(timeout=10_000)
+        # In-flight jobs get 5 s; one still running (waiting for a budget slot, say) is left
+        # unacknowledged and Redis hands it to another worker: jobs are idempotent.
+        worker.stop(timeout=5_000)
         heartbeat.stop()
         runtime.services.close()

@@ -33,8 +33,9 @@ class PgvectorIndex:
         self._ensure_table()
 
     def _ensure_table(self) -> None:
-        with self.pool.connection() as conn:
-            # Several processes may start at once: serialise the DDL.
+        with self.pool.connection() as conn, conn.transaction():
+            # Several processes may start at once: serialise the DDL (the lock lasts until the
+            # transaction ends, so it must be a real transaction, not autocommit).
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.table,))
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
             conn.execute(
