@@ -208,3 +208,20 @@ class TestFilteredSearch:
         assert all(m.metadata["team"] == "rare" for m in matches)
         everything = services.index.query(query, 50, {"team": "rare"})
         assert len(everything) == 12
+
+
+class TestEmbeddingRecipe:
+    def test_changing_the_chunking_reembeds_unchanged_documents(self, infra, services, receiver, worker_factory):
+        """Vectors made another way are stale too: an unchanged document is re-embedded."""
+        from tests.conftest import make_settings
+
+        first = worker_factory()
+        push(receiver, {"id": "r", "title": "Recipe", "text": long_text(4, "delta"), "updated_at": 1})
+        first.drain()
+        before = len(chunk_ids(services, "api:r"))
+        first.stop()
+        second = worker_factory(make_settings(infra, CHUNK_TOKENS="128"))
+        push(receiver, {"id": "r", "title": "Recipe", "text": long_text(4, "delta"), "updated_at": 1})
+        second.drain()
+        assert second.pipeline.embedder.requests == 1
+        assert len(chunk_ids(services, "api:r")) > before

@@ -12,6 +12,7 @@ never taken for a deletion.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import Mapping
@@ -134,7 +135,7 @@ class Pipeline:
             elif row is not None and row.deleted_at is None and _older(truth.updated_at, row):
                 outcome.add(ref.source, "stale_ignored")
                 unchanged.append(document_id)
-            elif row is not None and row.deleted_at is None and row.content_hash == truth.content_hash():
+            elif row is not None and row.deleted_at is None and row.content_hash == self.content_key(truth):
                 if row.metadata_hash == truth.metadata_hash() and row.scope == truth.scope:
                     outcome.add(ref.source, "unchanged")
                     unchanged.append(document_id)
@@ -230,6 +231,17 @@ class Pipeline:
             await asyncio.to_thread(self._record, doc, len(chunks))
             outcome.add(doc.source, "synced")
 
+    def content_key(self, doc: Document) -> str:
+        """The stored content hash: the document's content *and* how its vectors were made.
+
+        Vectors from another embedder, dimension or chunking are as stale as vectors of old text:
+        switching any of them re-embeds every document the next time it is seen, instead of
+        leaving unchanged documents in an old embedding space.
+        """
+        recipe = (f"{self.embedder.model}/{self.embedder.dimensions}/"
+                  f"{self.settings.chunk_tokens}/{self.settings.chunk_overlap_tokens}")
+        return hashlib.sha256(f"{recipe}:{doc.content_hash()}".encode()).hexdigest()
+
     def _record(self, doc: Document, chunk_count: int) -> None:
         state.record_indexed(
             self.pool,
@@ -238,7 +250,7 @@ class Pipeline:
             scope=doc.scope,
             title=doc.title,
             url=doc.url,
-            content_hash=doc.content_hash(),
+            content_hash=self.content_key(doc),
             metadata_hash=doc.metadata_hash(),
             source_updated_at=doc.updated_at,
             chunk_count=chunk_count,

@@ -1,8 +1,8 @@
 """The offline embedder: deterministic feature hashing of words and word pairs.
 
 No model, no download, no network: each lower-cased word and each adjacent word pair is hashed
-(BLAKE2b, stable across processes, unlike ``hash()``) to a dimension and a sign, weighted by
-``1 + log(count)``, and the vector is L2-normalised. Cosine similarity between two such vectors
+(BLAKE2b, stable across processes, unlike ``hash()``) to two dimensions, each with a sign,
+weighted by ``1 + log(count)``, and the vector is L2-normalised. Cosine similarity between two such vectors
 is honest lexical overlap: texts sharing words score higher, and word pairs reward shared
 phrases. It is not semantic, and says so in the docs; set ``OPENAI_API_KEY`` for that.
 """
@@ -28,15 +28,23 @@ def features(text: str) -> Counter[str]:
     return counts
 
 
+#: Buckets each feature is hashed into. With one, a colliding feature of the opposite sign can
+#: cancel a word out entirely; with two independent ones, both must collide.
+HASHES = 2
+
+
 def hash_vector(text: str, dimensions: int) -> list[float]:
     vector = [0.0] * dimensions
     for feature, count in features(text).items():
-        digest = hashlib.blake2b(feature.encode(), digest_size=8).digest()
-        bucket = int.from_bytes(digest[:6], "little") % dimensions
-        sign = 1.0 if digest[7] & 1 else -1.0
-        weight = 1.0 + math.log(count)
+        digest = hashlib.blake2b(feature.encode(), digest_size=8 * HASHES).digest()
+        weight = (1.0 + math.log(count)) / math.sqrt(HASHES)
         # Word pairs weigh a little less than words: phrases refine, words decide.
-        vector[bucket] += sign * (weight if " " not in feature else 0.7 * weight)
+        if " " in feature:
+            weight *= 0.7
+        for h in range(HASHES):
+            part = digest[8 * h : 8 * h + 8]
+            bucket = int.from_bytes(part[:6], "little") % dimensions
+            vector[bucket] += weight if part[7] & 1 else -weight
     norm = math.sqrt(sum(v * v for v in vector))
     if norm == 0:
         # An empty or stop-word-only text still needs a valid (non-zero) vector.
@@ -46,7 +54,7 @@ def hash_vector(text: str, dimensions: int) -> list[float]:
 
 
 class OfflineEmbedder:
-    model = "offline-hashing-v1"
+    model = "offline-hashing-v2"
 
     def __init__(self, dimensions: int = 1536) -> None:
         self.dimensions = dimensions
