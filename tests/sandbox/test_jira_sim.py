@@ -13,31 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
 
-from sandbox.base import Simulator
 from sandbox.jira import JiraSimulator
 from sandbox.server import SandboxServer, create_simulators
-
-
-class Sink(Simulator):
-    """A webhook receiver: records each POST and answers the queued statuses."""
-
-    name = "sink"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.received: list[tuple[dict[str, str], bytes]] = []
-        self.statuses: list[int] = []
-
-    def routes(self) -> list[BaseRoute]:
-        return [Route("/hook", self.hook, methods=["POST"])]
-
-    async def hook(self, request: Request) -> Response:
-        self.received.append((dict(request.headers), await request.body()))
-        return JSONResponse({}, self.statuses.pop(0) if self.statuses else 200)
+from tests.sinks import Sink
 
 
 @pytest.fixture(scope="module")

@@ -15,34 +15,10 @@ import pytest
 from notion_client import APIResponseError, AsyncClient, Client
 from notion_client.errors import APIErrorCode
 from notion_client.helpers import async_collect_paginated_api, collect_paginated_api, iterate_paginated_api
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
 
-from sandbox.base import Simulator
 from sandbox.notion import NotionSimulator
 from sandbox.server import SandboxServer, create_simulators
-
-
-class Sink(Simulator):
-    """A webhook receiver for tests: records each POST and answers the queued statuses."""
-
-    name = "sink"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.received: list[tuple[dict[str, str], bytes]] = []
-        self.statuses: list[int] = []
-
-    def routes(self) -> list[BaseRoute]:
-        return [Route("/hook", self.hook, methods=["POST"])]
-
-    async def hook(self, request: Request) -> Response:
-        self.received.append((dict(request.headers), await request.body()))
-        return JSONResponse({}, self.statuses.pop(0) if self.statuses else 200)
-
-    def events(self) -> list[dict[str, Any]]:
-        return [json.loads(body) for _, body in self.received]
+from tests.sinks import Sink
 
 
 @pytest.fixture(scope="module")

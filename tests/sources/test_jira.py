@@ -12,37 +12,17 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
 
 from core.documents import Document, Gone, Ref, chunk_text
 from core.errors import InvalidWebhook, MalformedWebhook, NotConfigured, PermanentSourceError
 from core.settings import Settings, SourceSettings
 from core.sources.base import Scope, Source
 from core.sources.jira import JiraSource, adf_to_text, build, jql_for, parse_time, to_document
-from sandbox.base import Simulator
 from sandbox.jira import JiraSimulator
 from sandbox.server import SandboxServer, create_simulators
+from tests.sinks import Sink
 
 T = TypeVar("T")
-
-
-class Sink(Simulator):
-    """A webhook receiver: records the raw headers and bytes of each POST."""
-
-    name = "sink"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.received: list[tuple[dict[str, str], bytes]] = []
-
-    def routes(self) -> list[BaseRoute]:
-        return [Route("/hook", self.hook, methods=["POST"])]
-
-    async def hook(self, request: Request) -> Response:
-        self.received.append((dict(request.headers), await request.body()))
-        return JSONResponse({})
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,6 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
 
 from core.documents import Document, Gone, Ref
 from core.errors import InvalidWebhook, MalformedWebhook, NotConfigured, PermanentSourceError
@@ -30,26 +27,9 @@ from core.sources.notion import (
 )
 from sandbox.notion import NotionSimulator, rich_text
 from sandbox.server import SandboxServer, create_simulators
-from sandbox.base import Simulator
+from tests.sinks import Sink
 
 T = TypeVar("T")
-
-
-class Sink(Simulator):
-    """A webhook receiver: records each POST (headers, raw body) and answers 200."""
-
-    name = "sink"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.received: list[tuple[dict[str, str], bytes]] = []
-
-    def routes(self) -> list[BaseRoute]:
-        return [Route("/hook", self.hook, methods=["POST"])]
-
-    async def hook(self, request: Request) -> Response:
-        self.received.append((dict(request.headers), await request.body()))
-        return JSONResponse({})
 
 
 # --- fixtures ------------------------------------------------------------------------------------
