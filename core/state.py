@@ -131,7 +131,7 @@ def record_indexed(
                    metadata_hash = excluded.metadata_hash,
                    source_updated_at = excluded.source_updated_at,
                    chunk_count = excluded.chunk_count, indexed_at = now(), checked_at = now(),
-                   deleted_at = NULL,
+                   deleted_at = NULL, deferred_at = NULL,
                    last_error = NULL, last_error_at = NULL""",
             (document_id, source, scope, title, url, content_hash, metadata_hash,
              source_updated_at, chunk_count),
@@ -144,7 +144,8 @@ def record_deleted(pool: ConnectionPool, document_id: str, source: str) -> None:
             """INSERT INTO documents (document_id, source, chunk_count, deleted_at, checked_at)
                VALUES (%s, %s, 0, now(), now())
                ON CONFLICT (document_id) DO UPDATE SET
-                   chunk_count = 0, deleted_at = now(), checked_at = now(), content_hash = NULL,
+                   chunk_count = 0, deleted_at = now(), checked_at = now(), deferred_at = NULL,
+                   content_hash = NULL,
                    metadata_hash = NULL, last_error = NULL""",
             (document_id, source),
         )
@@ -157,6 +158,30 @@ def mark_checked(pool: ConnectionPool, document_ids: list[str]) -> None:
             conn.execute(
                 "UPDATE documents SET checked_at = now() WHERE document_id = ANY(%s)", (document_ids,)
             )
+
+
+def record_deferred(pool: ConnectionPool, document_id: str, source: str, scope: str) -> None:
+    """Remember a document whose content is not ready, so the reconciler asks again."""
+    with pool.connection() as conn:
+        conn.execute(
+            """INSERT INTO documents (document_id, source, scope, deferred_at, checked_at)
+               VALUES (%s, %s, %s, now(), now())
+               ON CONFLICT (document_id) DO UPDATE SET
+                   deferred_at = coalesce(documents.deferred_at, now()), checked_at = now()""",
+            (document_id, source, scope),
+        )
+
+
+def deferred_ids(pool: ConnectionPool, source: str, older_than: float = 60.0) -> list[tuple[str, str]]:
+    """(document id, scope) of documents deferred more than ``older_than`` seconds ago."""
+    with pool.connection() as conn:
+        rows = conn.execute(
+            """SELECT document_id, scope FROM documents
+               WHERE source = %s AND deferred_at IS NOT NULL AND deleted_at IS NULL
+                 AND checked_at < now() - make_interval(secs => %s)""",
+            (source, older_than),
+        ).fetchall()
+    return [(row[0], row[1]) for row in rows]
 
 
 def record_document_error(pool: ConnectionPool, document_id: str, source: str, error: str) -> None:

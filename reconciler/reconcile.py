@@ -130,6 +130,16 @@ class Reconciler:
                     await self.prune_scope(item)
 
         await asyncio.gather(*(one(item) for item in items))
+        await self.retry_deferred(items[0].source)
+
+    async def retry_deferred(self, source: str) -> int:
+        """Ask again for documents that were not ready (however long they take to be)."""
+        waiting = await asyncio.to_thread(state.deferred_ids, self.pool, source)
+        refs = [Ref(source=source, id=d.split(":", 1)[1], scope=scope) for d, scope in waiting]
+        if refs:
+            await asyncio.to_thread(queue.enqueue, self.services.broker, refs)
+            log.info("deferred documents asked again", extra={"source": source, "count": len(refs)})
+        return len(refs)
 
     async def reconcile_scope(self, item: ClaimedScope) -> dict[str, Any]:
         source = self.sources.get(item.source)

@@ -166,9 +166,10 @@ class Pipeline:
                     async with semaphore:
                         resolved[ref.document_id] = await self.sources.get(ref.source).fetch(ref)
             except NotReady as exc:
-                # Not a failure: nothing is stored, nothing deleted, no retry storm. The source is
-                # polled with an overlap that lists it again (and Fireflies pushes when ready).
+                # Not a failure: nothing is stored, nothing deleted, no retry storm. It is
+                # remembered as deferred, and every reconcile pass of its source asks again.
                 outcome.add(ref.source, "deferred")
+                await asyncio.to_thread(state.record_deferred, self.pool, ref.document_id, ref.source, ref.scope)
                 log.info("not ready, deferred", extra={"document_id": ref.document_id, "reason": str(exc)})
             except (VectorSyncError, OSError) as exc:
                 outcome.failures[ref.document_id] = (exc, ref)

@@ -35,6 +35,9 @@ CREATE TABLE documents (
     indexed_at        timestamptz,
     -- Last time a job looked at it, changed or not (backfill verification reads it).
     checked_at        timestamptz,
+    -- Set while the source says it exists but has no content yet (a transcript being
+    -- processed); every reconcile pass of the source asks again until it resolves.
+    deferred_at       timestamptz,
     deleted_at        timestamptz,
     last_error        text,
     last_error_at     timestamptz

@@ -9,6 +9,7 @@ Everything runs for real: receiver, worker, Postgres, Redis, and reconciler tick
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,8 @@ import httpx
 import pytest
 
 from core import scopes
+from core.runtime import SourceSet
+from reconciler.reconcile import Reconciler
 from sandbox.server import SandboxServer
 from tests.contract.conftest import System, start_sandbox, unique
 
@@ -179,7 +182,9 @@ def test_unprocessed_transcript_is_not_indexed_until_processed(system: System) -
     # not deleted, and not a failure that would retry in a storm.
     assert system.stats("fireflies")["deferred"] == deferred + 1
     assert system.stats("fireflies")["failed"] == 0
-    assert system.row(document_id) is None
+    row = system.row(document_id)  # remembered as deferred, with no content and no chunks
+    assert row is not None and row["chunk_count"] == 0 and row["content_hash"] is None
+    assert row["deleted_at"] is None and row["last_error"] is None
     assert system.chunk_ids(document_id) == []
     assert system.queue_depth() == 0
 
@@ -214,3 +219,33 @@ def test_fireflies_webhook_leads_to_indexing(system: System) -> None:
     assert delivery.status == 200 and b"meeting.transcribed" in delivery.body
     assert system.run_count() == 0  # no reconciler pass: the webhook alone
     assert system.found(word, f"fireflies:{tid}", "fireflies")
+
+
+def test_a_deferred_transcript_is_asked_for_again_however_late(system: System) -> None:
+    """Once the overlap window has moved past a meeting, listing no longer finds it; the
+    deferred record still brings it in when it is finally processed, webhook lost or not."""
+    system.reconcile("fireflies", "account")
+    word = unique("latecomer")
+    tid = new_meeting(system, f"OPS retro {word}")
+    document_id = f"fireflies:{tid}"
+    system.reconcile("fireflies", "account")
+    assert system.row(document_id)["content_hash"] is None  # type: ignore[index]
+    system.control("fireflies", "POST", f"/transcripts/{tid}/process", json={"events": []})  # no webhook
+    with system.services.pool.connection() as conn:  # as if asked a while ago
+        conn.execute("UPDATE documents SET checked_at = now() - interval '1 hour' WHERE document_id = %s",
+                     (document_id,))
+
+    async def ask_again() -> int:
+        sources = SourceSet(system.settings, system.services.pool)
+        try:
+            return await Reconciler(system.settings, system.services, sources, "t").retry_deferred("fireflies")
+        finally:
+            await sources.aclose()
+
+    assert asyncio.run(ask_again()) == 1  # without any listing
+    system.worker.drain()
+    assert system.found(word, document_id, "fireflies")
+    with system.services.pool.connection() as conn:
+        deferred_at = conn.execute("SELECT deferred_at FROM documents WHERE document_id = %s",
+                                   (document_id,)).fetchone()[0]
+    assert deferred_at is None
