@@ -8,7 +8,7 @@ Backfills requested here are queued as ``runs`` rows and executed by the reconci
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -64,8 +64,6 @@ def _source_or_error(request: Request) -> str | Response:
 
 async def list_scopes(request: Request) -> Response:
     routes = _helpers()
-    if denied := routes.check_admin(request):
-        return denied
     source = request.query_params.get("source") or None
     if source is not None and source not in SOURCE_NAMES:
         return routes.error(400, f"unknown source {source!r}")
@@ -73,13 +71,8 @@ async def list_scopes(request: Request) -> Response:
     return JSONResponse({"scopes": [_jsonable(r) for r in rows]})
 
 
-async def change_scopes(request: Request) -> Response:
+async def change_scopes(request: Request, source: str) -> Response:
     routes = _helpers()
-    if denied := routes.check_admin(request):
-        return denied
-    source = _source_or_error(request)
-    if isinstance(source, Response):
-        return source
     body = await _json_body(request)
     if isinstance(body, Response):
         return body
@@ -106,13 +99,8 @@ async def change_scopes(request: Request) -> Response:
     return JSONResponse(body_out, status)
 
 
-async def start_backfill(request: Request) -> Response:
+async def start_backfill(request: Request, source: str) -> Response:
     routes = _helpers()
-    if denied := routes.check_admin(request):
-        return denied
-    source = _source_or_error(request)
-    if isinstance(source, Response):
-        return source
     settings = routes.settings_of(request)
     if not settings.source(source).configured:
         return routes.error(400, f"{source} is not configured: set its credentials")
@@ -136,8 +124,6 @@ async def start_backfill(request: Request) -> Response:
 
 async def get_run(request: Request) -> Response:
     routes = _helpers()
-    if denied := routes.check_admin(request):
-        return denied
     try:
         run_id = int(request.path_params["id"])
     except ValueError:
@@ -154,8 +140,6 @@ async def get_run(request: Request) -> Response:
 
 async def list_runs(request: Request) -> Response:
     routes = _helpers()
-    if denied := routes.check_admin(request):
-        return denied
     source = request.query_params.get("source") or None
     kind = request.query_params.get("kind") or None
     with state.dict_cursor(routes.services(request).pool) as cur:
@@ -173,16 +157,12 @@ async def list_runs(request: Request) -> Response:
 
 async def dead_letters(request: Request) -> Response:
     routes = _helpers()
-    if denied := routes.check_admin(request):
-        return denied
     letters = await run_in_threadpool(queue.dead_letters, routes.services(request).broker)
     return JSONResponse({"dead_letters": letters, "count": len(letters)})
 
 
 async def replay_dead_letters(request: Request) -> Response:
     routes = _helpers()
-    if denied := routes.check_admin(request):
-        return denied
     body = await _json_body(request)
     if isinstance(body, Response):
         return body
@@ -193,27 +173,45 @@ async def replay_dead_letters(request: Request) -> Response:
     return JSONResponse({"replayed": count})
 
 
-async def verification_token(request: Request) -> Response:
+async def verification_token(request: Request, source: str) -> Response:
     routes = _helpers()
-    if denied := routes.check_admin(request):
-        return denied
-    source = _source_or_error(request)
-    if isinstance(source, Response):
-        return source
     token = await run_in_threadpool(state.kv_get, routes.services(request).pool, f"{source}.verification_token")
     if token is None:
         return routes.error(404, f"no {source} verification token has been received")
     return JSONResponse({"source": source, "verification_token": token})
 
 
+def admin_only(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """Refuse the request unless it carries the admin key (401), or none is set (403)."""
+
+    async def guarded(request: Request) -> Response:
+        if denied := _helpers().check_admin(request):
+            return denied
+        return await handler(request)
+
+    return guarded
+
+
+def per_source(handler: Callable[[Request, str], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """Pass the ``{source}`` path parameter on, once it names a known source (404 otherwise)."""
+
+    async def checked(request: Request) -> Response:
+        source = _source_or_error(request)
+        if isinstance(source, Response):
+            return source
+        return await handler(request, source)
+
+    return checked
+
+
 def routes() -> list[BaseRoute]:
     return [
-        Route("/api/scopes", list_scopes),
-        Route("/api/scopes/{source}/{action:str}", change_scopes, methods=["POST"]),
-        Route("/api/backfill/{source}", start_backfill, methods=["POST"]),
-        Route("/api/runs", list_runs),
-        Route("/api/runs/{id}", get_run),
-        Route("/api/dead-letters", dead_letters),
-        Route("/api/dead-letters/replay", replay_dead_letters, methods=["POST"]),
-        Route("/api/admin/verification-token/{source}", verification_token),
+        Route("/api/scopes", admin_only(list_scopes)),
+        Route("/api/scopes/{source}/{action:str}", admin_only(per_source(change_scopes)), methods=["POST"]),
+        Route("/api/backfill/{source}", admin_only(per_source(start_backfill)), methods=["POST"]),
+        Route("/api/runs", admin_only(list_runs)),
+        Route("/api/runs/{id}", admin_only(get_run)),
+        Route("/api/dead-letters", admin_only(dead_letters)),
+        Route("/api/dead-letters/replay", admin_only(replay_dead_letters), methods=["POST"]),
+        Route("/api/admin/verification-token/{source}", admin_only(per_source(verification_token))),
     ]

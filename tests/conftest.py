@@ -119,6 +119,7 @@ class WorkerHandle:
 
         self.services = open_services(settings)
         self.worker, self.runtime, self.heartbeat = start_worker(settings, self.services)
+        self.stopped = False
 
     @property
     def pipeline(self) -> Any:
@@ -138,23 +139,31 @@ class WorkerHandle:
         raise TimeoutError("the sync queue did not drain")
 
     def stop(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
         self.worker.stop(timeout=10_000)
         self.heartbeat.stop()
         self.services.close()
 
 
-@pytest.fixture
-def worker_factory(services: Services) -> Iterator[Callable[..., WorkerHandle]]:
-    handles: list[WorkerHandle] = []
+def handle_factory(build: Callable[[Settings], Any], default: Settings) -> Iterator[Callable[..., Any]]:
+    """A fixture body: ``make(settings=None)`` builds handles, all stopped at teardown."""
+    handles: list[Any] = []
 
-    def make(settings: Settings | None = None) -> WorkerHandle:
-        handle = WorkerHandle(settings or services.settings)
+    def make(settings: Settings | None = None) -> Any:
+        handle = build(settings or default)
         handles.append(handle)
         return handle
 
     yield make
     for handle in handles:
         handle.stop()
+
+
+@pytest.fixture
+def worker_factory(services: Services) -> Iterator[Callable[..., WorkerHandle]]:
+    yield from handle_factory(WorkerHandle, services.settings)
 
 
 @pytest.fixture
@@ -188,16 +197,7 @@ class ReceiverHandle:
 
 @pytest.fixture
 def receiver_factory(services: Services) -> Iterator[Callable[..., ReceiverHandle]]:
-    handles: list[ReceiverHandle] = []
-
-    def make(settings: Settings | None = None) -> ReceiverHandle:
-        handle = ReceiverHandle(settings or services.settings)
-        handles.append(handle)
-        return handle
-
-    yield make
-    for handle in handles:
-        handle.stop()
+    yield from handle_factory(ReceiverHandle, services.settings)
 
 
 @pytest.fixture
