@@ -1,8 +1,9 @@
 """The job queue: Dramatiq on Redis, reached by actor name so the receiver and the reconciler
 never import the workers.
 
-One actor does all the work: ``sync_refs(refs)`` brings the referenced documents up to date
-(workers/actors.py). A message carries ids and hints, not payloads, except documents pushed
+One job does all the work: ``sync_refs(refs)`` brings the referenced documents up to date
+(workers/actors.py). It is declared twice: on the live queue, and on the bulk queue at a lower
+priority, so backfills and first full passes never delay webhooks. A message carries ids and hints, not payloads, except documents pushed
 through the API (their content exists nowhere else) and listing pages that already returned
 whole documents (so a rate-limited API is not asked twice).
 """
@@ -19,8 +20,14 @@ from dramatiq.brokers.redis import RedisBroker
 
 from core.documents import Ref
 
+#: Live work: webhooks, the push API, incremental reconcile passes, deletes. Kept apart from
+#: bulk work so a backfill never puts thousands of jobs ahead of a fresh webhook.
 QUEUE = "sync"
 ACTOR = "sync_refs"
+#: Bulk work: backfills and first full passes. The same job, at a lower priority.
+BULK_QUEUE = "bulk"
+BULK_ACTOR = "sync_refs_bulk"
+QUEUES = (QUEUE, BULK_QUEUE)
 NAMESPACE = "dramatiq"
 #: Refs per message: a listing page becomes one message, embedded in one batch.
 MAX_REFS_PER_MESSAGE = 100
@@ -37,31 +44,35 @@ def make_broker(redis_url: str, *, middleware: list[Any] | None = None) -> Redis
         socket_timeout=5,
         socket_connect_timeout=5,
     )
-    broker.declare_queue(QUEUE)
+    for name in QUEUES:
+        broker.declare_queue(name)
     return broker
 
 
-def ref_messages(refs: Iterable[Ref], **options: Any) -> list[Message[Any]]:
+def ref_messages(refs: Iterable[Ref], *, bulk: bool = False, **options: Any) -> list[Message[Any]]:
     """Split refs into messages of at most MAX_REFS_PER_MESSAGE."""
     batch: list[dict[str, Any]] = []
     messages = []
     for ref in refs:
         batch.append(ref.to_dict())
         if len(batch) == MAX_REFS_PER_MESSAGE:
-            messages.append(_message(batch, options))
+            messages.append(_message(batch, options, bulk))
             batch = []
     if batch:
-        messages.append(_message(batch, options))
+        messages.append(_message(batch, options, bulk))
     return messages
 
 
-def _message(batch: list[dict[str, Any]], options: dict[str, Any]) -> Message[Any]:
-    return Message(queue_name=QUEUE, actor_name=ACTOR, args=(batch,), kwargs={}, options=dict(options))
+def _message(batch: list[dict[str, Any]], options: dict[str, Any], bulk: bool = False) -> Message[Any]:
+    return Message(queue_name=BULK_QUEUE if bulk else QUEUE, actor_name=BULK_ACTOR if bulk else ACTOR,
+                   args=(batch,), kwargs={}, options=dict(options))
 
 
-def enqueue(broker: RedisBroker, refs: Iterable[Ref], **options: Any) -> int:
-    """Durably enqueue refs; returns messages sent. Raises redis errors when Redis is down."""
-    messages = ref_messages(refs, **options)
+def enqueue(broker: RedisBroker, refs: Iterable[Ref], *, bulk: bool = False, **options: Any) -> int:
+    """Durably enqueue refs (on the bulk queue with ``bulk``); returns messages sent.
+
+    Raises redis errors when Redis is down."""
+    messages = ref_messages(refs, bulk=bulk, **options)
     for message in messages:
         broker.enqueue(message)
     return len(messages)
@@ -72,58 +83,66 @@ def _client(broker: RedisBroker) -> redis.Redis:
     return client
 
 
-def queue_depth(broker: RedisBroker) -> int:
-    """Messages waiting or in flight (not yet acknowledged) in the sync queue."""
+def queue_depths(broker: RedisBroker) -> dict[str, int]:
+    """Per queue: messages waiting, in flight (not yet acknowledged) or delayed for a retry."""
     client = _client(broker)
-    total = int(client.hlen(f"{NAMESPACE}:{QUEUE}.msgs"))
-    total += int(client.hlen(f"{NAMESPACE}:{QUEUE}.DQ.msgs"))  # delayed retries
-    return total
+    return {
+        name: int(client.hlen(f"{NAMESPACE}:{name}.msgs")) + int(client.hlen(f"{NAMESPACE}:{name}.DQ.msgs"))
+        for name in QUEUES
+    }
+
+
+def queue_depth(broker: RedisBroker) -> int:
+    return sum(queue_depths(broker).values())
 
 
 def dead_letters(broker: RedisBroker, limit: int = 1000) -> list[dict[str, Any]]:
-    """Messages that exhausted their retries, newest first."""
+    """Messages that exhausted their retries (both queues), newest first."""
     client = _client(broker)
-    xq = f"{NAMESPACE}:{QUEUE}.XQ"
-    ids = client.zrevrange(xq, 0, limit - 1)
-    if not ids:
-        return []
-    raw = client.hmget(f"{xq}.msgs", ids)
     out = []
-    for message_id, data in zip(ids, raw, strict=True):
-        if data is None:
-            continue
-        message = json.loads(data)
-        out.append(
-            {
+    for name in QUEUES:
+        xq = f"{NAMESPACE}:{name}.XQ"
+        ids = client.zrevrange(xq, 0, limit - 1)
+        raw = client.hmget(f"{xq}.msgs", ids) if ids else []
+        for message_id, data in zip(ids, raw, strict=True):
+            if data is None:
+                continue
+            message = json.loads(data)
+            options = message.get("options", {})
+            out.append({
                 "message_id": message_id.decode() if isinstance(message_id, bytes) else message_id,
+                "queue": name,
                 "refs": message.get("args", [[]])[0],
-                "retries": message.get("options", {}).get("retries", 0),
-                "error": (message.get("options", {}).get("traceback") or "").strip().splitlines()[-1:],
-                "failed_at": message.get("options", {}).get("requeue_timestamp"),
-            }
-        )
-    return out
+                "retries": options.get("retries", 0),
+                "error": (options.get("traceback") or "").strip().splitlines()[-1:],
+                "failed_at": options.get("requeue_timestamp"),
+            })
+    out.sort(key=lambda letter: letter["failed_at"] or 0, reverse=True)
+    return out[:limit]
 
 
 def dead_letter_count(broker: RedisBroker) -> int:
-    return int(_client(broker).zcard(f"{NAMESPACE}:{QUEUE}.XQ"))
+    client = _client(broker)
+    return sum(int(client.zcard(f"{NAMESPACE}:{name}.XQ")) for name in QUEUES)
 
 
 def replay_dead_letters(broker: RedisBroker, message_ids: list[str] | None = None) -> int:
-    """Re-enqueue dead messages (all, or those named) with their retry count reset."""
+    """Re-enqueue dead messages (all, or those named) on their own queue, retries reset."""
     client = _client(broker)
-    xq = f"{NAMESPACE}:{QUEUE}.XQ"
-    ids = [i.decode() if isinstance(i, bytes) else i for i in client.zrange(xq, 0, -1)]
-    if message_ids is not None:
-        ids = [i for i in ids if i in set(message_ids)]
+    wanted = None if message_ids is None else set(message_ids)
     replayed = 0
-    for message_id in ids:
-        data = client.hget(f"{xq}.msgs", message_id)
-        if data is None:
-            continue
-        refs = json.loads(data).get("args", [[]])[0]
-        broker.enqueue(_message(refs, {}))
-        client.zrem(xq, message_id)
-        client.hdel(f"{xq}.msgs", message_id)
-        replayed += 1
+    for name in QUEUES:
+        xq = f"{NAMESPACE}:{name}.XQ"
+        for raw_id in client.zrange(xq, 0, -1):
+            message_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+            if wanted is not None and message_id not in wanted:
+                continue
+            data = client.hget(f"{xq}.msgs", message_id)
+            if data is None:
+                continue
+            refs = json.loads(data).get("args", [[]])[0]
+            broker.enqueue(_message(refs, {}, bulk=name == BULK_QUEUE))
+            client.zrem(xq, message_id)
+            client.hdel(f"{xq}.msgs", message_id)
+            replayed += 1
     return replayed

@@ -117,11 +117,12 @@ def build_status(services: Services, settings: Settings) -> dict[str, Any]:
     ]
     kinds_alive = {k: any(p["alive"] for p in processes if p["kind"] == k) for k in PROCESS_KINDS}
     try:
-        depth: int | None = queue.queue_depth(services.broker)
+        depths: dict[str, int] | None = queue.queue_depths(services.broker)
         dead: int | None = queue.dead_letter_count(services.broker)
         queue_error = None
     except Exception as exc:  # status must answer even when Redis does not
-        depth, dead, queue_error = None, None, f"redis unreachable: {type(exc).__name__}"
+        depths, dead, queue_error = None, None, f"redis unreachable: {type(exc).__name__}"
+    depth = None if depths is None else sum(depths.values())
     configured = [s for s in sources.values() if s["configured"]]
     api_docs = docs.get("api", (0, 0, 0))
     return {
@@ -129,7 +130,9 @@ def build_status(services: Services, settings: Settings) -> dict[str, Any]:
         "all_fresh": all(s["fresh"] for s in configured) and all(kinds_alive.values()),
         "sources": sources,
         "push_api": {"documents": int(api_docs[0]), "vectors": int(api_docs[1])},
-        "queue": {"depth": depth, "dead_letters": dead, "error": queue_error},
+        "queue": {"depth": depth, "live": None if depths is None else depths[queue.QUEUE],
+                  "bulk": None if depths is None else depths[queue.BULK_QUEUE],
+                  "dead_letters": dead, "error": queue_error},
         "processes": processes,
         "processes_alive": kinds_alive,
         "recent_failures": [

@@ -91,7 +91,7 @@ class Backfill:
             refs = [r if r.scope else type(r)(r.source, r.id, scope.key, r.op, r.event_at, r.document)
                     for r in page.refs]
             await asyncio.to_thread(self._record_items, scope.key, [r.document_id for r in refs])
-            await asyncio.to_thread(queue.enqueue, self.services.broker, refs)
+            await asyncio.to_thread(queue.enqueue, self.services.broker, refs, bulk=True)
             entry["checkpoint"] = page.checkpoint
             entry["pages"] += 1
             entry["listed"] += len(refs)

@@ -155,7 +155,8 @@ class Reconciler:
         try:
             async for page in source.changes(scope, since, item.checkpoint):
                 refs = [_with_scope(ref, item.key) for ref in page.refs]
-                await asyncio.to_thread(queue.enqueue, self.services.broker, refs)
+                # A first full pass is bulk work: it must not delay the webhooks behind it.
+                await asyncio.to_thread(queue.enqueue, self.services.broker, refs, bulk=since is None)
                 if page.high_water is not None:
                     high = page.high_water if high is None else max(high, page.high_water)
                 counters["pages"] += 1

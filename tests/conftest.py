@@ -23,7 +23,7 @@ import uvicorn
 
 from core import state
 from core.embedded import EmbeddedPostgres, EmbeddedRedis
-from core.queue import QUEUE
+from core.queue import QUEUES
 from core.runtime import Services, open_services
 from core.settings import Settings
 
@@ -130,10 +130,11 @@ class WorkerHandle:
         broker = self.services.broker
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            broker.join(QUEUE, timeout=int(max(1, deadline - time.monotonic()) * 1000))
+            for name in QUEUES:
+                broker.join(name, timeout=int(max(1, deadline - time.monotonic()) * 1000))
             self.worker.join()
             client = broker.client
-            if not client.hlen(f"dramatiq:{QUEUE}.msgs") and not client.zcard(f"dramatiq:{QUEUE}.DQ"):
+            if not any(client.hlen(f"dramatiq:{q}.msgs") or client.zcard(f"dramatiq:{q}.DQ") for q in QUEUES):
                 return
             time.sleep(0.05)
         raise TimeoutError("the sync queue did not drain")

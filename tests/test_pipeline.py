@@ -225,3 +225,29 @@ class TestEmbeddingRecipe:
         second.drain()
         assert second.pipeline.embedder.requests == 1
         assert len(chunk_ids(services, "api:r")) > before
+
+
+class TestPriorities:
+    def test_live_work_overtakes_a_bulk_backlog(self, services, worker_factory):
+        """A backfill's thousands of jobs must not delay a fresh webhook: live work goes first."""
+        from core import queue
+        from core.documents import Document, Ref
+
+        def ref(name: str) -> Ref:
+            return Ref("api", name, document=Document("api", name, "", name, f"text of {name}", 1.0))
+
+        for n in range(60):  # sixty bulk messages already waiting...
+            queue.enqueue(services.broker, [ref(f"bulk{n}")], bulk=True)
+        queue.enqueue(services.broker, [ref("live")])  # ...then one live one
+        assert queue.queue_depths(services.broker) == {"sync": 1, "bulk": 60}
+        worker = worker_factory()
+        worker.drain()
+        with services.pool.connection() as conn:
+            ahead = conn.execute(
+                """SELECT count(*) FROM documents WHERE document_id LIKE 'api:bulk%%'
+                   AND indexed_at < (SELECT indexed_at FROM documents WHERE document_id = 'api:live')"""
+            ).fetchone()[0]
+            total = conn.execute("SELECT count(*) FROM documents").fetchone()[0]
+        assert total == 61
+        # At most what the worker had prefetched before the live message arrived ran first.
+        assert ahead < 20

@@ -18,7 +18,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from core.documents import Ref
 from core.errors import RateLimited
-from core.queue import ACTOR, QUEUE
+from core.queue import ACTOR, BULK_ACTOR, BULK_QUEUE, QUEUE
 from workers.sync import Outcome, Pipeline
 
 log = logging.getLogger("vector_sync.worker")
@@ -28,6 +28,9 @@ MIN_BACKOFF = 1_000
 MAX_BACKOFF = 300_000
 #: A job that runs longer than this (ms) is interrupted and retried.
 TIME_LIMIT = 15 * 60 * 1000
+#: Dramatiq actor priorities: lower runs sooner among a worker's prefetched messages.
+LIVE_PRIORITY = 0
+BULK_PRIORITY = 100
 
 
 class JobFailed(Exception):
@@ -86,14 +89,9 @@ def register(broker: RedisBroker, pipeline_factory: Any, *, max_retries: int = 8
         # Nothing is returned: there is no results backend, and the counts are in the log line
         # above and in source_stats.
 
-    return dramatiq.actor(
-        sync_refs,
-        actor_name=ACTOR,
-        queue_name=QUEUE,
-        broker=broker,
-        max_retries=max_retries,
-        retry_when=make_retry_when(max_retries),
-        min_backoff=MIN_BACKOFF,
-        max_backoff=MAX_BACKOFF,
-        time_limit=TIME_LIMIT,
-    )
+    options = dict(broker=broker, max_retries=max_retries, retry_when=make_retry_when(max_retries),
+                   min_backoff=MIN_BACKOFF, max_backoff=MAX_BACKOFF, time_limit=TIME_LIMIT)
+    live = dramatiq.actor(sync_refs, actor_name=ACTOR, queue_name=QUEUE, priority=LIVE_PRIORITY, **options)
+    # The same job for bulk work; a worker runs prefetched live messages first (lower = sooner).
+    dramatiq.actor(sync_refs, actor_name=BULK_ACTOR, queue_name=BULK_QUEUE, priority=BULK_PRIORITY, **options)
+    return live
