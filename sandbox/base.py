@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -165,7 +166,7 @@ class WebhookSender:
             delivery.error = f"{type(exc).__name__}: {exc}"
 
 
-class Simulator:
+class Simulator(ABC):
     """Base class of one simulated API. Subclasses set ``name`` and implement ``routes``."""
 
     name = "base"
@@ -178,8 +179,9 @@ class Simulator:
         self._app: ASGIApp | None = None
 
     # --- to implement -------------------------------------------------------------------
+    @abstractmethod
     def routes(self) -> list[BaseRoute]:
-        raise NotImplementedError("a simulator must list its API routes")
+        """The API's routes (a simulator without them cannot be created)."""
 
     def control_routes(self) -> list[BaseRoute]:
         """Extra routes under /_sandbox/ (create, edit, delete, ground truth)."""

@@ -13,7 +13,7 @@ import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -39,22 +39,18 @@ class Item:
     handle: dict[str, Any]
 
 
-class Adapter:
+class Adapter(Protocol):
     """How to change one kind of item in a simulator, and what document it becomes."""
 
-    name = ""
+    name: str
 
-    def scope(self, system: System) -> str:
-        raise NotImplementedError
+    def scope(self, system: System) -> str: ...
 
-    def create(self, system: System, scope: str, title: str, text: str) -> Item:
-        raise NotImplementedError
+    def create(self, system: System, scope: str, title: str, text: str) -> Item: ...
 
-    def edit(self, system: System, item: Item, text: str) -> None:
-        raise NotImplementedError
+    def edit(self, system: System, item: Item, text: str) -> None: ...
 
-    def delete(self, system: System, item: Item) -> None:
-        raise NotImplementedError
+    def delete(self, system: System, item: Item) -> None: ...
 
 
 class JiraAdapter(Adapter):
