@@ -21,7 +21,7 @@ import httpx
 
 from core import state
 from core.embedded import EmbeddedPostgres, EmbeddedRedis
-from core.queue import QUEUES
+from core import queue
 from core.runtime import Services, open_services
 from core.settings import Settings
 
@@ -149,21 +149,11 @@ class Worker:
         return int(src.http.requests) if src is not None and hasattr(src, "http") else 0
 
     def drain(self, timeout: float = 600.0) -> None:
-        """Wait until the queue is empty and nothing is in flight."""
-        broker = self.services.broker
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for name in QUEUES:
-                broker.join(name, timeout=int(max(1, deadline - time.monotonic()) * 1000))
-            self.worker.join()
-            client = broker.client
-            if not any(client.hlen(f"dramatiq:{q}.msgs") or client.zcard(f"dramatiq:{q}.DQ") for q in QUEUES):
-                return
-            time.sleep(0.02)
-        raise TimeoutError("the sync queue did not drain in time")
+        """Wait until the queues are empty and nothing is in flight."""
+        queue.drain(self.services.broker, self.worker, timeout)
 
     def dead_letters(self) -> int:
-        return sum(int(self.services.broker.client.zcard(f"dramatiq:{q}.XQ")) for q in QUEUES)
+        return queue.dead_letter_count(self.services.broker)
 
     def stop(self) -> None:
         self.worker.stop(timeout=10_000)

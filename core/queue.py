@@ -11,6 +11,7 @@ whole documents (so a rate-limited API is not asked twice).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -94,6 +95,20 @@ def queue_depths(broker: RedisBroker) -> dict[str, int]:
 
 def queue_depth(broker: RedisBroker) -> int:
     return sum(queue_depths(broker).values())
+
+
+def drain(broker: RedisBroker, worker: Any, timeout: float = 60.0) -> None:
+    """Wait until both queues are empty and ``worker`` (a ``dramatiq.Worker``) has nothing in
+    flight; for tests, benchmarks and tools that need the index settled. TimeoutError otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for name in QUEUES:
+            broker.join(name, timeout=int(max(1, deadline - time.monotonic()) * 1000))
+        worker.join()
+        if queue_depth(broker) == 0:
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"the queues did not drain within {timeout:g}s")
 
 
 def dead_letters(broker: RedisBroker, limit: int = 1000) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ import uvicorn
 
 from core import state
 from core.embedded import EmbeddedPostgres, EmbeddedRedis
-from core.queue import QUEUES
+from core import queue
 from core.runtime import Services, open_services
 from core.settings import Settings
 
@@ -126,18 +126,8 @@ class WorkerHandle:
         return self.runtime.pipeline()
 
     def drain(self, timeout: float = 60.0) -> None:
-        """Wait until the queue is empty and nothing is in flight."""
-        broker = self.services.broker
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for name in QUEUES:
-                broker.join(name, timeout=int(max(1, deadline - time.monotonic()) * 1000))
-            self.worker.join()
-            client = broker.client
-            if not any(client.hlen(f"dramatiq:{q}.msgs") or client.zcard(f"dramatiq:{q}.DQ") for q in QUEUES):
-                return
-            time.sleep(0.05)
-        raise TimeoutError("the sync queue did not drain")
+        """Wait until the queues are empty and nothing is in flight."""
+        queue.drain(self.services.broker, self.worker, timeout)
 
     def stop(self) -> None:
         if self.stopped:

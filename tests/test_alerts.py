@@ -46,7 +46,7 @@ class SlackWebhook:
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/services/T000/B000/XXXX"
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/services/T000/B000/hooksecret"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
