@@ -132,7 +132,8 @@ def record_indexed(
                    source_updated_at = excluded.source_updated_at,
                    chunk_count = excluded.chunk_count, indexed_at = now(), checked_at = now(),
                    deleted_at = NULL, deferred_at = NULL,
-                   last_error = NULL, last_error_at = NULL""",
+                   last_error = NULL, last_error_at = NULL, error_stage = NULL,
+                   error_since = NULL, error_attempts = 0""",
             (document_id, source, scope, title, url, content_hash, metadata_hash,
              source_updated_at, chunk_count),
         )
@@ -146,7 +147,8 @@ def record_deleted(pool: ConnectionPool, document_id: str, source: str) -> None:
                ON CONFLICT (document_id) DO UPDATE SET
                    chunk_count = 0, deleted_at = now(), checked_at = now(), deferred_at = NULL,
                    content_hash = NULL,
-                   metadata_hash = NULL, last_error = NULL""",
+                   metadata_hash = NULL, last_error = NULL, last_error_at = NULL,
+                   error_stage = NULL, error_since = NULL, error_attempts = 0""",
             (document_id, source),
         )
 
@@ -184,15 +186,45 @@ def deferred_ids(pool: ConnectionPool, source: str, older_than: float = 60.0) ->
     return [(row[0], row[1]) for row in rows]
 
 
-def record_document_error(pool: ConnectionPool, document_id: str, source: str, error: str) -> None:
+#: The stages a document (or a listing) can fail at; status counts failures by stage.
+STAGES = ("listing", "fetch", "validate", "embed", "index", "record")
+
+
+def record_document_error(
+    pool: ConnectionPool, document_id: str, source: str, error: str, stage: str = "fetch",
+    scope: str = "",
+) -> None:
+    """Remember that ``document_id`` failed at ``stage``; ``error_since`` keeps the first failure
+    of the current run of failures (the next success clears it)."""
     with pool.connection() as conn:
         conn.execute(
-            """INSERT INTO documents (document_id, source, last_error, last_error_at)
-               VALUES (%s, %s, %s, now())
+            """INSERT INTO documents (document_id, source, scope, last_error, last_error_at,
+                   error_stage, error_since, error_attempts)
+               VALUES (%s, %s, %s, %s, now(), %s, now(), 1)
                ON CONFLICT (document_id) DO UPDATE SET
-                   last_error = excluded.last_error, last_error_at = now()""",
-            (document_id, source, error[:2000]),
+                   last_error = excluded.last_error, last_error_at = now(),
+                   error_stage = excluded.error_stage,
+                   error_since = coalesce(documents.error_since, now()),
+                   error_attempts = documents.error_attempts + 1""",
+            (document_id, source, scope, error[:2000], stage),
         )
+
+
+def failed_documents(
+    pool: ConnectionPool, source: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """Documents whose last attempt failed, longest-failing first."""
+    with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            """SELECT document_id, source, scope, title, error_stage AS stage, last_error AS error,
+                      error_since, last_error_at, error_attempts AS attempts
+               FROM documents
+               WHERE last_error IS NOT NULL AND (%s::text IS NULL OR source = %s)
+               ORDER BY error_since NULLS LAST, document_id
+               LIMIT %s""",
+            (source, source, limit),
+        )
+        return list(cur.fetchall())
 
 
 def live_document_ids(pool: ConnectionPool, source: str, scope: str) -> list[str]:
@@ -224,27 +256,33 @@ _COUNTERS = ("synced", "unchanged", "metadata_only", "deleted", "stale_ignored",
 
 
 def bump_source_stats(
-    pool: ConnectionPool, source: str, counts: Mapping[str, int], error: str | None = None
+    pool: ConnectionPool, source: str, counts: Mapping[str, int], error: str | None = None,
+    stage: str | None = None,
 ) -> None:
+    """Add ``counts`` to the source's counters; with ``error``, record it as the last error, at
+    ``stage`` (and count the failures, at least one, under that stage in ``failures_by_stage``)."""
     counts = {k: int(v) for k, v in counts.items() if k in _COUNTERS and v}
     if not counts and error is None:
         return
-    columns = ", ".join(["source", *counts])
-    placeholders = ", ".join(["%s"] * (1 + len(counts)))
-    updates = [f"{k} = source_stats.{k} + excluded.{k}" for k in counts]
+    updates = [f"{k} = {k} + %s" for k in counts]
+    params: list[Any] = list(counts.values())
     if any(k != "failed" for k in counts):
         updates.append("last_sync_at = now()")
     if error is not None:
-        updates += ["last_error = %s", "last_error_at = now()"]
-    sql = (
-        f"INSERT INTO source_stats ({columns}) VALUES ({placeholders}) "
-        f"ON CONFLICT (source) DO UPDATE SET {', '.join(updates) or 'source = excluded.source'}"
-    )
-    params: list[Any] = [source, *counts.values()]
-    if error is not None:
-        params.append(error[:2000])
+        updates += ["last_error = %s", "last_error_at = now()", "last_error_stage = %s"]
+        params += [error[:2000], stage]
+        if stage is not None:
+            updates.append(
+                "failures_by_stage = jsonb_set(failures_by_stage, ARRAY[%s::text], "
+                "to_jsonb(coalesce((failures_by_stage ->> %s)::bigint, 0) + %s))"
+            )
+            params += [stage, stage, max(1, counts.get("failed", 0))]
     with pool.connection() as conn:
-        conn.execute(sql, params)  # type: ignore[arg-type]
+        conn.execute("INSERT INTO source_stats (source) VALUES (%s) ON CONFLICT DO NOTHING", (source,))
+        conn.execute(
+            f"UPDATE source_stats SET {', '.join(updates)} WHERE source = %s",  # type: ignore[arg-type]
+            [*params, source],
+        )
 
 
 def record_webhook(pool: ConnectionPool, source: str, *, rejected: str | None = None) -> None:
