@@ -551,7 +551,7 @@ def _source_status(
             counted = f" ({stage_count} {stat_stage} failures in all)" if stage_count > 1 else ""
             problems.append(f"{stage} failed {_ago(stat_error_at, now)}, no success since{counted}: "
                             f"{_short(stat_error, 200)}")
-        if docs_failing and not any(s["documents_failing"] for s in failing_scopes):
+        if docs_failing and not (problems and "failing for over" in problems[0]):
             first_doc = min(oldest.values(), key=lambda o: o["since"])
             problems.append(_failing_docs_text(docs_failing, first_doc, now))
         if audit and audit["drift"]:
