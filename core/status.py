@@ -162,16 +162,19 @@ def _read_state(services: Services, settings: Settings, now: datetime) -> dict[s
                       s.last_error, s.last_error_at, f.failed, f.since, p.status, p.error, p.finished_at
                FROM scopes s
                LEFT JOIN LATERAL (
+                   -- Only for a scope whose last pass failed: its failed passes since its last
+                   -- success (passes of one scope never overlap, so started after it).
                    SELECT count(*) AS failed, min(r.finished_at) AS since FROM runs r
-                   WHERE r.source = s.source AND r.scope = s.key AND r.kind = 'reconcile'
+                   WHERE s.last_error_at > coalesce(s.last_success_at, '-infinity'::timestamptz)
+                     AND r.source = s.source AND r.scope = s.key AND r.kind = 'reconcile'
+                     AND r.started_at > coalesce(s.last_success_at, '-infinity'::timestamptz)
                      AND r.status = 'failed'
-                     AND r.finished_at > coalesce(s.last_success_at, '-infinity'::timestamptz)
                ) f ON true
                LEFT JOIN LATERAL (
                    SELECT r.status, r.error, r.finished_at FROM runs r
                    WHERE r.source = s.source AND r.scope = s.key AND r.kind = 'prune'
                      AND r.status IN ('succeeded', 'failed')
-                   ORDER BY r.finished_at DESC NULLS LAST LIMIT 1
+                   ORDER BY r.started_at DESC LIMIT 1
                ) p ON true
                ORDER BY s.source, s.key"""
         ).fetchall()
