@@ -42,6 +42,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
+import psycopg_pool
 
 from core import queue, state
 from core.runtime import Services
@@ -135,6 +136,12 @@ def unreadable_report(settings: Settings, exc: BaseException) -> dict[str, Any]:
                 broker.close()
     what = ("postgres unreachable" if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
             else "state cannot be read")
+    if isinstance(exc, psycopg_pool.PoolTimeout) and settings.database_url:
+        # The pool only says it timed out; one direct attempt says why (refused, auth, ...).
+        try:
+            psycopg.connect(settings.database_url, connect_timeout=5).close()
+        except psycopg.Error as direct:
+            exc = direct
     return _unreadable(settings, now, redis, f"{what}: {_short(_error_text(exc), 300)}")
 
 

@@ -30,9 +30,9 @@ def render_text(report: dict[str, Any], pool: ConnectionPool | None = None) -> s
         lines.append(f"  ! {warning}")
     if not report["postgres"]["up"]:
         q = report["queue"]
-        lines += ["", "the state in Postgres cannot be read; nothing else is known",
-                  f"redis: {'up' if report['redis']['up'] else (report['redis']['error'] or 'unknown')}"
-                  + (f", {q['depth']} waiting, {q['dead_letters']} dead letters" if q["depth"] is not None else "")]
+        lines += ["", "the state in Postgres cannot be read; nothing else is known"]
+        if report["redis"]["up"]:
+            lines.append(f"redis: up, {q['depth']} waiting, {q['dead_letters']} dead letters")
         return "\n".join(lines)
     lines.append("")
     lines.append(f"{'source':<10} {'state':<15} {'last success':<14} {'docs':>7} {'vectors':>8} "
