@@ -522,10 +522,10 @@ def _source_status(
     docs_failing = sum(v[3] for v in docs.values())
     inactive_docs = sum(v[0] for scope, v in docs.items() if scope in inactive_keys)
     in_flight, stuck, failed_24h = run_row or (0, 0, 0)
-    successes = [s["last_success_at"] for s in active]
-    oldest_success = None
-    if active and all(successes):
-        oldest_success = min(datetime.fromisoformat(s) for s in successes if s)
+    # The oldest last success among the active scopes that have one (never synced ones are
+    # counted apart, in ``never_synced``).
+    successes = [row[4] for row in scope_rows if row[3] and row[4] is not None]
+    oldest_success = min(successes) if successes else None
     age = _age(oldest_success, now)
     failing_scopes = [s for s in active if s["state"] == "failing"]
     never = [s for s in active if s["last_success_at"] is None]

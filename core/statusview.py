@@ -76,6 +76,8 @@ def render_text(report: dict[str, Any], pool: ConnectionPool | None = None) -> s
         for d in failed[:10]:
             lines.append(f"  {d['document_id'][:60]} [{d['stage'] or '?'}] for {_age(d['failing_for_s'])[:-4]}: "
                          f"{(d['error'] or '')[:80]}")
+    if report["recent_failures"]:
+        lines.append("recent failed runs:")
     for failure in report["recent_failures"][:5]:
         lines.append(f"  failed {failure['kind']} {failure['source']}/{failure['scope'] or '-'}: "
                      f"{(failure['error'] or '')[:90]}")
