@@ -389,7 +389,7 @@ def _assemble(settings: Settings, now: datetime, redis: dict[str, Any], rows: di
         "documents_failing": failing_total,
         "failed_documents": [
             {"document_id": d["document_id"], "source": d["source"], "scope": d["scope"],
-             "title": d["title"], "stage": d["stage"], "error": _short(d["error"], 500),
+             "stage": d["stage"], "error": _short(d["error"], 500),
              "error_since": _iso(d["error_since"]), "last_error_at": _iso(d["last_error_at"]),
              "failing_for_s": _age(d["error_since"] or d["last_error_at"], now),
              "attempts": d["attempts"]}
