@@ -381,6 +381,18 @@ class TestHealthHeader:
         assert "hidden" in dom.find("ul", id="reasons").attrs
         assert dom.find("article", data_source="github").attrs["data-state"] == "fresh"
 
+        # A new scope not synced yet: behind, not failing: amber.
+        with services.pool.connection() as conn:
+            conn.execute("INSERT INTO scopes (source, key, name) VALUES ('github', 'acme/new', 'acme/new')")
+        dom = parse_dom(run_chromium(f"{receiver.url}/", tmp_path, "--dump-dom"))
+        verdict = dom.find(id="verdict")
+        assert verdict.text() == "Not healthy" and verdict.attrs["class"] == "verdict warn"
+        assert [li.text() for li in dom.find("ul", id="reasons").find_all("li")] == [
+            "github: 1 scope never synced (acme/new)"]
+        assert dom.find("tr", data_scope="github/acme/new").attrs["data-state"] == "never synced"
+        with services.pool.connection() as conn:
+            conn.execute("DELETE FROM scopes WHERE key = 'acme/new'")
+
         # The last pass failed a moment ago (the last success is still recent), and a document
         # has been failing at the embedding stage for five minutes.
         with services.pool.connection() as conn:
