@@ -23,7 +23,7 @@ Per configured source, and per scope, one ``state`` with a ``reason`` in words:
 ``healthy`` (``all_fresh`` is the same value, kept for what already reads it) is true only when
 Postgres and Redis answer, every configured source is ``fresh``, every process kind (web,
 worker, reconciler) has a live heartbeat, no live process reports an outage in its heartbeat
-(``info.outage``), no document (of any source, the push API included) has been failing for
+(``info.outage``), no document (of a configured source or the push API) has been failing for
 longer than ``DOCUMENT_FAILING_AFTER``, and no last drift audit found drift. ``reasons`` lists,
 in words, every one of those that does not hold. ``warnings`` lists what on-call should know
 but does not make the system unhealthy (documents of a deactivated scope still searchable,
@@ -287,7 +287,7 @@ def _assemble(settings: Settings, now: datetime, redis: dict[str, Any], rows: di
     oldest: dict[str, dict[str, Any]] = {}
     for source, scope, document_id, stage, error, since in rows["oldest_failing"]:
         oldest.setdefault(source, {})[scope] = {"document_id": document_id, "stage": stage,
-                                                "error": error, "since": since}
+                                                "error": error, "since": since or now}
     audits: dict[str, list[Any]] = {}
     for row in rows["audits"]:
         audits.setdefault(row[1], []).append(row)
@@ -342,13 +342,15 @@ def _assemble(settings: Settings, now: datetime, redis: dict[str, Any], rows: di
         bad = True
         reasons.append(f"{o['process']} reports an outage: {o['outage']}")
 
-    # Documents failing too long outside the configured sources (the push API, or a source whose
-    # credentials were removed) still make the system unhealthy.
+    # Documents of the push API failing too long make the system unhealthy too (those of a
+    # source without credentials stay out, like the source).
     failing_total = 0
     for source, by_scope in docs.items():
+        if source in sources and not sources[source]["configured"]:
+            continue
         count = sum(v[3] for v in by_scope.values())
         failing_total += count
-        if count and not (source in sources and sources[source]["configured"]):
+        if count and source not in sources:
             first = min((o for o in oldest.get(source, {}).values()), key=lambda o: o["since"])
             reasons.append(f"{source}: {_failing_docs_text(count, first, now)}")
             bad = True

@@ -414,6 +414,9 @@ class TestScopes:
         with services.pool.connection() as conn:
             conn.execute("""INSERT INTO scopes (source, key, last_error, last_error_at)
                             VALUES ('slack', 'C1', 'invalid_auth', now())""")
+        state.record_document_error(services.pool, "slack:C1:1.0", "slack", "invalid_auth", scope="C1")
+        with services.pool.connection() as conn:
+            conn.execute("UPDATE documents SET error_since = now() - interval '1 day'")
         report = build_status(services, gh_settings)
         assert report["sources"]["slack"]["state"] == "not configured" and report["healthy"] is True
 
