@@ -54,7 +54,7 @@ STATES = ("fresh", "stale", "failing", "never synced", "disabled")
 #: Worst first: how scopes are ordered, and which state wins for a source.
 _SEVERITY = {"failing": 0, "disabled": 1, "never synced": 2, "stale": 3, "fresh": 4}
 #: Seconds to wait for a database connection before calling Postgres unreachable.
-DB_TIMEOUT = 5.0
+DB_TIMEOUT = 8.0
 #: Failed documents listed in the report (the admin API and CLI list more).
 FAILED_DOCUMENTS_SHOWN = 20
 #: Scopes listed per source (worst first); the counts cover them all.
@@ -541,6 +541,12 @@ def _source_status(
     if stat_row is not None:
         stat_error, stat_error_at, stat_stage = stat_row[8], stat_row[9], stat_row[17]
         last_sync = stat_row[7]
+        if stat_stage is None:
+            # A discovery (or unstaged) error is also answered by a later successful pass of any
+            # scope: the source's API answered listings again.
+            passes = [row[4] for row in scope_rows if row[4] is not None]
+            if passes and (last_sync is None or max(passes) > last_sync):
+                last_sync = max(passes)
         pipeline_failing = (
             stat_error_at is not None and (last_sync is None or stat_error_at > last_sync)
             and (now - stat_error_at).total_seconds() <= src.stale_after

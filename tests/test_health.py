@@ -192,6 +192,10 @@ class TestFailing:
         github = build_status(services, gh_settings)["sources"]["github"]
         assert github["state"] == "failing"
         assert "discovery failed" in github["reason"] and "502 Bad Gateway" in github["reason"]
+        # A later successful pass of a scope answers it (the API lists again).
+        with services.pool.connection() as conn:
+            conn.execute("UPDATE scopes SET last_success_at = now() + interval '1 second'")
+        assert build_status(services, gh_settings)["sources"]["github"]["state"] == "fresh"
 
     def test_a_document_failing_longer_than_the_threshold_makes_health_false(self, services, gh_settings, all_well):
         doc = "github:acme/api/issues/1"
