@@ -1,20 +1,29 @@
 """Alerts on state changes, to a Slack incoming webhook (``ALERT_SLACK_WEBHOOK_URL``).
 
-``check_and_notify`` builds the status report (the same one every status surface shows) and
-compares, per configured source, its state (fresh / stale / failing) and, per process kind
-(web / worker / reconciler), alive or dead, with the state it last alerted on. That last state
-is kept in Postgres (``kv`` key ``alerts.state``) so every process and every restart agrees.
+``check_and_notify`` builds the status report (``core.status.build_status``, the one definition
+of health every status surface shows) and compares what it says with the state it last alerted
+on, per key:
 
-- A source turning stale or failing, or a process kind with no live process: one message.
-- Recovering (fresh again, alive again): one message.
-- Staying bad (or moving between stale and failing): no message. Never one per failure.
+- ``source:<name>``: the configured source's state (fresh / stale / failing / never synced /
+  disabled), with the report's reason in the message;
+- ``process:<kind>``: alive or dead (web / worker / reconciler);
+- ``outage:<kind>``: a live process of that kind reports an outage in its heartbeat, or none;
+- ``system:redis``: up or down.
+
+That last state is kept in Postgres (``kv`` key ``alerts.state``) so every process and every
+restart agrees; while Postgres cannot be read, nothing is checked (status says so itself).
+
+- A key leaving its good value (fresh / alive / none / up): one message.
+- Recovering: one message.
+- Staying bad (or moving between bad states, e.g. stale to failing): no message. Never one per
+  failure.
 - A POST that fails is logged and the state is not advanced, so the next check retries it.
-- A key seen for the first time is compared with "fresh" / "alive": a system that is already
+- A key seen for the first time is compared with its good value: a system that is already
   broken when alerts are switched on says so once.
 
 Concurrent callers (several reconciler replicas) take a transaction-level advisory lock; one
-that finds it taken skips this round. Messages carry names, ages and error messages only; any
-configured credential that appears in an error message is replaced by ``[redacted]``, and the
+that finds it taken skips this round. Messages carry names, ages, reasons and error messages
+only; any configured credential that appears in them is replaced by ``[redacted]``, and the
 webhook URL (itself a secret) is never logged.
 """
 
@@ -28,14 +37,14 @@ import httpx
 
 from core.runtime import Services
 from core.settings import SOURCE_CREDENTIALS, SOURCE_OPTIONS, Secret, Settings
-from core.status import PROCESS_KINDS, build_status
+from core.status import PROCESS_KINDS, build_status, duration
 
 log = logging.getLogger("vector_sync.alerts")
 
 STATE_KEY = "alerts.state"
 #: Advisory lock id shared by every process that checks alerts (any fixed bigint).
 _LOCK_ID = 0x76732D616C657274  # "vs-alert"
-_OK = {"source": "fresh", "process": "alive"}
+_OK = {"source": "fresh", "process": "alive", "outage": "none", "system": "up"}
 _MAX_ERROR_CHARS = 500
 
 
@@ -45,6 +54,9 @@ def check_and_notify(services: Services, settings: Settings, *, client: httpx.Cl
     if not url:
         return []
     report = build_status(services, settings)
+    if not report["postgres"]["up"]:
+        log.warning("alerts not checked: %s", report["reasons"][0])
+        return []
     current = _states(report)
     own_client = client is None
     http = client or httpx.Client(timeout=settings.http_timeout)
@@ -84,6 +96,9 @@ def _states(report: dict[str, Any]) -> dict[str, str]:
     states = {f"source:{name}": s["state"] for name, s in report["sources"].items() if s["configured"]}
     alive = report.get("processes_alive", {})
     states |= {f"process:{kind}": "alive" if alive.get(kind) else "dead" for kind in PROCESS_KINDS}
+    outages = {o["kind"] for o in report.get("process_outages", [])}
+    states |= {f"outage:{kind}": "outage" if kind in outages else "none" for kind in PROCESS_KINDS}
+    states["system:redis"] = "up" if report["redis"]["up"] else "down"
     return states
 
 
@@ -111,24 +126,38 @@ def _message(key: str, now_state: str, report: dict[str, Any], settings: Setting
         else:
             detail = "no heartbeat on record"
         return f":red_circle: vector-sync: no {name} process is alive ({detail})."
+    if kind == "outage":
+        if now_state == "none":
+            return f":white_check_mark: vector-sync: no {name} process reports an outage any more."
+        texts = [f"{o['process']}: {o['outage']}" for o in report["process_outages"] if o["kind"] == name]
+        return (f":red_circle: vector-sync: a {name} process reports an outage: "
+                f"{_slack_escape(_cut(_redact('; '.join(texts), settings)))}")
+    if kind == "system":
+        if now_state == "up":
+            return f":white_check_mark: vector-sync: {name} answers again."
+        return (f":red_circle: vector-sync: {name} is down: "
+                f"{_slack_escape(_cut(_redact(report['redis']['error'] or 'unreachable', settings)))}")
     s = report["sources"][name]
     success = f"last successful sync {_age(s['last_success_age_s'])}"
+    reason = _slack_escape(_cut(_redact(s["reason"].removeprefix(f"{name}: "), settings)))
     if now_state == "fresh":
         return f":white_check_mark: vector-sync: {name} recovered: fresh again ({success})."
     if now_state == "failing":
-        error = _redact(s.get("last_error") or "no error message", settings)
-        if len(error) > _MAX_ERROR_CHARS:
-            error = error[:_MAX_ERROR_CHARS] + "…"
         failing = s["scopes"]["failing"]
-        scopes = f"{failing} scope{'s' if failing != 1 else ''} failing"
-        return (f":red_circle: vector-sync: {name} is failing ({scopes}; {success}). "
-                f"Last error: {_slack_escape(error)}")
+        scopes = f"{failing} scope{'s' if failing != 1 else ''} failing; " if failing else ""
+        return f":red_circle: vector-sync: {name} is failing ({scopes}{success}): {reason}"
+    if now_state == "disabled":
+        return f":warning: vector-sync: {name} is disabled: {reason}"
     never = s["scopes"]["never_synced"]
     extra = f"; {never} scope{'s' if never != 1 else ''} never synced" if never else ""
-    if not s["scopes"]["active"]:
-        extra = "; no active scope"
+    if now_state == "never synced":
+        return f":warning: vector-sync: {name} has never synced ({success}{extra}): {reason}"
     return (f":warning: vector-sync: {name} is stale ({success}, threshold "
-            f"{_duration(s['stale_after_s'])}{extra}).")
+            f"{_duration(s['stale_after_s'])}{extra}): {reason}")
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= _MAX_ERROR_CHARS else text[:_MAX_ERROR_CHARS] + "…"
 
 
 def _secrets(settings: Settings) -> list[str]:
@@ -159,10 +188,4 @@ def _age(seconds: float | None) -> str:
     return f"{_duration(seconds)} ago"
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"
+_duration = duration

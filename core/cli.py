@@ -96,19 +96,39 @@ def with_services(fn: Callable[[Any, Settings], int]) -> int:
         services.close()
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from core.status import build_status
-    from core.statusview import render_text
+#: ``vector-sync status`` exit codes (docs/operations.md): healthy, not healthy, usage or
+#: configuration error, the state cannot be read (Postgres unreachable).
+STATUS_HEALTHY, STATUS_UNHEALTHY, STATUS_USAGE, STATUS_UNREADABLE = 0, 1, 2, 3
 
-    def show(services: Any, settings: Settings) -> int:
-        report = build_status(services, settings)
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from core.runtime import open_services
+    from core.status import build_status, unreadable_report
+    from core.statusview import render_text
+    from core.supervisor import attached_settings
+
+    settings = attached_settings(load_settings())
+    configure_logging("WARNING")
+    services = None
+    try:
+        services = open_services(settings)
+    except SettingsError as exc:
+        fail(str(exc), STATUS_USAGE)
+    except Exception as exc:  # Postgres cannot be reached: the state cannot be read
+        report = unreadable_report(settings, exc)
+    try:
+        if services is not None:
+            report = build_status(services, settings)
         if args.json:
             print(json.dumps(report, indent=2, default=str))
         else:
-            print(render_text(report, services.pool))
-        return 0 if report["all_fresh"] else 1
-
-    return with_services(show)
+            print(render_text(report, services.pool if services is not None else None))
+    finally:
+        if services is not None:
+            services.close()
+    if not report["postgres"]["up"]:
+        return STATUS_UNREADABLE
+    return STATUS_HEALTHY if report["healthy"] else STATUS_UNHEALTHY
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

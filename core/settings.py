@@ -162,6 +162,7 @@ class Settings:
     heartbeat_interval: float = 10.0
     heartbeat_timeout: float = 60.0
     stuck_after: float = 900.0
+    document_failing_after: float = 60.0
     alert_slack_webhook_url: str = ""
     sandbox: str = "auto"
     sandbox_port_base: int = 8200  # sandbox mode: simulator i listens on SANDBOX_PORT_BASE + i
@@ -218,6 +219,7 @@ class Settings:
             heartbeat_interval=env.duration("HEARTBEAT_INTERVAL", 10.0),
             heartbeat_timeout=env.duration("HEARTBEAT_TIMEOUT", 60.0),
             stuck_after=env.duration("STUCK_AFTER", 900.0),
+            document_failing_after=env.duration("DOCUMENT_FAILING_AFTER", 60.0),
             alert_slack_webhook_url=env.str("ALERT_SLACK_WEBHOOK_URL", ""),
             sandbox=sandbox,
             sandbox_port_base=env.int("SANDBOX_PORT_BASE", 8200, 1024, 65000),

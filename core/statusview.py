@@ -1,4 +1,7 @@
-"""The status report as text for a terminal (``vector-sync status``)."""
+"""The status report as text for a terminal (``vector-sync status``).
+
+It prints what ``core.status.build_status`` decided; it works out no state of its own.
+"""
 
 from __future__ import annotations
 
@@ -19,19 +22,40 @@ def _age(seconds: float | None) -> str:
 
 
 def render_text(report: dict[str, Any], pool: ConnectionPool | None = None) -> str:
-    lines = [f"all fresh: {'YES' if report['all_fresh'] else 'NO'}   ({report['generated_at']})", ""]
+    verdict = "HEALTHY" if report["healthy"] else "NOT HEALTHY"
+    lines = [f"{verdict}   ({report['generated_at']})"]
+    for reason in report["reasons"]:
+        lines.append(f"  - {reason}")
+    for warning in report.get("warnings", []):
+        lines.append(f"  ! {warning}")
+    if not report["postgres"]["up"]:
+        q = report["queue"]
+        lines += ["", "the state in Postgres cannot be read; nothing else is known"]
+        if report["redis"]["up"]:
+            lines.append(f"redis: up, {q['depth']} waiting, {q['dead_letters']} dead letters")
+        return "\n".join(lines)
+    lines.append("")
     lines.append(f"{'source':<10} {'state':<15} {'last success':<14} {'docs':>7} {'vectors':>8} "
-                 f"{'scopes':>7} {'runs':>5}  last error")
+                 f"{'scopes':>7} {'runs':>5}  reason")
     for name, s in report["sources"].items():
         if not s["configured"]:
             lines.append(f"{name:<10} {'not configured':<15}")
             continue
         runs = s["runs"]
         run_text = f"{runs['in_flight']}" + (f"/{runs['stuck']} stuck" if runs["stuck"] else "")
+        reason = s["reason"].removeprefix(f"{name}: ")
         lines.append(
             f"{name:<10} {s['state']:<15} {_age(s['last_success_age_s']):<14} {s['documents']:>7} "
-            f"{s['vectors']:>8} {s['scopes']['active']:>7} {run_text:>5}  {(s['last_error'] or '')[:70]}"
+            f"{s['vectors']:>8} {s['scopes']['active']:>7} {run_text:>5}  {reason[:100]}"
         )
+        for scope in s["scope_list"]:
+            if scope["state"] != "fresh":
+                lines.append(f"{'':<10}   {scope['key'][:30]:<30} {scope['state']:<13} "
+                             f"{scope['reason'].split(': ', 1)[-1][:80]}")
+        audit = s.get("audit")
+        if audit:
+            lines.append(f"{'':<10}   last drift audit {_age(audit['age_s'])}: {audit['missing']} missing, "
+                         f"{audit['stale']} stale, {audit['ghost']} ghost, {audit['orphan_vectors']} orphan vectors")
     api = report["push_api"]
     lines.append(f"{'push API':<10} {'':<15} {'':<14} {api['documents']:>7} {api['vectors']:>8}")
     q = report["queue"]
@@ -43,6 +67,17 @@ def render_text(report: dict[str, Any], pool: ConnectionPool | None = None) -> s
     for p in report["processes"]:
         if not p["alive"]:
             lines.append(f"  dead: {p['process']} (last heartbeat {_age(p['heartbeat_age_s'])})")
+        elif p.get("outage"):
+            lines.append(f"  outage: {p['process']}: {p['outage']}")
+    failed = report.get("failed_documents", [])
+    if failed:
+        lines.append(f"failed documents ({report['documents_failing']} failing for over "
+                     f"{report['document_failing_after_s']:g}s; longest first):")
+        for d in failed[:10]:
+            lines.append(f"  {d['document_id'][:60]} [{d['stage'] or '?'}] for {_age(d['failing_for_s'])[:-4]}: "
+                         f"{(d['error'] or '')[:80]}")
+    if report["recent_failures"]:
+        lines.append("recent failed runs:")
     for failure in report["recent_failures"][:5]:
         lines.append(f"  failed {failure['kind']} {failure['source']}/{failure['scope'] or '-'}: "
                      f"{(failure['error'] or '')[:90]}")

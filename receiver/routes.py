@@ -305,10 +305,13 @@ async def record_handshake(request: Request, name: str, token: str) -> Response:
 
 async def status(request: Request) -> Response:
     body = await run_in_threadpool(build_status, services(request), settings_of(request))
-    return JSONResponse(body)
+    # The state cannot be read (Postgres down): say so, as JSON, with 503 rather than a 500.
+    code = 200 if body["postgres"]["up"] else 503
+    return JSONResponse(body, code, headers={"Retry-After": "10"} if code == 503 else None)
 
 
 async def metrics(request: Request) -> Response:
+    # Always 200 while the receiver runs: vector_sync_healthy and vector_sync_up say what is down.
     body = await run_in_threadpool(build_status, services(request), settings_of(request))
     return PlainTextResponse(render_metrics(body), media_type="text/plain; version=0.0.4")
 

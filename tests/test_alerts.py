@@ -116,7 +116,9 @@ class TestAlerts:
         assert slack_hook.posts == []
         assert state.kv_get(services.pool, STATE_KEY) == {
             "source:github": "fresh", "source:jira": "fresh",
-            "process:web": "alive", "process:worker": "alive", "process:reconciler": "alive"}
+            "process:web": "alive", "process:worker": "alive", "process:reconciler": "alive",
+            "outage:web": "none", "outage:worker": "none", "outage:reconciler": "none",
+            "system:redis": "up"}
 
     def test_stale_alerts_once_then_recovers_once(self, services, alert_settings, slack_hook):
         healthy(services)
@@ -188,9 +190,10 @@ class TestAlerts:
         set_scope(services, "jira", "SUBS", success_ago="1 minute")
         sent = check_and_notify(services, alert_settings)
         assert sorted(m.split(" vector-sync: ")[1].split(" (")[0] for m in sent) == [
-            "github is stale", "no reconciler process is alive", "no web process is alive",
+            "github has never synced", "no reconciler process is alive", "no web process is alive",
             "no worker process is alive"]
         assert "last successful sync never" in next(m for m in sent if "github" in m)
+        assert next(m for m in sent if "github" in m).endswith(": scope acme/api never synced")
         assert "1 scope never synced" in next(m for m in sent if "github" in m)
         assert "no heartbeat on record" in next(m for m in sent if "worker" in m)
         assert check_and_notify(services, alert_settings) == []
@@ -261,3 +264,54 @@ class TestAlerts:
             assert check_and_notify(services, alert_settings) == []
         assert slack_hook.posts == []
         assert len(check_and_notify(services, alert_settings)) == 1
+
+
+class TestOneDefinition:
+    """Alerts follow core.status: failing at any stage, disabled, outages, Redis down."""
+
+    def test_a_pipeline_failure_alerts_failing_with_the_reason(self, services, alert_settings, slack_hook):
+        healthy(services)
+        assert check_and_notify(services, alert_settings) == []
+        state.bump_source_stats(services.pool, "github", {"failed": 1},
+                                error="embedding failed: 429 for ghp_SuperSecretToken123", stage="embed")
+        [message] = check_and_notify(services, alert_settings)
+        assert message.startswith(":red_circle: vector-sync: github is failing (last successful sync ")
+        assert "embed failed" in message and "[redacted]" in message
+        assert "ghp_SuperSecretToken123" not in message
+        assert check_and_notify(services, alert_settings) == []
+
+    def test_every_scope_deactivated_alerts_disabled(self, services, alert_settings, slack_hook):
+        healthy(services)
+        check_and_notify(services, alert_settings)
+        with services.pool.connection() as conn:
+            conn.execute("UPDATE scopes SET active = false WHERE source = 'jira'")
+        [message] = check_and_notify(services, alert_settings)
+        assert message == ":warning: vector-sync: jira is disabled: every scope is deactivated (1); nothing is synced"
+        assert state.kv_get(services.pool, STATE_KEY)["source:jira"] == "disabled"
+
+    def test_a_process_outage_alerts_once_and_once_when_it_ends(self, services, alert_settings, slack_hook):
+        healthy(services)
+        check_and_notify(services, alert_settings)
+        state.beat(services.pool, "worker", "worker@test:1", {"outage": "redis unreachable since 2026-12-02T01:00:00+00:00"})
+        [down] = check_and_notify(services, alert_settings)
+        assert down == (":red_circle: vector-sync: a worker process reports an outage: "
+                        "worker@test:1: redis unreachable since 2026-12-02T01:00:00+00:00")
+        assert check_and_notify(services, alert_settings) == []
+        state.beat(services.pool, "worker", "worker@test:1", {})
+        [back] = check_and_notify(services, alert_settings)
+        assert back == ":white_check_mark: vector-sync: no worker process reports an outage any more."
+
+    def test_redis_down_alerts(self, services, infra, slack_hook):
+        healthy(services)
+        settings = make_settings(infra, ALERT_SLACK_WEBHOOK_URL=slack_hook.url, HEARTBEAT_TIMEOUT="600", **CREDS)
+        check_and_notify(services, settings)
+        closed = make_settings(infra, ALERT_SLACK_WEBHOOK_URL=slack_hook.url, HEARTBEAT_TIMEOUT="600",
+                               REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", **CREDS)
+        broken = open_services(closed, migrate=False)
+        try:
+            [message] = check_and_notify(broken, closed)
+        finally:
+            broken.close()
+        assert message.startswith(":red_circle: vector-sync: redis is down: redis unreachable: ")
+        [back] = check_and_notify(services, settings)
+        assert back == ":white_check_mark: vector-sync: redis answers again."

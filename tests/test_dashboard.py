@@ -14,6 +14,7 @@ import json
 import re
 import shutil
 import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -23,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from core import queue
+from core import queue, state
 from core.documents import Ref
 from core.heartbeat import Heartbeat
 from tests.conftest import make_settings
@@ -207,7 +208,17 @@ class TestDashboardInChromium:
         assert main.attrs["data-loaded"] == "true", "the status report never rendered"
         banner = dom.find("p", id="banner")
         assert "hidden" in banner.attrs and "data-script-error" not in banner.attrs, banner.text()
-        assert dom.find(id="verdict").text() == "Not all fresh"
+        verdict = dom.find(id="verdict")
+        assert verdict.text() == "Not healthy" and verdict.attrs["class"] == "verdict bad"
+        assert verdict.attrs["data-healthy"] == "false"
+        # The reasons are the report's, listed under the header.
+        reasons = [li.text() for li in dom.find("ul", id="reasons").find_all("li")]
+        def no_numbers(text: str) -> str:  # ages move on between the two reads
+            return re.sub(r"\d+(\.\d+)?", "N", " ".join(text.split()))
+
+        assert [no_numbers(r) for r in reasons] == [no_numbers(r) for r in report["reasons"]]
+        assert any(r.startswith("slack: scope C0123 (delivery): listing failed") for r in reasons), reasons
+        assert any(r.startswith("no live reconciler process") for r in reasons), reasons
         assert dom.find(id="refreshed").text().startswith("Last refreshed ")
 
         # One card per source, coloured by state.
@@ -316,7 +327,7 @@ class TestDashboardInChromium:
         assert banner.text().startswith("Cannot reach /api/status: answered HTTP 502. Showing the report from ")
         # The last good report stays on screen.
         assert dom.find("main", id="report").attrs["data-loaded"] == "true"
-        assert dom.find(id="verdict").text() == "Not all fresh"
+        assert dom.find(id="verdict").text() == "Not healthy"
         assert dom.find("article", data_source="slack").attrs["data-state"] == "failing"
 
     def test_banner_when_status_never_answers(self, services, receiver, tmp_path):
@@ -347,6 +358,99 @@ class TestDashboardInChromium:
         assert dom.find("p", id="banner").text() == "Cannot reach /api/status: answered HTTP 503."
         assert dom.find(id="verdict").text() == "Status unknown"
         assert dom.find("main", id="report").attrs["data-loaded"] == "false"
+
+
+class TestHealthHeader:
+    """The header is green only when the report is healthy; a source failing while its last
+    success is recent (the observed case: every Jira call failing behind a green "All fresh")
+    turns it red, with the reasons, the scope and the failed document listed."""
+
+    def test_green_only_when_healthy_red_with_a_failing_source(self, services, receiver_factory, infra, tmp_path):
+        settings = make_settings(infra, GITHUB_TOKEN="ghp_secret_value", HEARTBEAT_TIMEOUT="600")
+        with services.pool.connection() as conn:
+            conn.execute("""INSERT INTO scopes (source, key, name, active, last_success_at)
+                            VALUES ('github', 'acme/api', 'acme/api', true, now() - interval '1 minute')""")
+        for kind in ("worker", "reconciler"):
+            state.beat(services.pool, kind, f"{kind}@test:1")
+        receiver = receiver_factory(settings)
+        assert httpx.get(f"{receiver.url}/api/status").json()["healthy"] is True
+
+        dom = parse_dom(run_chromium(f"{receiver.url}/", tmp_path, "--dump-dom"))
+        verdict = dom.find(id="verdict")
+        assert verdict.text() == "Healthy" and verdict.attrs["class"] == "verdict ok"
+        assert "hidden" in dom.find("ul", id="reasons").attrs
+        assert dom.find("article", data_source="github").attrs["data-state"] == "fresh"
+
+        # A new scope not synced yet: behind, not failing: amber.
+        with services.pool.connection() as conn:
+            conn.execute("INSERT INTO scopes (source, key, name) VALUES ('github', 'acme/new', 'acme/new')")
+        dom = parse_dom(run_chromium(f"{receiver.url}/", tmp_path, "--dump-dom"))
+        verdict = dom.find(id="verdict")
+        assert verdict.text() == "Not healthy" and verdict.attrs["class"] == "verdict warn"
+        assert [li.text() for li in dom.find("ul", id="reasons").find_all("li")] == [
+            "github: 1 scope never synced (acme/new)"]
+        assert dom.find("tr", data_scope="github/acme/new").attrs["data-state"] == "never synced"
+        with services.pool.connection() as conn:
+            conn.execute("DELETE FROM scopes WHERE key = 'acme/new'")
+
+        # The last pass failed a moment ago (the last success is still recent), and a document
+        # has been failing at the embedding stage for five minutes.
+        with services.pool.connection() as conn:
+            conn.execute("""UPDATE scopes SET last_error = '500 Internal Server Error', last_error_at = now()
+                            WHERE source = 'github'""")
+        state.record_document_error(services.pool, "github:acme/api/issues/7", "github",
+                                    "embedding failed: 429 Too Many Requests", stage="embed", scope="acme/api")
+        with services.pool.connection() as conn:
+            conn.execute("UPDATE documents SET error_since = now() - interval '5 minutes'")
+
+        dom_html = run_chromium(f"{receiver.url}/", tmp_path, "--dump-dom")
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "dashboard-failing.html").write_text(dom_html)
+        dom = parse_dom(dom_html)
+        verdict = dom.find(id="verdict")
+        assert verdict.text() == "Not healthy" and verdict.attrs["class"] == "verdict bad"
+        reasons = [li.text() for li in dom.find("ul", id="reasons").find_all("li")]
+        assert len(reasons) == 1 and reasons[0].startswith(
+            "github: scope acme/api: listing failed 1 time since "), reasons
+        assert "500 Internal Server Error" in reasons[0]
+        assert "1 document failing for over 5" in reasons[0] and "(embed: embedding failed: 429" in reasons[0]
+        card = dom.find("article", data_source="github")
+        assert card.attrs["data-state"] == "failing" and "state-failing" in card.attrs["class"]
+        assert card.find("p").text() == reasons[0]
+        assert re.search(r"Docs with errors 1 \(1 failing too long\)", card.text()), card.text()
+        assert "Failures by stage" not in card.text()  # no pipeline counter was bumped
+        row = dom.find("tr", data_scope="github/acme/api")
+        assert row.attrs["data-state"] == "failing" and "500 Internal Server Error" in row.text()
+        doc = dom.find("tr", data_document="github:acme/api/issues/7")
+        assert re.fullmatch(r"github:acme/api/issues/7 embed 5(\.\d)?m 1 embedding failed: 429 Too Many Requests",
+                            doc.text()), doc.text()
+        assert "ghp_secret_value" not in dom_html
+
+        shot = ARTIFACTS / "dashboard-failing.png"
+        shot.unlink(missing_ok=True)
+        run_chromium(f"{receiver.url}/", tmp_path, f"--screenshot={shot}", "--window-size=1280,1100")
+        assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def test_postgres_down_says_not_healthy_and_why(self, services, receiver_factory, infra, tmp_path):
+        from core.embedded import EmbeddedPostgres
+
+        home = Path(tempfile.mkdtemp(prefix="vs-dash-pg-"))
+        home.chmod(0o755)
+        pg = EmbeddedPostgres(home / "pg")
+        try:
+            settings = make_settings(infra, DATABASE_URL=pg.start())
+            receiver = receiver_factory(settings)
+            pg.stop()
+            dom = parse_dom(run_chromium(f"{receiver.url}/", tmp_path, "--dump-dom", budget_ms=4000))
+        finally:
+            pg.stop()
+            shutil.rmtree(home, ignore_errors=True)
+        verdict = dom.find(id="verdict")
+        assert verdict.text() == "Not healthy" and verdict.attrs["class"] == "verdict bad"
+        [reason] = [li.text() for li in dom.find("ul", id="reasons").find_all("li")]
+        assert reason.startswith("postgres unreachable: ")
+        assert dom.find("p", id="banner").text().startswith(
+            "Cannot reach /api/status: answered HTTP 503: postgres unreachable: ")
 
 
 class TestDashboardPage:

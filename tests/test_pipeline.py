@@ -164,7 +164,7 @@ class TestHealth:
         status = wait_for(lambda: (s := httpx.get(f"{receiver.url}/api/status").json())["processes_alive"]["worker"] and s)
         assert status["processes_alive"]["web"] is True
         assert status["processes_alive"]["reconciler"] is False  # none running in this test
-        assert status["all_fresh"] is False
+        assert status["healthy"] is False
         assert set(status["sources"]) == {"jira", "slack", "github", "notion", "tempo", "fireflies"}
         assert all(not s["configured"] for s in status["sources"].values())
         assert "test-admin-key" not in httpx.get(f"{receiver.url}/api/status").text

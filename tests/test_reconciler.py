@@ -103,7 +103,7 @@ class TestSchedules:
             report = build_status(services, sandbox_settings)
         assert report["sources"]["slack"]["fresh"] is False
         assert report["sources"]["slack"]["state"] == "stale"
-        assert report["all_fresh"] is False
+        assert report["healthy"] is False
 
 
 class TestSharedWork:

@@ -30,12 +30,13 @@ class TestReport:
         runs = build_status(services, settings)["sources"]["github"]["runs"]
         assert runs == {"in_flight": 2, "stuck": 1, "failed_24h": 0}
 
-    def test_a_configured_source_never_synced_is_stale_not_silent(self, infra, services):
+    def test_a_configured_source_never_synced_is_not_silent(self, infra, services):
         settings = make_settings(infra, NOTION_TOKEN="t")
         report = build_status(services, settings)
-        assert report["sources"]["notion"]["state"] == "stale"
+        assert report["sources"]["notion"]["state"] == "never synced"
         assert report["sources"]["notion"]["fresh"] is False
-        assert report["all_fresh"] is False
+        assert report["healthy"] is False and report["all_fresh"] is False
+        assert "notion: never synced (no scope discovered yet)" in report["reasons"]
 
     def test_metrics_are_prometheus_text(self, infra, services, receiver_factory):
         settings = make_settings(infra, GITHUB_TOKEN="t")
@@ -56,12 +57,14 @@ class TestCommandLine:
     def test_status_text_json_and_exit_code(self, infra, services):
         env = {**BASE_ENV, **infra}
         text = cli(env, "status")
-        assert text.returncode == 1  # nothing alive: not all fresh
-        assert "all fresh: NO" in text.stdout
+        assert text.returncode == 1  # nothing alive: not healthy
+        assert text.stdout.startswith("NOT HEALTHY")
+        assert "  - no worker process has a heartbeat" in text.stdout
         assert "jira       not configured" in text.stdout
         as_json = cli(env, "status", "--json")
+        assert as_json.returncode == 1
         report = json.loads(as_json.stdout)
-        assert report["all_fresh"] is False
+        assert report["healthy"] is False and report["all_fresh"] is False
         assert set(report["sources"]) == {"jira", "slack", "github", "notion", "tempo", "fireflies"}
 
     def test_a_notion_verification_token_is_shown_to_the_operator_only(self, infra, services, receiver_factory):
