@@ -254,7 +254,7 @@ def _read_secret_files(environ: Mapping[str, str]) -> Mapping[str, str]:
     is a file that cannot be read; neither message shows a value.
     """
     secret = re.compile(r"[A-Z0-9_]+_(TOKEN|KEY|SECRET|PASSWORD)|DATABASE_URL|REDIS_URL|ALERT_SLACK_WEBHOOK_URL")
-    resolved = dict(environ)
+    resolved: dict[str, str] = {}
     for var, path in environ.items():
         name = var.removesuffix("_FILE")
         if name == var or not secret.fullmatch(name) or not path.strip():
@@ -267,7 +267,7 @@ def _read_secret_files(environ: Mapping[str, str]) -> Mapping[str, str]:
             raise SettingsError(f"{var}: cannot read {path}: not UTF-8 text") from None
         except OSError as exc:
             raise SettingsError(f"{var}: cannot read {path}: {exc.strerror or type(exc).__name__}") from None
-    return resolved
+    return {**environ, **resolved} if resolved else environ
 
 
 def parse_duration(raw: str) -> float:
