@@ -246,6 +246,68 @@ class TestCompose:
         assert services["web"]["ports"] == ["127.0.0.1:8080:8080"]  # loopback: a TLS proxy fronts it
 
 
+# --- deploy/kubernetes.yaml -------------------------------------------------------------------
+
+
+def kubernetes() -> dict[tuple[str, str], dict]:
+    docs = yaml.safe_load_all((ROOT / "deploy" / "kubernetes.yaml").read_text())
+    return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+class TestKubernetes:
+    def containers(self) -> dict[str, dict]:
+        found = {}
+        for (kind, name), doc in kubernetes().items():
+            if kind == "Deployment":
+                pod = doc["spec"]["template"]["spec"]
+                (container,) = pod["containers"]
+                found[name.removeprefix("vector-sync-")] = {**container, "_pod": pod}
+        return found
+
+    def test_one_deployment_per_procfile_process_running_its_command(self):
+        containers = self.containers()
+        assert set(containers) == set(procfile())
+        assert "command" not in containers["web"]  # the image's CMD, the Procfile's web
+        for kind in ("worker", "reconciler"):
+            assert containers[kind]["command"] == shlex.split(procfile()[kind])
+        assert len({c["image"] for c in containers.values()}) == 1
+
+    def test_settings_are_real_and_secrets_are_mounted_files(self):
+        config = kubernetes()[("ConfigMap", "vector-sync")]["data"]
+        assert_real_settings(list(config), "deploy/kubernetes.yaml")
+        files = {name: path for name, path in config.items() if name.endswith("_FILE")}
+        assert {"DATABASE_URL_FILE", "REDIS_URL_FILE", "ADMIN_API_KEY_FILE"} <= set(files)
+        for kind, container in self.containers().items():
+            assert container["envFrom"] == [{"configMapRef": {"name": "vector-sync"}}]
+            (mount,) = container["volumeMounts"]
+            (volume,) = [v for v in container["_pod"]["volumes"] if v["name"] == mount["name"]]
+            assert volume["secret"]["secretName"] == "vector-sync"
+            for path in files.values():
+                assert path.rsplit("/", 1)[0] == mount["mountPath"], (kind, path)
+        create = (ROOT / "deploy" / "kubernetes.yaml").read_text()
+        for path in files.values():  # the secret's keys are the ones the example creates
+            assert f"--from-literal={path.rsplit('/', 1)[1]}=" in create
+
+    def test_runs_as_the_images_user_with_probes(self):
+        uid = re.search(r"useradd [^\n]*--uid (\d+)", (ROOT / "Dockerfile").read_text()).group(1)
+        port = int(re.search(r"\$\{PORT:-(\d+)\}", procfile()["web"]).group(1))
+        containers = self.containers()
+        for kind, container in containers.items():
+            security = container["_pod"]["securityContext"]
+            assert security["runAsNonRoot"] is True
+            assert security["runAsUser"] == security["fsGroup"] == int(uid)  # fsGroup: secrets readable
+        web = containers["web"]
+        assert web["ports"] == [{"name": "http", "containerPort": port}]
+        assert web["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert web["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        for kind in ("worker", "reconciler"):
+            probe = containers[kind]["livenessProbe"]["exec"]["command"]
+            assert probe == ["python", "-m", "core.healthcheck", kind]
+        service = kubernetes()[("Service", "vector-sync-web")]["spec"]
+        assert service["selector"] == {"app": "vector-sync", "process": "web"}
+        assert service["ports"][0]["targetPort"] == "http"
+
+
 # --- reproducible installs --------------------------------------------------------------------
 
 
