@@ -250,8 +250,8 @@ class TestSecretFilesInProcesses:
 
         import httpx
 
-        from tests.test_up import Up, fresh_home
         from tests.conftest import ADMIN_KEY, wait_for
+        from tests.test_up import Up, fresh_home
 
         secrets = {"DATABASE_URL": infra["DATABASE_URL"], "REDIS_URL": infra["REDIS_URL"],
                    "ADMIN_API_KEY": ADMIN_KEY}
