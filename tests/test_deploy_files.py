@@ -246,6 +246,63 @@ class TestCompose:
         assert services["web"]["ports"] == ["127.0.0.1:8080:8080"]  # loopback: a TLS proxy fronts it
 
 
+class TestComposeProcessesRun:
+    """Each app service's command, environment and health check, run here as compose would run
+    them in the container (secret files in a temporary folder, Redis and Postgres the test
+    servers): the process starts from that environment and its health check turns healthy."""
+
+    @pytest.mark.parametrize("kind", ["web", "worker", "reconciler"])
+    def test_service_starts_and_its_health_check_passes(self, kind, infra, services, tmp_path):
+        import os
+        import signal
+
+        from tests.conftest import free_port, wait_for
+
+        service = compose()["services"][kind]
+        env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "HEARTBEAT_INTERVAL": "1",
+               "EMBEDDING_DIMENSIONS": "256", "SANDBOX": "off", "PORT": str(free_port())}
+        values = {"DATABASE_URL_FILE": infra["DATABASE_URL"], "ADMIN_API_KEY_FILE": "compose-test-key"}
+        for name, value in service["environment"].items():
+            if name.endswith("_FILE"):
+                path = tmp_path / Path(value).name
+                path.write_text(values[name] + "\n")
+                value = str(path)
+            env[name] = str(value)
+        env["REDIS_URL"] = infra["REDIS_URL"]  # compose's redis://redis:6379/0 is its own network
+        env["VECTOR_SYNC_HOME"] = str(tmp_path / "home")
+
+        def local(command: list[str]) -> list[str]:  # the container's python is this venv's
+            return [sys.executable if word == "python" else word for word in command]
+
+        if kind == "web":
+            (cmd,) = instructions(dockerfile_stages()[-1], "CMD")
+            command = local(json.loads(cmd))
+            command[-1] = command[-1].replace("uvicorn ", f"{sys.executable} -m uvicorn ", 1)
+        else:
+            command = local(service["command"])
+        test = service["healthcheck"]["test"]
+        assert test[0] == "CMD"
+        log = (tmp_path / "process.log").open("wb")
+        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            def healthy() -> bool:
+                assert process.poll() is None, (tmp_path / "process.log").read_text()[-2000:]
+                check = subprocess.run(local(test[1:]), env=env, cwd=ROOT, capture_output=True,
+                                       timeout=60, check=False)
+                return check.returncode == 0
+
+            wait_for(healthy, timeout=120, interval=1)
+            process.send_signal(signal.SIGTERM)
+            # A clean stop; uvicorn re-raises the SIGTERM after its graceful shutdown.
+            code = process.wait(60)
+            assert code in (0, -signal.SIGTERM), (tmp_path / "process.log").read_text()[-2000:]
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(30)
+            log.close()
+
+
 # --- deploy/kubernetes.yaml -------------------------------------------------------------------
 
 
