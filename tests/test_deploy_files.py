@@ -393,6 +393,41 @@ class TestConstraints:
             assert req.specifier.contains(locked[name], prereleases=True), (
                 f"constraints.txt pins {req.name}=={locked[name]}, outside pyproject's {req.specifier}")
 
+    def test_every_third_party_import_is_a_declared_runtime_dependency(self):
+        """What the product's packages import is declared in pyproject's dependencies (or an
+        extra of one), not merely brought in by another package (psutil was, by pgserver)."""
+        import ast
+
+        own = {p.rstrip("*") for p in pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]}
+        imported: dict[str, str] = {}
+        for package in own:
+            for path in (ROOT / package).rglob("*.py"):
+                for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                    if isinstance(node, ast.Import):
+                        names = [alias.name for alias in node.names]
+                    elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                        names = [node.module]
+                    else:
+                        continue
+                    for name in names:
+                        top = name.split(".", 1)[0]
+                        if top not in sys.stdlib_module_names and top not in own:
+                            imported.setdefault(top, str(path.relative_to(ROOT)))
+        declared = set()
+        for spec in pyproject()["project"]["dependencies"]:
+            req = Requirement(spec)
+            declared.add(canonicalize_name(req.name))
+            for sub in importlib.metadata.requires(req.name) or []:  # what its extras add
+                child = Requirement(sub)
+                if child.marker and any(child.marker.evaluate({"extra": e}) for e in req.extras):
+                    declared.add(canonicalize_name(child.name))
+        providers = importlib.metadata.packages_distributions()
+        assert {"psutil", "starlette", "pinecone"} <= set(imported)
+        for module, where in sorted(imported.items()):
+            dists = {canonicalize_name(d) for d in providers.get(module, [])}
+            assert dists, f"{where} imports {module}, which no installed distribution provides"
+            assert dists & declared, f"{where} imports {module} ({', '.join(dists)}), not declared in pyproject.toml"
+
     def test_every_runtime_dependency_has_an_upper_bound(self):
         for spec in pyproject()["project"]["dependencies"]:
             assert any(s.operator in ("<", "<=", "~=", "==") for s in Requirement(spec).specifier), spec
