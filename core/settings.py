@@ -107,7 +107,7 @@ class SourceSettings:
     """What one source is configured with. ``env`` holds its raw variables."""
 
     name: str
-    env: Mapping[str, str]
+    env: Mapping[str, str] = field(repr=False)  # holds credentials: never in a repr
     poll_interval: float
     stale_after: float
     rate: Rate
@@ -170,7 +170,7 @@ class Settings:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = _Env(os.environ if environ is None else environ)
+        env = _Env(_read_secret_files(os.environ if environ is None else environ))
         sources = {}
         for name in SOURCE_NAMES:
             raw = {var: env.str(var, "") for var in SOURCE_CREDENTIALS[name]}
@@ -245,6 +245,31 @@ class Settings:
         if self.sandbox == "auto":
             return not self.configured_sources()
         return self.sandbox == "on"
+
+
+def _read_secret_files(environ: Mapping[str, str]) -> Mapping[str, str]:
+    """``NAME_FILE`` for every secret ``NAME``: the environment with ``NAME`` set to that file's
+    contents, trailing newline stripped (container and Kubernetes secrets arrive as files).
+
+    Secrets are the names ending in ``_TOKEN``, ``_KEY``, ``_SECRET`` or ``_PASSWORD``, and the
+    URLs that may carry a password. Setting both ``NAME`` and ``NAME_FILE`` is an error, and so
+    is a file that cannot be read; neither message shows a value.
+    """
+    secret = re.compile(r"[A-Z0-9_]+_(TOKEN|KEY|SECRET|PASSWORD)|DATABASE_URL|REDIS_URL|ALERT_SLACK_WEBHOOK_URL")
+    resolved: dict[str, str] = {}
+    for var, path in environ.items():
+        name = var.removesuffix("_FILE")
+        if name == var or not secret.fullmatch(name) or not path.strip():
+            continue
+        if environ.get(name, "").strip():
+            raise SettingsError(f"{name} and {var} are both set; set only one of them")
+        try:
+            resolved[name] = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise SettingsError(f"{var}: cannot read {path}: not UTF-8 text") from None
+        except OSError as exc:
+            raise SettingsError(f"{var}: cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    return {**environ, **resolved} if resolved else environ
 
 
 def parse_duration(raw: str) -> float:

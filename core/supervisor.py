@@ -262,6 +262,9 @@ def up(settings: Settings) -> int:
               for i in range(settings.worker_processes)],
             Child("reconciler", [sys.executable, "-m", "reconciler"]),
         ]
+        # The children get the resolved values, not also the NAME_FILE they came from (both
+        # set is a start-up error; a conflict in our own environment was reported above).
+        env = {k: v for k, v in env.items() if not (k.endswith("_FILE") and k.removesuffix("_FILE") in env)}
         for child in children:
             if child.process is None and not stop.is_set():
                 child.start(env)
