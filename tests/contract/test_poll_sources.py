@@ -10,6 +10,7 @@ Everything runs for real: receiver, worker, Postgres, Redis, and reconciler tick
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -249,3 +250,56 @@ def test_a_deferred_transcript_is_asked_for_again_however_late(system: System) -
         deferred_at = conn.execute("SELECT deferred_at FROM documents WHERE document_id = %s",
                                    (document_id,)).fetchone()[0]
     assert deferred_at is None
+
+
+# --- prune retries ------------------------------------------------------------------------------
+
+
+def _prune_once(system: System, settings: Any) -> None:
+    """One tick with only Fireflies' prune due (and its reconcile), under ``settings``."""
+    async def one_tick() -> int:
+        sources = SourceSet(settings, system.services.pool)
+        try:
+            reconciler = Reconciler(settings, system.services, sources, "prune-test")
+            await reconciler.discover(sources.configured(), force=True)
+            await asyncio.to_thread(system._make_due, "fireflies", "account", True)
+            return await reconciler.tick()
+        finally:
+            await sources.aclose()
+
+    assert asyncio.run(one_tick()) == 1
+
+
+def _prune_due_in(system: System) -> float:
+    with system.services.pool.connection() as conn:
+        row = conn.execute("""SELECT extract(epoch FROM next_prune_at - now()) FROM scopes
+                              WHERE source = 'fireflies' AND key = 'account'""").fetchone()
+    return float(row[0])
+
+
+def test_a_failed_prune_listing_is_retried_on_prune_interval_with_backoff(system: System) -> None:
+    """A failed listing used to be retried after a fixed hour, whatever PRUNE_INTERVAL said."""
+    system.reconcile("fireflies", "account")
+    short = dataclasses.replace(system.settings, prune_interval=120.0)
+    daily = dataclasses.replace(system.settings, prune_interval=86400.0)
+    system.knobs("fireflies", fault_rate=1.0)
+    try:
+        _prune_once(system, short)
+        assert system.last_run("prune", "fireflies")["status"] == "failed"
+        assert 0 < _prune_due_in(system) <= 120, "a retry later than PRUNE_INTERVAL itself"
+
+        # With a daily interval, retries come after minutes (5 min doubling with each failure in
+        # a row: this is the second and third), not after an hour or a day.
+        delays = []
+        for _ in range(2):
+            _prune_once(system, daily)
+            assert system.last_run("prune", "fireflies")["status"] == "failed"
+            delays.append(_prune_due_in(system))
+        assert 0 < delays[0] <= 600 and 0 < delays[1] <= 1200, delays
+        assert delays[1] > delays[0], delays
+    finally:
+        system.knobs("fireflies", fault_rate=0.0)
+    # Once the listing works again the next prune is a full interval away.
+    _prune_once(system, daily)
+    assert system.last_run("prune", "fireflies")["status"] == "succeeded"
+    assert _prune_due_in(system) > 86000
