@@ -171,6 +171,38 @@ def test_transcripts_created_edited_and_deleted_reach_the_index_by_polling(syste
     assert system.row(document_id)["deleted_at"] is not None  # type: ignore[index]
 
 
+def test_a_renamed_transcript_is_indexed_within_one_pass_without_a_webhook(system: System) -> None:
+    """Fireflies sends no webhook for a rename and the meeting date, the listing's only filter,
+    never moves: a meeting from five days ago stayed stale through every pass."""
+    before, after = unique("before"), unique("after")
+    created = system.control("fireflies", "POST", "/transcripts",
+                             json={"title": f"OPS review {before}",
+                                   "date": int((time.time() - 5 * 86400) * 1000)}).json()
+    tid, document_id = str(created["id"]), f"fireflies:{created['id']}"
+    system.control("fireflies", "POST", f"/transcripts/{tid}/process", json={"events": []})  # no webhook
+    newer = new_meeting(system, f"Standup {unique('standup')}")  # an hour ago: the cursor is past
+    system.control("fireflies", "POST", f"/transcripts/{newer}/process", json={"events": []})
+    system.reconcile("fireflies", "account")  # the first pass lists everything
+    system.reconcile("fireflies", "account")
+    assert system.last_run("reconcile", "fireflies")["counters"]["since"] is not None
+    assert system.last_run("reconcile", "fireflies")["counters"]["cursor"] > time.time() - 2 * 3600
+    assert system.found(before, document_id, "fireflies")
+    sent = len(system.deliveries("fireflies"))
+
+    system.control("fireflies", "PATCH", f"/transcripts/{tid}", json={"title": f"SUBS review {after}"})
+    assert len(system.deliveries("fireflies")) == sent  # a rename sends nothing
+    system.reconcile("fireflies", "account")
+    assert system.last_run("reconcile", "fireflies")["counters"]["since"] is not None
+    assert system.found(after, document_id, "fireflies"), "the rename was not picked up"
+    meta = system.metadata(document_id)
+    assert after in meta["title"] and before not in meta["title"]
+    assert "SUBS" in meta["project_tags"]
+    # Unchanged transcripts in the recheck window are not fetched again on every pass.
+    refs = system.last_run("reconcile", "fireflies")["counters"]["refs"]
+    system.reconcile("fireflies", "account")
+    assert system.last_run("reconcile", "fireflies")["counters"]["refs"] <= refs - 1
+
+
 def test_unprocessed_transcript_is_not_indexed_until_processed(system: System) -> None:
     system.reconcile("fireflies", "account")  # the seeded meetings, and a cursor
     word = unique("pending")
