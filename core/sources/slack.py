@@ -8,7 +8,14 @@ HTTP 200 with ``{"ok": false, "error": code}`` on failure, so every call goes th
 Polling: ``conversations.history`` lists parents only, by their own ts. A reply or an edit to
 an old thread does not move its root, so ``changes`` reads back ``SLACK_THREAD_LOOKBACK``
 (default 7 days) before ``since`` and keeps roots whose thread changed at or after ``since``
-(``latest_reply``, ``edited.ts``). Older threads are kept fresh by webhooks; a backfill reads all.
+(``latest_reply``, ``edited.ts``), and roots whose ``reply_count`` or ``latest_reply`` differ from
+what the last indexed fetch of the thread saw (``core.facts``: a deleted reply moves no ts).
+Pruning reads the whole history, and re-reads old threads whose facts moved and threads active
+within the lookback (edited replies show nowhere in history).
+
+Slack's documented ``message_deleted`` names only ``deleted_ts``: a fetch of a ts that is gone
+(or names a reply) asks for a sync of the thread that held it, found from the message ts each
+fetch remembers (or from the API's answer), through the context's follow-up queue.
 """
 
 from __future__ import annotations
@@ -439,12 +446,14 @@ class SlackSource:
     ) -> AsyncIterator[Page]:
         info = await self.channel(scope.key)
         members = await self._access(info)
+        # What the last indexed fetch of each thread saw, read once per pass.
+        known = await self.facts.recall(NAME, scope.key) if self.facts is not None else None
         oldest = f"{max(0.0, since - self.lookback):.6f}" if since is not None else None
         cursor = checkpoint
         while True:
             data = await self._readable_call("conversations.history", scope.key, limit=PAGE_SIZE,
                                              oldest=oldest, inclusive="true", cursor=cursor)
-            refs, high = await self._page_refs(info, members, data.get("messages", []), since)
+            refs, high = await self._page_refs(info, members, data.get("messages", []), since, known)
             cursor = (data.get("response_metadata") or {}).get("next_cursor") or None
             if not data.get("has_more"):
                 cursor = None
@@ -454,7 +463,7 @@ class SlackSource:
 
     async def _page_refs(
         self, info: Mapping[str, Any], members: list[str], messages: list[dict[str, Any]],
-        since: float | None,
+        since: float | None, known: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> tuple[list[Ref], float | None]:
         """Refs for the roots on one history page that changed at or after ``since``, or whose
         thread facts (``reply_count``, ``latest_reply``) differ from those seen at their last
@@ -462,7 +471,6 @@ class SlackSource:
         channel_id = str(info["id"])
         refs: list[Ref] = []
         high: float | None = None
-        known = await self.facts.recall(NAME, channel_id) if self.facts is not None else None
         changed: list[dict[str, Any]] = []
         refetch: set[int] = set()  # the facts moved: fetch the thread, whatever the listing holds
         for m in messages:
@@ -607,12 +615,14 @@ class SlackSource:
                 thread_ts = message.get("thread_ts") or message["ts"]
                 if thread_ts == message["ts"] and (is_content(message) or message.get("reply_count")):
                     yield f"{scope.key}:{message['ts']}"
-                    if known is not None and (
-                        self._facts_moved(known, scope.key, message)
-                        or (message.get("reply_count") and changed_at(message) >= recent)
-                    ):
+                    if known is None:
+                        continue
+                    if self._facts_moved(known, scope.key, message):
                         resync.append(Ref(NAME, f"{scope.key}:{message['ts']}", scope.key, "sync",
                                           self._resync_at(known, scope.key, message)))
+                    elif message.get("reply_count") and changed_at(message) >= recent:
+                        resync.append(Ref(NAME, f"{scope.key}:{message['ts']}", scope.key, "sync",
+                                          changed_at(message)))
             if resync and self.facts is not None:
                 await self.facts.enqueue(resync)
             cursor = (data.get("response_metadata") or {}).get("next_cursor")
