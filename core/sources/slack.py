@@ -24,6 +24,7 @@ import dataclasses
 import hmac
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -655,7 +656,11 @@ def build(
     )
     raw = settings.get("SLACK_THREAD_LOOKBACK")
     try:
-        lookback = parse_duration(raw) if raw else DEFAULT_LOOKBACK
+        # "all": every pass reads the whole history (small workspaces: old threads' changes
+        # within one pass, at parents/200 history calls per channel per pass).
+        lookback = math.inf if raw.strip().lower() == "all" else (
+            parse_duration(raw) if raw else DEFAULT_LOOKBACK)
     except ValueError:
-        raise SettingsError(f"SLACK_THREAD_LOOKBACK must be a duration such as 7d, not {raw!r}") from None
+        raise SettingsError(
+            f"SLACK_THREAD_LOOKBACK must be a duration such as 7d, or all, not {raw!r}") from None
     return SlackSource(settings, http, lookback=lookback, context=context)

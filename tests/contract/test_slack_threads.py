@@ -10,6 +10,8 @@ reconciler ticks, against the Slack simulator.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
@@ -17,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from core.runtime import SourceSet
+from reconciler.reconcile import Reconciler
 from sandbox.server import SandboxServer
 from sandbox.slack import BOT_USER, SlackSimulator
 from tests.contract.conftest import System, start_sandbox, unique
@@ -140,6 +144,50 @@ def test_deleted_replies_with_their_webhooks_lost_are_gone_after_one_pass(system
     assert middle not in text and newest not in text, "still indexed after a reconcile pass"
     assert system.found(kept, document_id, "slack") and system.found(topic, document_id, "slack")
     assert system.stats("slack")["failed"] == 0
+
+
+def _reconcile_with(system: System, settings: Any, key: str) -> None:
+    async def one_tick() -> int:
+        sources = SourceSet(settings, system.services.pool)
+        try:
+            reconciler = Reconciler(settings, system.services, sources, "threads-test")
+            await reconciler.discover(sources.configured(), force=True)
+            await asyncio.to_thread(system._make_due, "slack", key, False)
+            return await reconciler.tick()
+        finally:
+            await sources.aclose()
+
+    assert asyncio.run(one_tick()) == 1
+    system.worker.drain()
+
+
+def test_lookback_all_reads_old_threads_on_every_pass(system: System) -> None:
+    """SLACK_THREAD_LOOKBACK=all: each pass reads the whole history, so a reply deleted from a
+    thread of last month (webhook lost) is gone after one pass, without waiting for a prune."""
+    slack = sim(system)
+    week_ago = time.time() - 8 * 86400
+    channel, root = next((c, ts) for c in slack.channels.values() if BOT_USER in c.members
+                         and not c.is_archived for ts, r in c.threads.items() if len(r) > 1
+                         and float(r[-1]) < week_ago)
+    source = system.settings.source("slack")
+    everything = dataclasses.replace(system.settings, sources={
+        **system.settings.sources,
+        "slack": dataclasses.replace(source, env={**source.env, "SLACK_THREAD_LOOKBACK": "all"})})
+    document_id = f"slack:{channel.id}:{root}"
+    _reconcile_with(system, everything, channel.id)  # the first, full pass
+    _reconcile_with(system, everything, channel.id)
+    removed_ts = channel.threads[root][0]  # (the next test takes the next old reply)
+    removed = channel.messages[removed_ts]["text"]
+    assert removed in system.chunk_texts(document_id)
+
+    system.knobs("slack", webhook_drop_rate=1)
+    delete(system, channel.id, removed_ts, "documented")
+    system.settle("slack")
+    system.reconcile("slack", channel.id)  # the default 7-day lookback: no pass sees it
+    assert removed in system.chunk_texts(document_id)
+    _reconcile_with(system, everything, channel.id)
+    assert system.last_run("reconcile", "slack")["counters"]["since"] is not None
+    assert removed not in system.chunk_texts(document_id)
 
 
 def test_reply_changes_in_a_thread_older_than_the_lookback_reach_the_index(system: System) -> None:
