@@ -9,6 +9,7 @@ shared through Redis and a ``SourceContext`` that reads our own state.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,9 +18,12 @@ import redis.asyncio as aioredis
 from dramatiq.brokers.redis import RedisBroker
 from psycopg_pool import ConnectionPool
 
+from core import facts as facts_store
 from core import state
+from core.documents import Ref
 from core.errors import NotConfigured, SettingsError
 from core.index import VectorIndex, build_index
+from core.queue import enqueue as enqueue_refs
 from core.queue import make_broker
 from core.ratelimit import RedisRateLimiter
 from core.settings import Settings
@@ -67,10 +71,42 @@ def open_services(
 
 
 class DatabaseContext:
-    """SourceContext over the ``scopes`` table (which Jira projects are active, …)."""
+    """SourceContext over our state: the ``scopes`` table (which Jira projects are active, …),
+    and a ``core.facts.FactStore`` (source facts, follow-up syncs on the live queue)."""
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: ConnectionPool, redis_url: str = "") -> None:
         self.pool = pool
+        self.redis_url = redis_url
+        self._broker: RedisBroker | None = None
+
+    async def remember(self, document_id: str, source: str, scope: str,
+                       facts: Mapping[str, Any], parts: Iterable[str] = (),
+                       version: float = 0.0) -> None:
+        await asyncio.to_thread(facts_store.remember, self.pool, document_id, source, scope,
+                                facts, list(parts), version)
+
+    async def forget(self, document_id: str) -> None:
+        await asyncio.to_thread(facts_store.forget, self.pool, document_id)
+
+    async def recall(self, source: str, scope: str) -> dict[str, dict[str, Any]]:
+        return await asyncio.to_thread(facts_store.recall, self.pool, source, scope)
+
+    async def owner(self, source: str, scope: str, part: str) -> str | None:
+        return await asyncio.to_thread(facts_store.owner, self.pool, source, scope, part)
+
+    async def enqueue(self, refs: list[Ref]) -> None:
+        if not refs:
+            return
+        if self._broker is None:
+            if not self.redis_url:
+                raise NotConfigured("no REDIS_URL: a connector cannot ask for a follow-up sync")
+            self._broker = make_broker(self.redis_url)
+        await asyncio.to_thread(enqueue_refs, self._broker, refs)
+
+    def close(self) -> None:
+        if self._broker is not None:
+            self._broker.close()
+            self._broker = None
 
     async def active_scopes(self, source: str) -> list[Scope]:
         def query() -> list[Scope]:
@@ -94,6 +130,7 @@ class SourceSet:
     _client: httpx.AsyncClient | None = None
     _redis: aioredis.Redis | None = None
     _sources: dict[str, Source] = field(default_factory=dict)
+    _context: DatabaseContext | None = None
 
     def get(self, name: str) -> Source:
         if name in self._sources:
@@ -111,7 +148,9 @@ class SourceSet:
             )
             self._redis = aioredis.from_url(self.settings.redis_url)
         limiter = RedisRateLimiter(self._redis, name, source_settings.rate, max_wait=self.max_wait)
-        source = build_source(source_settings, self._client, limiter, DatabaseContext(self.pool))
+        if self._context is None:
+            self._context = DatabaseContext(self.pool, self.settings.redis_url or "")
+        source = build_source(source_settings, self._client, limiter, self._context)
         self._sources[name] = source
         return source
 
@@ -123,6 +162,9 @@ class SourceSet:
             await self._client.aclose()
         if self._redis is not None:
             await self._redis.aclose()
+        if self._context is not None:
+            self._context.close()
         self._client = None
         self._redis = None
+        self._context = None
         self._sources.clear()

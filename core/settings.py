@@ -51,6 +51,7 @@ SOURCE_OPTIONS: dict[str, dict[str, str]] = {
     "fireflies": {
         "FIREFLIES_API_URL": "https://api.fireflies.ai/graphql",
         "FIREFLIES_WEBHOOK_SECRET": "",
+        "FIREFLIES_RECHECK_WINDOW": "14d",
     },
 }
 

@@ -43,6 +43,9 @@ LEASE = 600.0
 SCOPE_CONCURRENCY = 4
 #: Seconds between scope discoveries per source (at most; also on start).
 DISCOVERY_INTERVAL = 600.0
+#: Seconds before a failed prune listing is first tried again (less when PRUNE_INTERVAL is
+#: shorter); each further failure in a row doubles it, up to PRUNE_INTERVAL.
+PRUNE_RETRY = 300.0
 
 
 @dataclass(frozen=True)
@@ -252,14 +255,38 @@ class Reconciler:
             )
 
     def _schedule_prune(self, item: ClaimedScope, *, retry: bool = False) -> None:
-        delay = 3600.0 if retry else self.settings.prune_interval
+        """Set the scope's next prune: ``PRUNE_INTERVAL`` after a success; after a failed
+        listing, a retry that follows ``PRUNE_INTERVAL`` too: the first after
+        ``min(PRUNE_INTERVAL, PRUNE_RETRY)``, doubling with each failure in a row (counted from
+        the scope's prune runs since its last success), never later than ``PRUNE_INTERVAL``."""
+        interval = self.settings.prune_interval
         with self.pool.connection() as conn:
+            delay = interval
+            if retry:
+                row = conn.execute(
+                    """SELECT count(*) FROM runs
+                       WHERE kind = 'prune' AND source = %(source)s AND scope = %(scope)s
+                         AND status = 'failed'
+                         AND id > coalesce((SELECT max(id) FROM runs
+                                            WHERE kind = 'prune' AND source = %(source)s
+                                              AND scope = %(scope)s AND status = 'succeeded'), 0)""",
+                    {"source": item.source, "scope": item.key},
+                ).fetchone()
+                delay = prune_retry_delay(interval, int(row[0]) if row else 1)
             conn.execute(
                 """UPDATE scopes SET next_prune_at = now() + make_interval(secs => %s),
                        last_pruned_at = CASE WHEN %s THEN last_pruned_at ELSE now() END
                    WHERE source = %s AND key = %s""",
                 (delay, retry, item.source, item.key),
             )
+
+
+def prune_retry_delay(interval: float, failures: int) -> float:
+    """Seconds until a failed prune listing is tried again, after ``failures`` in a row:
+    ``min(interval, PRUNE_RETRY) * 2**(failures - 1)``, at most ``interval``, with jitter
+    downwards (so replicas spread out and the bound holds)."""
+    base = min(interval, PRUNE_RETRY) * 2 ** min(max(failures, 1) - 1, 30)
+    return min(interval, base) * random.uniform(0.8, 1.0)
 
 
 def _with_scope(ref: Ref, scope: str) -> Ref:

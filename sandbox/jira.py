@@ -895,6 +895,10 @@ class JiraSimulator(Simulator):
             self.keys.pop(key, None)
         self.fire("jira:issue_deleted", {"issue_event_type_name": "issue_deleted",
                                          "user": self.user(issue.reporter), "issue": payload_issue})
+        # Jira's cascade: a comment_deleted per comment of the deleted issue, on the Secondary
+        # flow (research/saas-apis.md §1.1: it can lag the issue's event by ~15 minutes).
+        for comment in issue.comments:
+            self.fire_comment_event("comment_deleted", issue, comment, flow="Secondary")
         return Response(status_code=204)
 
     async def c_move_issue(self, request: Request) -> Response:
@@ -990,7 +994,7 @@ class JiraSimulator(Simulator):
             self.next_changelog_id += 1
         self.fire(event, payload)
 
-    def fire_comment_event(self, event: str, issue: Issue, comment: Comment) -> None:
+    def fire_comment_event(self, event: str, issue: Issue, comment: Comment, flow: str = "Primary") -> None:
         partial = {f: self.field_value(issue, f)
                    for f in ("summary", "status", "priority", "assignee", "issuetype", "project")}
         self.fire(event, {
@@ -998,15 +1002,15 @@ class JiraSimulator(Simulator):
             "comment": self.render_comment(issue, comment),
             "issue": {"id": str(issue.id), "self": f"{self.base_url}/rest/api/3/issue/{issue.id}",
                       "key": issue.key, "fields": partial},
-        })
+        }, flow=flow)
 
-    def fire(self, event: str, payload: dict[str, Any]) -> None:
+    def fire(self, event: str, payload: dict[str, Any], flow: str = "Primary") -> None:
         payload = {"timestamp": now_ms(), "webhookEvent": event, **payload, "matchedWebhookIds": [1]}
         body = json.dumps(payload, separators=(",", ":")).encode()
         headers = {
             "Content-Type": "application/json; charset=utf-8",
             "X-Atlassian-Webhook-Identifier": str(uuid.UUID(int=self.rng.getrandbits(128))),
-            "X-Atlassian-Webhook-Flow": "Primary",
+            "X-Atlassian-Webhook-Flow": flow,
             "X-Hub-Signature": sign(WEBHOOK_SECRET, body),
             "User-Agent": "Atlassian Webhook HTTP Client",
         }

@@ -17,7 +17,8 @@ Control API (under ``/_sandbox/``; each change fires the Events API webhook Slac
 - ``POST channels/{id}/archive``, ``DELETE channels/{id}``
 - ``GET channels/{id}/truth`` (every thread as Slack holds it), ``GET truth`` (all channels)
 - ``POST url_verification`` (sends the signed handshake and reports whether it was echoed)
-- ``PUT config`` ``{"retry_delays": [s, s, s], "ack_timeout": s}``
+- ``PUT config`` ``{"retry_delays": [s, s, s], "ack_timeout": s, "event_shape": "full"|"documented"}``
+  (``PATCH messages`` ``{"shape"}`` and ``DELETE messages?shape=`` choose the shape per call)
 
 Webhook deliveries that get no 2xx within ``ack_timeout`` (3 s) are resent with the same body
 and ``event_id``, re-signed, with ``X-Slack-Retry-Num`` 1..3 after ``retry_delays`` (Slack: about
@@ -219,6 +220,11 @@ class SlackSimulator(Simulator):
         self.users: dict[str, dict[str, Any]] = {}
         self.retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS
         self.ack_timeout = DEFAULT_ACK_TIMEOUT
+        #: Shape of ``message_changed`` / ``message_deleted`` events: ``full`` (what Slack sends
+        #: in practice: ``previous_message``, a reply's ``thread_ts``, ``event_ts``,
+        #: ``channel_type``) or ``documented`` (exactly the fields of Slack's documented
+        #: examples: no ``previous_message``, so no ``thread_ts`` for a deleted reply).
+        self.event_shape = "full"
         self._buckets: dict[str, TokenBucket] = {}
         self._bucket_setting: float | None = None
         self._add_user(BOT_USER, "vector-sync", "vector-sync", is_bot=True)
@@ -537,7 +543,8 @@ class SlackSimulator(Simulator):
         self._fire_message(channel, dict(message, event_ts=ts))
         return channel.render(ts)
 
-    def edit_message(self, channel_id: str, ts: str, text: str) -> dict[str, Any]:
+    def edit_message(self, channel_id: str, ts: str, text: str, *, shape: str | None = None) -> dict[str, Any]:
+        shape = self._shape(shape)
         channel = self._channel(channel_id)
         message = channel.messages.get(ts)
         if message is None or message.get("subtype") == "tombstone":
@@ -546,20 +553,18 @@ class SlackSimulator(Simulator):
         edit_ts = channel.next_ts()
         message["text"] = text
         message["edited"] = {"user": message["user"], "ts": edit_ts}
-        self._fire_message(channel, {
-            "type": "message", "subtype": "message_changed", "hidden": True,
-            "ts": edit_ts, "event_ts": edit_ts, "message": channel.render(ts),
-            "previous_message": previous,
-        })
+        self._fire_changed(channel, edit_ts, channel.render(ts), previous, shape)
         return channel.render(ts)
 
-    def delete_message(self, channel_id: str, ts: str) -> None:
+    def delete_message(self, channel_id: str, ts: str, *, shape: str | None = None) -> None:
         """Deletes a message, firing what Slack fires.
 
         A root that still has replies stays as a tombstone and Slack announces that as a
         ``message_changed`` whose message is the tombstone; when the last reply of such a thread
-        goes, the tombstone goes too, with its own ``message_deleted``.
+        goes, the tombstone goes too, with its own ``message_deleted``. ``shape`` picks the
+        events' shape (``event_shape`` when None).
         """
+        shape = self._shape(shape)
         channel = self._channel(channel_id)
         message = channel.messages.get(ts)
         if message is None or message.get("subtype") == "tombstone":
@@ -572,31 +577,54 @@ class SlackSimulator(Simulator):
                 "text": TOMBSTONE_TEXT, "ts": ts, "thread_ts": ts, "parent_user_id": "USLACKBOT",
                 "team": TEAM_ID,
             }
-            event_ts = channel.next_ts()
-            self._fire_message(channel, {
-                "type": "message", "subtype": "message_changed", "hidden": True, "ts": event_ts,
-                "event_ts": event_ts, "message": channel.render(ts), "previous_message": previous,
-            })
+            self._fire_changed(channel, channel.next_ts(), channel.render(ts), previous, shape)
             return
         if root != ts:
             channel.threads[root].remove(ts)
             del channel.messages[ts]
         else:
             channel.remove_root(ts)
-        self._fire_deleted(channel, ts, previous)
+        self._fire_deleted(channel, ts, previous, shape)
         if root != ts and not channel.threads[root]:
             del channel.threads[root]
             if channel.messages[root].get("subtype") == "tombstone":
                 tombstone = channel.render(root) | {"reply_count": 0, "reply_users": [],
                                                     "reply_users_count": 0}
                 channel.remove_root(root)  # the last reply of a deleted thread: all gone
-                self._fire_deleted(channel, root, tombstone)
+                self._fire_deleted(channel, root, tombstone, shape)
 
-    def _fire_deleted(self, channel: Channel, ts: str, previous: dict[str, Any]) -> None:
+    def _shape(self, shape: str | None) -> str:
+        shape = shape or self.event_shape
+        if shape not in ("full", "documented"):
+            raise SlackError("invalid_shape")
+        return shape
+
+    def _fire_deleted(self, channel: Channel, ts: str, previous: dict[str, Any],
+                      shape: str | None = None) -> None:
         event_ts = channel.next_ts()
+        if self._shape(shape) == "documented":
+            # docs.slack.dev/reference/events/message/message_deleted: these fields only.
+            self._fire({"type": "message", "subtype": "message_deleted", "hidden": True,
+                        "channel": channel.id, "ts": event_ts, "deleted_ts": ts}, channel)
+            return
         self._fire_message(channel, {
             "type": "message", "subtype": "message_deleted", "hidden": True, "ts": event_ts,
             "event_ts": event_ts, "deleted_ts": ts, "previous_message": previous,
+        })
+
+    def _fire_changed(self, channel: Channel, event_ts: str, message: dict[str, Any],
+                      previous: dict[str, Any], shape: str | None = None) -> None:
+        if self._shape(shape) == "documented":
+            # docs.slack.dev/reference/events/message/message_changed: the message object
+            # carries type, user, text, ts and edited; no previous_message, no thread_ts.
+            trimmed = {k: message[k] for k in ("type", "subtype", "user", "text", "ts", "edited")
+                       if k in message}
+            self._fire({"type": "message", "subtype": "message_changed", "hidden": True,
+                        "channel": channel.id, "ts": event_ts, "message": trimmed}, channel)
+            return
+        self._fire_message(channel, {
+            "type": "message", "subtype": "message_changed", "hidden": True, "ts": event_ts,
+            "event_ts": event_ts, "message": message, "previous_message": previous,
         })
 
     def archive_channel(self, channel_id: str, user: str | None = None) -> None:
@@ -714,7 +742,8 @@ class SlackSimulator(Simulator):
     async def _c_edit_message(self, request: Request) -> Response:
         body = await _json(request)
         try:
-            message = self.edit_message(str(body.get("channel")), str(body.get("ts")), str(body.get("text", "")))
+            message = self.edit_message(str(body.get("channel")), str(body.get("ts")), str(body.get("text", "")),
+                                        shape=body.get("shape"))
         except SlackError as exc:
             return _bad(exc.code, 404)
         return JSONResponse(message)
@@ -722,7 +751,7 @@ class SlackSimulator(Simulator):
     async def _c_delete_message(self, request: Request) -> Response:
         args = request.query_params
         try:
-            self.delete_message(str(args.get("channel")), str(args.get("ts")))
+            self.delete_message(str(args.get("channel")), str(args.get("ts")), shape=args.get("shape"))
         except SlackError as exc:
             return _bad(exc.code, 404)
         return Response(status_code=204)
@@ -770,7 +799,12 @@ class SlackSimulator(Simulator):
                 self.ack_timeout = float(body["ack_timeout"])
         except (TypeError, ValueError):
             return _bad("retry_delays must be a list of seconds, ack_timeout seconds")
-        return JSONResponse({"retry_delays": list(self.retry_delays), "ack_timeout": self.ack_timeout})
+        if "event_shape" in body:
+            if body["event_shape"] not in ("full", "documented"):
+                return _bad("event_shape must be 'full' or 'documented'")
+            self.event_shape = body["event_shape"]
+        return JSONResponse({"retry_delays": list(self.retry_delays), "ack_timeout": self.ack_timeout,
+                             "event_shape": self.event_shape})
 
     # --- seeding ------------------------------------------------------------------------
     def seed(self, profile: str, rng: random.Random, world: dict[str, Any]) -> None:

@@ -24,16 +24,18 @@ from typing import Any
 
 import httpx
 
-from core.documents import Document, Gone, Ref
+from core.documents import Document, Gone, Ref, doc_id
 from core.errors import (
     MalformedWebhook,
     NotConfigured,
     NotReady,
     PermanentSourceError,
+    SettingsError,
     TransientSourceError,
 )
+from core.facts import FactStore
 from core.http import Limiter, SourceHTTP
-from core.settings import SourceSettings
+from core.settings import SourceSettings, parse_duration
 from core.sources.base import Page, Scope, SourceContext, WebhookResult
 from core.sources.webhooks import check_sha256_signature
 
@@ -45,6 +47,9 @@ SCOPE = Scope(NAME, "account", "Fireflies account")
 PAGE_SIZE = 50
 #: Seconds the listing window reaches before ``since``: transcripts appear hours after the meeting.
 LIST_OVERLAP = 48 * 3600
+#: Default ``FIREFLIES_RECHECK_WINDOW``: how far back each pass re-lists meetings (id, date,
+#: title: one request per 50) to catch renames, which send no webhook and move no date.
+DEFAULT_RECHECK = 14 * 86400
 #: Events meaning "this transcript (or its summary) is ready".
 SYNC_EVENTS = {"meeting.transcribed", "meeting.summarized"}
 V1_EVENTS = {"Transcription completed"}
@@ -56,7 +61,7 @@ MIN_RETRY_WAIT = 0.25
 
 LIST_QUERY = """
 query Transcripts($fromDate: DateTime, $toDate: DateTime, $limit: Int, $skip: Int) {
-  transcripts(fromDate: $fromDate, toDate: $toDate, limit: $limit, skip: $skip) { id date }
+  transcripts(fromDate: $fromDate, toDate: $toDate, limit: $limit, skip: $skip) { id date title }
 }"""
 
 TRANSCRIPT_QUERY = """
@@ -80,7 +85,13 @@ def build(
     limiter: Limiter | None = None,
     context: SourceContext | None = None,
 ) -> FirefliesSource:
-    return FirefliesSource(settings, client, limiter, context)
+    raw = settings.get("FIREFLIES_RECHECK_WINDOW")
+    try:
+        recheck = parse_duration(raw) if raw else DEFAULT_RECHECK
+    except ValueError:
+        raise SettingsError(
+            f"FIREFLIES_RECHECK_WINDOW must be a duration such as 14d (or 0), not {raw!r}") from None
+    return FirefliesSource(settings, client, limiter, context, recheck=recheck)
 
 
 class FirefliesSource:
@@ -93,9 +104,14 @@ class FirefliesSource:
         client: httpx.AsyncClient,
         limiter: Limiter | None = None,
         context: SourceContext | None = None,
+        *,
+        recheck: float = DEFAULT_RECHECK,
     ) -> None:
         self.settings = settings
         self.context = context
+        self.recheck = recheck
+        #: Remembers each transcript's title at fetch, to spot renames (None: no recheck).
+        self.facts = context if isinstance(context, FactStore) else None
         self.http = SourceHTTP(
             NAME,
             client,
@@ -112,16 +128,33 @@ class FirefliesSource:
     async def changes(
         self, scope: Scope, since: float | None, checkpoint: str | None
     ) -> AsyncIterator[Page]:
-        """Pages of refs to transcripts whose meeting date is at or after ``since - 48 h``.
+        """Pages of refs to transcripts whose meeting date is at or after ``since - 48 h``, and
+        to older ones within ``FIREFLIES_RECHECK_WINDOW`` whose title is not the one indexed.
 
+        Fireflies has no update-time filter and sends no webhook for a rename, and the meeting
+        date never moves: the listing reaches back over the recheck window (id, date and title,
+        one request per 50 meetings) and compares each title with the one its last fetch saw.
         The checkpoint pins the window (``to`` = when the listing began, so meetings added
-        meanwhile do not shift the pages) and the ``skip`` reached.
+        meanwhile do not shift the pages), the ``skip`` reached, and where "new" begins.
         """
-        state = json.loads(checkpoint) if checkpoint else _window(since, time.time())
+        if checkpoint:
+            state = json.loads(checkpoint)
+        else:
+            state = _window(since, time.time())
+            state["new_from"] = None if since is None else since - LIST_OVERLAP
+            if since is not None and self.facts is not None and self.recheck > 0:
+                start = min(since - LIST_OVERLAP, time.time() - self.recheck)
+                state["from"] = _iso_z(start)
+        new_from = state.get("new_from")
+        known = await self.facts.recall(NAME, scope.key) if self.facts is not None and new_from else None
         while True:
             items = await self._list(state["from"], state["to"], state["skip"])
             state = {**state, "skip": state["skip"] + len(items)}
-            refs = [Ref(NAME, t["id"], scope.key, event_at=_seconds(t.get("date"))) for t in items]
+            refs = []
+            for t in items:
+                at = _seconds(t.get("date"))
+                if new_from is None or at is None or at >= new_from or _renamed(known, t):
+                    refs.append(Ref(NAME, t["id"], scope.key, event_at=at))
             dates = [r.event_at for r in refs if r.event_at is not None]
             last = len(items) < PAGE_SIZE
             yield Page(refs, None if last else json.dumps(state), max(dates, default=None))
@@ -147,7 +180,11 @@ class FirefliesSource:
         if raw.get("sentences") is None:
             raise NotProcessedYet(NAME, f"transcript {ref.id} is not processed yet")
         projects = await self.context.active_scopes("jira") if self.context else []
-        return _to_document(raw, projects)
+        document = _to_document(raw, projects)
+        if self.facts is not None:
+            await self.facts.remember(doc_id(NAME, ref.id), NAME, SCOPE.key,
+                                      {"title": raw.get("title")}, version=document.updated_at)
+        return document
 
     async def _list(self, start: str | None, end: str | None, skip: int) -> list[dict[str, Any]]:
         variables = {"fromDate": start, "toDate": end, "limit": PAGE_SIZE, "skip": skip}
@@ -323,6 +360,15 @@ def _flatten(value: Any) -> str:
     if isinstance(value, list):
         return "\n".join(str(v) for v in value)
     return str(value or "")
+
+
+def _renamed(known: dict[str, dict[str, Any]] | None, listed: Mapping[str, Any]) -> bool:
+    """True when a listed transcript's title is not the one its last indexed fetch saw (or
+    nothing indexed is known of it): it must be fetched again."""
+    if known is None:
+        return False
+    seen = known.get(doc_id(NAME, str(listed.get("id"))))
+    return seen is None or seen.get("title") != listed.get("title")
 
 
 def _window(since: float | None, now: float) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -354,12 +355,25 @@ class JiraSource:
         if event not in SYNC_EVENTS and event != "jira:issue_deleted":
             return WebhookResult(delivery_id=delivery, note=f"ignored Jira event {event or '(none)'}")
         issue = payload.get("issue")
+        if event.startswith("comment_") and not (isinstance(issue, Mapping) and issue.get("id")):
+            # A comment event names its issue in comment.self too (…/issue/{id}/comment/{id}),
+            # e.g. a comment_deleted cascading from a deleted issue.
+            issue = _issue_of_comment(payload.get("comment"))
         if not isinstance(issue, Mapping) or not issue.get("id"):
             raise MalformedWebhook(f"{event} without issue.id")
         project = ((issue.get("fields") or {}).get("project") or {}).get("key") or ""
         op = "delete" if event == "jira:issue_deleted" else "sync"
         ref = Ref(NAME, str(issue["id"]), str(project), op, event_at)
         return WebhookResult(refs=[ref], delivery_id=delivery)
+
+
+_COMMENT_SELF = re.compile(r"/rest/api/[23]/issue/(\d+)/comment/")
+
+
+def _issue_of_comment(comment: Any) -> dict[str, Any] | None:
+    """``{"id": …}`` of the issue a comment's ``self`` URL names, or None."""
+    found = _COMMENT_SELF.search(str(comment.get("self") or "")) if isinstance(comment, Mapping) else None
+    return {"id": found.group(1)} if found else None
 
 
 def _load(body: bytes) -> dict[str, Any]:

@@ -8,14 +8,23 @@ HTTP 200 with ``{"ok": false, "error": code}`` on failure, so every call goes th
 Polling: ``conversations.history`` lists parents only, by their own ts. A reply or an edit to
 an old thread does not move its root, so ``changes`` reads back ``SLACK_THREAD_LOOKBACK``
 (default 7 days) before ``since`` and keeps roots whose thread changed at or after ``since``
-(``latest_reply``, ``edited.ts``). Older threads are kept fresh by webhooks; a backfill reads all.
+(``latest_reply``, ``edited.ts``), and roots whose ``reply_count`` or ``latest_reply`` differ from
+what the last indexed fetch of the thread saw (``core.facts``: a deleted reply moves no ts).
+Pruning reads the whole history, and re-reads old threads whose facts moved and threads active
+within the lookback (edited replies show nowhere in history).
+
+Slack's documented ``message_deleted`` names only ``deleted_ts``: a fetch of a ts that is gone
+(or names a reply) asks for a sync of the thread that held it, found from the message ts each
+fetch remembers (or from the API's answer), through the context's follow-up queue.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -24,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from core.documents import Document, Gone, Ref
+from core.documents import Document, Gone, Ref, doc_id
 from core.errors import (
     InvalidWebhook,
     MalformedWebhook,
@@ -34,6 +43,7 @@ from core.errors import (
     SettingsError,
     TransientSourceError,
 )
+from core.facts import FactStore
 from core.http import Limiter, SourceHTTP
 from core.settings import SourceSettings, parse_duration
 from core.sources.base import Page, Scope, SourceContext, WebhookResult
@@ -94,6 +104,14 @@ def changed_at(message: Mapping[str, Any]) -> float:
     edited = message.get("edited") or {}
     return max(ts_seconds(message.get("ts")), ts_seconds(message.get("latest_reply")),
                ts_seconds(edited.get("ts")))
+
+
+def thread_facts(root: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``conversations.history`` shows of a thread on its parent: compared on each
+    listing with what was seen at the last fetch, it reveals deleted and new replies however
+    old the thread (a deleted reply moves no timestamp)."""
+    return {"reply_count": int(root.get("reply_count") or 0),
+            "latest_reply": str(root.get("latest_reply") or "") or None}
 
 
 def display_name(user: Mapping[str, Any]) -> str:
@@ -299,10 +317,14 @@ class SlackSource:
     name = NAME
     pushes = True
 
-    def __init__(self, settings: SourceSettings, http: SourceHTTP, *, lookback: float) -> None:
+    def __init__(self, settings: SourceSettings, http: SourceHTTP, *, lookback: float,
+                 context: SourceContext | None = None) -> None:
         self.settings = settings
         self.http = http
         self.lookback = lookback
+        #: Where thread facts are remembered and follow-up syncs asked for (None: the listing
+        #: alone decides, as without migration 0007).
+        self.facts = context if isinstance(context, FactStore) else None
         self._channels: dict[str, tuple[float, dict[str, Any]]] = {}
         self._members: dict[str, tuple[float, list[str]]] = {}
         self._names: dict[str, tuple[float, str]] = {}
@@ -425,12 +447,14 @@ class SlackSource:
     ) -> AsyncIterator[Page]:
         info = await self.channel(scope.key)
         members = await self._access(info)
+        # What the last indexed fetch of each thread saw, read once per pass.
+        known = await self.facts.recall(NAME, scope.key) if self.facts is not None else None
         oldest = f"{max(0.0, since - self.lookback):.6f}" if since is not None else None
         cursor = checkpoint
         while True:
             data = await self._readable_call("conversations.history", scope.key, limit=PAGE_SIZE,
                                              oldest=oldest, inclusive="true", cursor=cursor)
-            refs, high = await self._page_refs(info, members, data.get("messages", []), since)
+            refs, high = await self._page_refs(info, members, data.get("messages", []), since, known)
             cursor = (data.get("response_metadata") or {}).get("next_cursor") or None
             if not data.get("has_more"):
                 cursor = None
@@ -440,15 +464,25 @@ class SlackSource:
 
     async def _page_refs(
         self, info: Mapping[str, Any], members: list[str], messages: list[dict[str, Any]],
-        since: float | None,
+        since: float | None, known: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> tuple[list[Ref], float | None]:
-        """Refs for the roots on one history page that changed at or after ``since``."""
+        """Refs for the roots on one history page that changed at or after ``since``, or whose
+        thread facts (``reply_count``, ``latest_reply``) differ from those seen at their last
+        fetch: a deleted reply moves no timestamp."""
         channel_id = str(info["id"])
         refs: list[Ref] = []
         high: float | None = None
-        changed = [m for m in messages if since is None or changed_at(m) >= since]
+        changed: list[dict[str, Any]] = []
+        refetch: set[int] = set()  # the facts moved: fetch the thread, whatever the listing holds
+        for m in messages:
+            is_root = (m.get("thread_ts") or m["ts"]) == m["ts"]
+            if known is not None and is_root and self._facts_moved(known, channel_id, m):
+                changed.append(m)
+                refetch.add(id(m))
+            elif since is None or changed_at(m) >= since:
+                changed.append(m)
         lone = {id(m): m for m in changed if not m.get("reply_count") and is_content(m)
-                and (m.get("thread_ts") or m["ts"]) == m["ts"]}
+                and (m.get("thread_ts") or m["ts"]) == m["ts"] and id(m) not in refetch}
         names = await self.names(user_ids(lone.values()))
         for message in changed:
             thread_ts = str(message.get("thread_ts") or message["ts"])
@@ -457,11 +491,34 @@ class SlackSource:
             if id(message) in lone:  # the listing already holds the whole document
                 document = to_document(info, [message], names, members)
                 refs.append(Ref(NAME, f"{channel_id}:{thread_ts}", channel_id, "sync", at, document))
+            elif id(message) in refetch:
+                at = self._resync_at(known or {}, channel_id, message)
+                refs.append(Ref(NAME, f"{channel_id}:{thread_ts}", channel_id, "sync", at))
             elif is_content(message) or message.get("reply_count") or thread_ts != message["ts"]:
                 # A thread (maybe under a tombstone root), or a reply broadcast to the channel:
                 # the worker fetches the whole thread.
                 refs.append(Ref(NAME, f"{channel_id}:{thread_ts}", channel_id, "sync", at))
         return refs, high
+
+    @staticmethod
+    def _facts_moved(known: Mapping[str, Mapping[str, Any]], channel_id: str,
+                     root: Mapping[str, Any]) -> bool:
+        """True when the thread of ``root`` must be read again: its facts differ from what was
+        indexed, or it has replies and nothing indexed is known about them."""
+        seen = known.get(doc_id(NAME, f"{channel_id}:{root['ts']}"))
+        if seen is None:
+            return bool(root.get("reply_count"))
+        now = thread_facts(root)
+        return {k: seen.get(k) for k in now} != now
+
+    @staticmethod
+    def _resync_at(known: Mapping[str, Mapping[str, Any]], channel_id: str,
+                   root: Mapping[str, Any]) -> float:
+        """The version a re-read thread must at least have: a deleted reply moves no
+        timestamp (deleting the newest one even moves ``latest_reply`` back), so the re-read
+        version is put just above the one indexed, or it would be ignored as older."""
+        seen = known.get(doc_id(NAME, f"{channel_id}:{root['ts']}")) or {}
+        return max(changed_at(root), float(seen.get("version") or 0.0) + 0.001)
 
     async def fetch(self, ref: Ref) -> Document | Gone:
         channel_id, _, thread_ts = ref.id.partition(":")
@@ -472,17 +529,57 @@ class SlackSource:
             # how the thread is indexed, and a late job must not re-add an archived thread.
             info = await self._fresh_channel(channel_id)
             if info.get("is_archived"):
-                return Gone(NAME, ref.id)
+                return await self._gone(ref)
             messages = await self._thread(channel_id, thread_ts)
         except SlackApiError as exc:
-            if exc.code in ("channel_not_found", "thread_not_found", "message_not_found"):
-                return Gone(NAME, ref.id)
+            if exc.code in ("thread_not_found", "message_not_found"):
+                # The ts is gone. It may have been a reply (Slack's documented message_deleted
+                # carries no thread_ts): the thread that held it is synced too.
+                await self._sync_owner(ref, channel_id, thread_ts)
+                return await self._gone(ref)
+            if exc.code == "channel_not_found":
+                return await self._gone(ref)
             raise
-        if not messages or str(messages[0].get("thread_ts") or messages[0]["ts"]) != thread_ts:
-            return Gone(NAME, ref.id)  # the ts now names a reply, not a root: not a document
+        root_ts = str(messages[0].get("thread_ts") or messages[0]["ts"]) if messages else ""
+        if root_ts != thread_ts:
+            # The ts names a reply, not a root (an event without thread_ts): not a document of
+            # its own, but its thread changed.
+            if root_ts:
+                await self._follow_up(Ref(NAME, f"{channel_id}:{root_ts}", channel_id, "sync",
+                                          ref.event_at))
+            return Gone(NAME, ref.id)
         names = await self.names(user_ids(messages))
         document = to_document(info, messages, names, await self._access(info))
-        return document if document is not None else Gone(NAME, ref.id)
+        if document is None:
+            return await self._gone(ref)
+        if ref.event_at is not None and ref.event_at > document.updated_at:
+            # A deletion (its event's ts, or a re-read after the parent's facts moved) is newer
+            # than every message left: the version says so, or the shrunk thread would be
+            # ignored as older than the one indexed.
+            document = dataclasses.replace(document, updated_at=ref.event_at)
+        if self.facts is not None:
+            await self.facts.remember(doc_id(NAME, ref.id), NAME, channel_id, thread_facts(messages[0]),
+                                      [str(m["ts"]) for m in messages], document.updated_at)
+        return document
+
+    async def _gone(self, ref: Ref) -> Gone:
+        if self.facts is not None:
+            await self.facts.forget(doc_id(NAME, ref.id))
+        return Gone(NAME, ref.id)
+
+    async def _sync_owner(self, ref: Ref, channel_id: str, ts: str) -> None:
+        """Sync the thread that held message ``ts``, when it was a reply of a known thread."""
+        if self.facts is None:
+            return
+        owner = await self.facts.owner(NAME, channel_id, ts)
+        if owner is not None and owner != doc_id(NAME, ref.id):
+            stable = owner.split(":", 1)[1]
+            await self._follow_up(Ref(NAME, stable, channel_id, "sync", ref.event_at))
+
+    async def _follow_up(self, ref: Ref) -> None:
+        if self.facts is not None:
+            log.info("slack: %s changed; syncing its thread %s", ref.scope, ref.id)
+            await self.facts.enqueue([ref])
 
     async def _fresh_channel(self, channel_id: str) -> dict[str, Any]:
         self._channels.pop(channel_id, None)
@@ -503,14 +600,32 @@ class SlackSource:
         return sorted(by_ts.values(), key=lambda m: ts_seconds(m["ts"]))
 
     async def live_ids(self, scope: Scope) -> AsyncIterator[str]:
+        """Every root ts in the channel's whole history. Pruning reads all of it, so this is
+        also the sweep over old threads: a thread whose facts (``reply_count``,
+        ``latest_reply``) moved since its last fetch, however old, and every thread active
+        within ``SLACK_THREAD_LOOKBACK`` (an edited reply shows nowhere in history) are
+        enqueued for a re-read; unchanged ones cost the workers one call and no embedding."""
+        known = await self.facts.recall(NAME, scope.key) if self.facts is not None else None
+        recent = time.time() - self.lookback
         cursor = None
         while True:
             data = await self._readable_call("conversations.history", scope.key, limit=PAGE_SIZE,
                                              cursor=cursor)
+            resync: list[Ref] = []
             for message in data.get("messages", []):
                 thread_ts = message.get("thread_ts") or message["ts"]
                 if thread_ts == message["ts"] and (is_content(message) or message.get("reply_count")):
                     yield f"{scope.key}:{message['ts']}"
+                    if known is None:
+                        continue
+                    if self._facts_moved(known, scope.key, message):
+                        resync.append(Ref(NAME, f"{scope.key}:{message['ts']}", scope.key, "sync",
+                                          self._resync_at(known, scope.key, message)))
+                    elif message.get("reply_count") and changed_at(message) >= recent:
+                        resync.append(Ref(NAME, f"{scope.key}:{message['ts']}", scope.key, "sync",
+                                          changed_at(message)))
+            if resync and self.facts is not None:
+                await self.facts.enqueue(resync)
             cursor = (data.get("response_metadata") or {}).get("next_cursor")
             if not data.get("has_more") or not cursor:
                 return
@@ -532,7 +647,7 @@ def build(
     limiter: Limiter | None = None,
     context: SourceContext | None = None,
 ) -> SlackSource:
-    """The Slack connector over the shared client; ``context`` is unused (channels are scopes)."""
+    """The Slack connector over the shared client; ``context`` remembers thread facts."""
     http = SourceHTTP(
         NAME, client,
         base_url=settings.get("SLACK_API_URL") or "https://slack.com/api",
@@ -541,7 +656,11 @@ def build(
     )
     raw = settings.get("SLACK_THREAD_LOOKBACK")
     try:
-        lookback = parse_duration(raw) if raw else DEFAULT_LOOKBACK
+        # "all": every pass reads the whole history (small workspaces: old threads' changes
+        # within one pass, at parents/200 history calls per channel per pass).
+        lookback = math.inf if raw.strip().lower() == "all" else (
+            parse_duration(raw) if raw else DEFAULT_LOOKBACK)
     except ValueError:
-        raise SettingsError(f"SLACK_THREAD_LOOKBACK must be a duration such as 7d, not {raw!r}") from None
-    return SlackSource(settings, http, lookback=lookback)
+        raise SettingsError(
+            f"SLACK_THREAD_LOOKBACK must be a duration such as 7d, or all, not {raw!r}") from None
+    return SlackSource(settings, http, lookback=lookback, context=context)

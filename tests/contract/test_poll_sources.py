@@ -10,6 +10,7 @@ Everything runs for real: receiver, worker, Postgres, Redis, and reconciler tick
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -170,6 +171,38 @@ def test_transcripts_created_edited_and_deleted_reach_the_index_by_polling(syste
     assert system.row(document_id)["deleted_at"] is not None  # type: ignore[index]
 
 
+def test_a_renamed_transcript_is_indexed_within_one_pass_without_a_webhook(system: System) -> None:
+    """Fireflies sends no webhook for a rename and the meeting date, the listing's only filter,
+    never moves: a meeting from five days ago stayed stale through every pass."""
+    before, after = unique("before"), unique("after")
+    created = system.control("fireflies", "POST", "/transcripts",
+                             json={"title": f"OPS review {before}",
+                                   "date": int((time.time() - 5 * 86400) * 1000)}).json()
+    tid, document_id = str(created["id"]), f"fireflies:{created['id']}"
+    system.control("fireflies", "POST", f"/transcripts/{tid}/process", json={"events": []})  # no webhook
+    newer = new_meeting(system, f"Standup {unique('standup')}")  # an hour ago: the cursor is past
+    system.control("fireflies", "POST", f"/transcripts/{newer}/process", json={"events": []})
+    system.reconcile("fireflies", "account")  # the first pass lists everything
+    system.reconcile("fireflies", "account")
+    assert system.last_run("reconcile", "fireflies")["counters"]["since"] is not None
+    assert system.last_run("reconcile", "fireflies")["counters"]["cursor"] > time.time() - 2 * 3600
+    assert system.found(before, document_id, "fireflies")
+    sent = len(system.deliveries("fireflies"))
+
+    system.control("fireflies", "PATCH", f"/transcripts/{tid}", json={"title": f"SUBS review {after}"})
+    assert len(system.deliveries("fireflies")) == sent  # a rename sends nothing
+    system.reconcile("fireflies", "account")
+    assert system.last_run("reconcile", "fireflies")["counters"]["since"] is not None
+    assert system.found(after, document_id, "fireflies"), "the rename was not picked up"
+    meta = system.metadata(document_id)
+    assert after in meta["title"] and before not in meta["title"]
+    assert "SUBS" in meta["project_tags"]
+    # Unchanged transcripts in the recheck window are not fetched again on every pass.
+    refs = system.last_run("reconcile", "fireflies")["counters"]["refs"]
+    system.reconcile("fireflies", "account")
+    assert system.last_run("reconcile", "fireflies")["counters"]["refs"] <= refs - 1
+
+
 def test_unprocessed_transcript_is_not_indexed_until_processed(system: System) -> None:
     system.reconcile("fireflies", "account")  # the seeded meetings, and a cursor
     word = unique("pending")
@@ -249,3 +282,56 @@ def test_a_deferred_transcript_is_asked_for_again_however_late(system: System) -
         deferred_at = conn.execute("SELECT deferred_at FROM documents WHERE document_id = %s",
                                    (document_id,)).fetchone()[0]
     assert deferred_at is None
+
+
+# --- prune retries ------------------------------------------------------------------------------
+
+
+def _prune_once(system: System, settings: Any) -> None:
+    """One tick with only Fireflies' prune due (and its reconcile), under ``settings``."""
+    async def one_tick() -> int:
+        sources = SourceSet(settings, system.services.pool)
+        try:
+            reconciler = Reconciler(settings, system.services, sources, "prune-test")
+            await reconciler.discover(sources.configured(), force=True)
+            await asyncio.to_thread(system._make_due, "fireflies", "account", True)
+            return await reconciler.tick()
+        finally:
+            await sources.aclose()
+
+    assert asyncio.run(one_tick()) == 1
+
+
+def _prune_due_in(system: System) -> float:
+    with system.services.pool.connection() as conn:
+        row = conn.execute("""SELECT extract(epoch FROM next_prune_at - now()) FROM scopes
+                              WHERE source = 'fireflies' AND key = 'account'""").fetchone()
+    return float(row[0])
+
+
+def test_a_failed_prune_listing_is_retried_on_prune_interval_with_backoff(system: System) -> None:
+    """A failed listing used to be retried after a fixed hour, whatever PRUNE_INTERVAL said."""
+    system.reconcile("fireflies", "account")
+    short = dataclasses.replace(system.settings, prune_interval=120.0)
+    daily = dataclasses.replace(system.settings, prune_interval=86400.0)
+    system.knobs("fireflies", fault_rate=1.0)
+    try:
+        _prune_once(system, short)
+        assert system.last_run("prune", "fireflies")["status"] == "failed"
+        assert 0 < _prune_due_in(system) <= 120, "a retry later than PRUNE_INTERVAL itself"
+
+        # With a daily interval, retries come after minutes (5 min doubling with each failure in
+        # a row: this is the second and third), not after an hour or a day.
+        delays = []
+        for _ in range(2):
+            _prune_once(system, daily)
+            assert system.last_run("prune", "fireflies")["status"] == "failed"
+            delays.append(_prune_due_in(system))
+        assert 0 < delays[0] <= 600 and 0 < delays[1] <= 1200, delays
+        assert delays[1] > delays[0], delays
+    finally:
+        system.knobs("fireflies", fault_rate=0.0)
+    # Once the listing works again the next prune is a full interval away.
+    _prune_once(system, daily)
+    assert system.last_run("prune", "fireflies")["status"] == "succeeded"
+    assert _prune_due_in(system) > 86000

@@ -453,3 +453,79 @@ def test_jira_issue_moved_between_projects_keeps_one_document(system: System) ->
     with system.services.pool.connection() as conn:
         count = conn.execute("SELECT count(*) FROM documents WHERE source = 'jira'").fetchone()[0]
     assert count == 1
+
+
+# --- 8. Jira: comment_deleted, alone and in the cascade of an issue delete -------------------
+
+
+def _comment(system: System, issue_id: str, text: str) -> str:
+    created = system.control("jira", "POST", f"/jira/issues/{issue_id}/comments", json={"body": text}).json()
+    return str(created["id"])
+
+
+def _events(system: System, start: int) -> list[tuple[str, str]]:
+    return [(json.loads(d.body)["webhookEvent"], d.headers.get("X-Atlassian-Webhook-Flow", ""))
+            for d in system.deliveries("jira")[start:]]
+
+
+def test_jira_deleted_comment_leaves_its_live_issue(system: System) -> None:
+    adapter = JiraAdapter()
+    project = adapter.scope(system)
+    word, kept, dropped = unique("issue"), unique("kept"), unique("dropped")
+    item = make_item(system, adapter, project, word)
+    _comment(system, item.handle["id"], f"Keep {kept} {kept}")
+    doomed = _comment(system, item.handle["id"], f"Drop {dropped} {dropped}")
+    system.settle("jira")
+    assert system.found(dropped, item.document_id, "jira")
+
+    start = len(system.deliveries("jira"))
+    system.control("jira", "DELETE", f"/jira/issues/{item.handle['id']}/comments/{doomed}")
+    system.settle("jira")
+    assert _events(system, start) == [("comment_deleted", "Primary")]
+    text = system.chunk_texts(item.document_id)
+    assert dropped not in text and kept in text and word in text
+    assert system.row(item.document_id)["deleted_at"] is None  # type: ignore[index]
+    assert system.stats("jira")["failed"] == 0
+
+
+@pytest.mark.parametrize("order", ["fifo", "reverse"])
+def test_jira_comment_deleted_cascade_after_an_issue_delete(system: System, order: str) -> None:
+    """Jira sends jira:issue_deleted, then (Secondary flow, possibly minutes later)
+    comment_deleted for each of its comments; delivered either way round, the issue stays
+    deleted and nothing fails."""
+    adapter = JiraAdapter()
+    project = adapter.scope(system)
+    word, said = unique("cascade"), unique("said")
+    item = make_item(system, adapter, project, word, long_text(word, 3))
+    for n in range(2):
+        _comment(system, item.handle["id"], f"Comment {n}: {said} {said}")
+    survivor = make_item(system, adapter, project, unique("survivor"))
+    system.settle("jira")
+    assert len(system.chunk_ids(item.document_id)) >= 2 and system.found(said, item.document_id, "jira")
+
+    start = len(system.deliveries("jira"))
+    system.control("jira", "PUT", "/jira/settings", json={"webhook_mode": "hold"})
+    system.control("jira", "DELETE", f"/jira/issues/{item.handle['id']}")
+    system.control("jira", "PUT", "/jira/settings", json={"webhook_mode": "now"})
+    assert system.control("jira", "POST", "/jira/webhooks/release", json={"order": order}).json()["released"] == 3
+    system.settle("jira")
+    events = _events(system, start)
+    cascade = [("jira:issue_deleted", "Primary")] + [("comment_deleted", "Secondary")] * 2
+    assert events == (cascade if order == "fifo" else cascade[::-1])
+    assert all(d.status == 200 for d in system.deliveries("jira")[start:])
+
+    assert system.chunk_ids(item.document_id) == []
+    assert not system.found(said, item.document_id, "jira")
+    assert system.row(item.document_id)["deleted_at"] is not None  # type: ignore[index]
+    assert system.stats("jira")["failed"] == 0 and system.queue_depth() == 0
+    # A late comment_deleted (the Secondary flow can lag ~15 min) resurrects nothing either.
+    for delivery in system.deliveries("jira")[start:]:
+        if b'"comment_deleted"' in delivery.body:
+            replay = dict(delivery.headers, **{"X-Atlassian-Webhook-Identifier": unique("late")})
+            assert system.post_delivery("jira", delivery.body, replay).status_code == 200
+    system.worker.drain()
+    system.reconcile("jira", project, prune=True)
+    assert system.chunk_ids(item.document_id) == []
+    assert system.row(item.document_id)["deleted_at"] is not None  # type: ignore[index]
+    assert system.chunk_ids(survivor.document_id), "the project's other issue went too"
+    assert system.stats("jira")["failed"] == 0

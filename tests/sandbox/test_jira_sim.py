@@ -334,6 +334,26 @@ def test_control_changes_fire_signed_webhooks(server: SandboxServer, sink: Sink)
     assert len({h["x-atlassian-webhook-identifier"] for h, _ in sink.received}) == 6
 
 
+def test_issue_delete_cascades_comment_deleted_on_the_secondary_flow(server: SandboxServer, sink: Sink) -> None:
+    with control(server) as ctl:
+        issue = ctl.post("/issues", json={"project": "WEB", "summary": "doomed"}).json()
+        comments = [ctl.post(f"/issues/{issue['id']}/comments", json={"body": f"c{n}"}).json() for n in range(2)]
+        drain(server)
+        sink.received.clear()
+        ctl.delete(f"/issues/{issue['id']}")
+    drain(server)
+    events = []
+    for headers, body in sink.received:
+        _verify(headers, body)
+        events.append((json.loads(body), headers["x-atlassian-webhook-flow"]))
+    assert [(e["webhookEvent"], flow) for e, flow in events] == [
+        ("jira:issue_deleted", "Primary"), ("comment_deleted", "Secondary"), ("comment_deleted", "Secondary")]
+    assert [e["comment"]["id"] for e, _ in events[1:]] == [c["id"] for c in comments]
+    assert all(e["issue"]["id"] == issue["id"] for e, _ in events)
+    assert all(e["comment"]["self"].endswith(f"/issue/{issue['id']}/comment/{e['comment']['id']}")
+               for e, _ in events[1:])
+
+
 def test_failed_delivery_is_retried_with_same_identifier(server: SandboxServer, sink: Sink) -> None:
     sink.statuses = [503, 429]
     with control(server) as ctl:

@@ -333,6 +333,51 @@ def test_edit_delete_and_tombstone_events(
     assert control.delete("/messages", params={"channel": eng, "ts": lone["ts"]}).status_code == 404
 
 
+#: docs.slack.dev/reference/events/message/message_deleted and …/message_changed: the event
+#: fields of Slack's documented examples, nothing more.
+DOCUMENTED_DELETED = {"type", "subtype", "hidden", "channel", "ts", "deleted_ts"}
+DOCUMENTED_CHANGED = {"type", "subtype", "hidden", "channel", "ts", "message"}
+
+
+def test_documented_event_shapes(
+    sandbox: tuple[SandboxServer, SlackSimulator, Receiver], control: httpx.Client,
+    client: WebClient,
+) -> None:
+    _, slack, receiver = sandbox
+    eng = channel_id(slack, "engineering")
+    root = control.post("/messages", json={"channel": eng, "text": "Cache warm-up plan"}).json()
+    reply = control.post("/messages", json={"channel": eng, "text": "after deploy", "thread_ts": root["ts"]}).json()
+    other = control.post("/messages", json={"channel": eng, "text": "one more", "thread_ts": root["ts"]}).json()
+    drain(sandbox)
+    start = len(receiver.requests)
+    # Per call...
+    assert control.patch("/messages", json={"channel": eng, "ts": reply["ts"], "text": "before deploy",
+                                            "shape": "documented"}).status_code == 200
+    assert control.delete("/messages", params={"channel": eng, "ts": reply["ts"],
+                                               "shape": "documented"}).status_code == 204
+    # ... or for every event, until set back.
+    assert control.put("/config", json={"event_shape": "documented"}).json()["event_shape"] == "documented"
+    try:
+        assert control.delete("/messages", params={"channel": eng, "ts": root["ts"]}).status_code == 204
+        assert control.delete("/messages", params={"channel": eng, "ts": other["ts"]}).status_code == 204
+    finally:
+        control.put("/config", json={"event_shape": "full"})
+    drain(sandbox)
+    changed, deleted, tombstoned, last, tombstone_gone = (e["event"] for e in events_since(receiver, start))
+    assert set(changed) == DOCUMENTED_CHANGED and changed["subtype"] == "message_changed"
+    assert set(changed["message"]) == {"type", "user", "text", "ts", "edited"}  # no thread_ts
+    assert changed["message"]["ts"] == reply["ts"] and changed["message"]["text"] == "before deploy"
+    assert set(deleted) == DOCUMENTED_DELETED and deleted["deleted_ts"] == reply["ts"]
+    assert "previous_message" not in deleted  # nothing says which thread the reply was in
+    assert set(tombstoned) == DOCUMENTED_CHANGED and tombstoned["message"]["subtype"] == "tombstone"
+    assert set(last) == DOCUMENTED_DELETED and last["deleted_ts"] == other["ts"]
+    assert set(tombstone_gone) == DOCUMENTED_DELETED and tombstone_gone["deleted_ts"] == root["ts"]
+    for headers, body in receiver.requests[start:]:  # still signed as Slack signs
+        assert SignatureVerifier(SIGNING_SECRET).is_valid_request(body, headers)
+    assert root["ts"] not in [m["ts"] for m in client.conversations_history(channel=eng)["messages"]]
+    assert control.put("/config", json={"event_shape": "sparse"}).status_code == 400
+
+
 def test_channel_lifecycle_events(
     sandbox: tuple[SandboxServer, SlackSimulator, Receiver], control: httpx.Client,
     client: WebClient,

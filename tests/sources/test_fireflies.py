@@ -213,3 +213,15 @@ def test_webhook_from_simulator_verifies_and_parses(server: SandboxServer) -> No
     source = fireflies.FirefliesSource(settings(server.env()), httpx.AsyncClient())
     source.verify(delivery.headers, delivery.body)
     assert [r.id for r in source.parse(delivery.headers, delivery.body).refs] == [created["id"]]
+
+
+def test_bad_recheck_window_is_one_line_naming_the_setting(server: SandboxServer) -> None:
+    from core.errors import SettingsError
+
+    env = {**server.env(), "FIREFLIES_RECHECK_WINDOW": "fortnight"}
+    with pytest.raises(SettingsError, match="FIREFLIES_RECHECK_WINDOW") as caught:
+        fireflies.build(settings(env), httpx.AsyncClient())
+    assert "\n" not in str(caught.value)
+    assert fireflies.build(settings({**server.env(), "FIREFLIES_RECHECK_WINDOW": "0"}),
+                           httpx.AsyncClient()).recheck == 0
+    assert fireflies.build(settings(server.env()), httpx.AsyncClient()).recheck == 14 * 86400

@@ -318,7 +318,10 @@ def test_verify_accepts_the_simulators_real_deliveries(server: SandboxServer) ->
         source.verify(headers, body)
         results.append(source.parse(headers, body))
     ops = [(r.refs[0].op, r.refs[0].id, r.refs[0].scope) for r in results]
-    assert ops == [("sync", issue["id"], "WEB"), ("sync", issue["id"], "WEB"), ("delete", issue["id"], "WEB")]
+    # created, comment_created, issue_deleted, then the cascade: comment_deleted (Secondary).
+    assert ops == [("sync", issue["id"], "WEB"), ("sync", issue["id"], "WEB"), ("delete", issue["id"], "WEB"),
+                   ("sync", issue["id"], "WEB")]
+    assert [h["x-atlassian-webhook-flow"] for h, _ in sink.received] == ["Primary"] * 3 + ["Secondary"]
     assert all(r.delivery_id == h["x-atlassian-webhook-identifier"] for r, (h, _) in zip(results, sink.received))
     assert all(r.refs[0].event_at and r.refs[0].event_at > 1.6e9 for r in results)
 
@@ -368,6 +371,20 @@ def test_parse_unknown_scope_and_malformed_events() -> None:
         source.parse({}, b"[1, 2]")
     with pytest.raises(MalformedWebhook):
         source.parse({}, json.dumps({"webhookEvent": "jira:issue_updated"}).encode())
+
+
+def test_parse_comment_event_names_its_issue_by_the_comment_url() -> None:
+    """A comment event without an issue object (as a cascade's comment_deleted may come) still
+    re-syncs its issue, named in comment.self; without either it is malformed."""
+    source = _source({"JIRA_URL": "http://x"})
+    comment = {"id": "20001", "self": "https://acme.atlassian.net/rest/api/2/issue/10042/comment/20001"}
+    body = json.dumps({"timestamp": 1_700_000_000_000, "webhookEvent": "comment_deleted",
+                       "comment": comment}).encode()
+    assert source.parse({}, body).refs == [Ref("jira", "10042", "", "sync", 1_700_000_000.0)]
+    with pytest.raises(MalformedWebhook):
+        source.parse({}, json.dumps({"webhookEvent": "comment_deleted", "comment": {"id": "1"}}).encode())
+    with pytest.raises(MalformedWebhook):  # the fallback is for comment events only
+        source.parse({}, json.dumps({"webhookEvent": "jira:issue_updated", "comment": comment}).encode())
 
 
 def test_out_of_order_webhooks_end_in_the_newest_state(server: SandboxServer) -> None:

@@ -244,6 +244,28 @@ def test_parse_retry_keeps_delivery_id_and_handles_handshake_and_noise() -> None
     assert parse_event(json.dumps(dm).encode()).refs == []
 
 
+def test_parse_documented_shapes() -> None:
+    """Slack's documented examples: message_deleted without previous_message (so no thread_ts),
+    message_changed whose message has no thread_ts. Each becomes a ref the fetch resolves:
+    the deleted ts (a lone root's document, or a reply whose thread the fetch finds), the
+    edited message's ts (a root, or a reply whose thread the fetch finds)."""
+    envelope = {"token": "XXYYZZ", "team_id": "T123ABC456", "api_app_id": "A123ABC456",
+                "type": "event_callback", "event_id": "Ev123ABC456", "event_time": 123456789}
+    deleted = {**envelope, "event": {"type": "message", "subtype": "message_deleted", "hidden": True,
+                                     "channel": "C123ABC456", "ts": "1358878755.000001",
+                                     "deleted_ts": "1358878749.000002"}}
+    (ref,) = parse_event(json.dumps(deleted).encode()).refs
+    assert (ref.id, ref.scope, ref.op) == ("C123ABC456:1358878749.000002", "C123ABC456", "delete")
+    assert ref.event_at == 1358878755.000001  # when it was deleted: newer than what remains
+    changed = {**envelope, "event": {
+        "type": "message", "subtype": "message_changed", "hidden": True, "channel": "C123ABC456",
+        "ts": "1358878755.000001",
+        "message": {"type": "message", "user": "U123ABC456", "text": "Hello, world!",
+                    "ts": "1355517523.000005", "edited": {"user": "U123ABC456", "ts": "1358878755.000001"}}}}
+    (ref,) = parse_event(json.dumps(changed).encode()).refs
+    assert (ref.id, ref.op) == ("C123ABC456:1355517523.000005", "sync")
+
+
 # --- Web API through the connector -----------------------------------------------------------
 
 
@@ -472,3 +494,52 @@ def test_scale_channel_lists_completely() -> None:
     assert len(pages) > 1 and len(ids) == len(set(ids)) and set(ids) == expected == set(live)
     threaded = {f"{busiest.id}:{ts}" for ts, replies in busiest.threads.items() if replies}
     assert {r.id for p in pages for r in p.refs if r.document is None} == threaded
+
+
+# --- thread facts, with our real state (Postgres) and queue (Redis) ---------------------------
+
+
+def queued_ids(services: Any) -> list[str]:
+    """Document ids of the refs waiting on the live queue."""
+    raw = services.broker.client.hvals("dramatiq:sync.msgs")
+    return sorted(r["id"] for m in raw for r in json.loads(m)["args"][0])
+
+
+def test_fetch_of_a_reply_or_a_deleted_reply_syncs_its_thread(
+    sandbox: tuple[SandboxServer, SlackSimulator], services: Any
+) -> None:
+    from core.runtime import DatabaseContext
+
+    sim = sandbox[1]
+    cid = channel_id(sim, "general")
+    with control(sandbox) as http:
+        root = http.post("/messages", json={"channel": cid, "text": "facts root"}).json()["ts"]
+        reply = http.post("/messages", json={"channel": cid, "text": "facts reply", "thread_ts": root}).json()["ts"]
+        other = http.post("/messages", json={"channel": cid, "text": "another", "thread_ts": root}).json()["ts"]
+    thread_id = f"{cid}:{root}"
+    context = DatabaseContext(services.pool, services.settings.redis_url)
+
+    async def main() -> tuple[Any, Any, Any]:
+        async with httpx.AsyncClient(timeout=10) as client:
+            source = build(settings_for(sandbox[0].env()), client, None, context)
+            assert source.facts is context
+            document = await source.fetch(Ref("slack", thread_id, cid))
+            as_reply = await source.fetch(Ref("slack", f"{cid}:{reply}", cid))  # an event without thread_ts
+            with control(sandbox) as http:
+                http.delete("/messages", params={"channel": cid, "ts": other, "shape": "documented"})
+            deleted = await source.fetch(Ref("slack", f"{cid}:{other}", cid, "delete", time.time()))
+            return document, as_reply, deleted
+
+    try:
+        document, as_reply, deleted = asyncio.run(main())
+    finally:
+        context.close()
+    assert isinstance(document, Document) and "another" in document.text
+    assert isinstance(as_reply, Gone) and isinstance(deleted, Gone)  # neither ts is a document
+    # Each time, the thread that holds the ts was asked for: from the API (a reply's ts names
+    # its thread), then from the message ts the first fetch remembered (the deleted ts is gone).
+    assert queued_ids(services) == [thread_id, thread_id]
+    with services.pool.connection() as conn:
+        facts, parts = conn.execute("SELECT facts, parts FROM source_facts WHERE document_id = %s",
+                                    (f"slack:{thread_id}",)).fetchone()
+    assert facts == {"reply_count": 2, "latest_reply": other} and parts == [root, reply, other]
