@@ -1,0 +1,142 @@
+"""The reconciler's drift audits: scheduled ones (every ``VERIFY_INTERVAL``, per scope) and the
+admin API's queued requests. The audit itself is core/verify.py.
+
+``verify_tick`` is called once per loop turn. It never blocks the loop: audits run as one
+background task per reconciler process (a daily audit of a big source takes minutes). A scope
+is due when its newest verify run is older than ``VERIFY_INTERVAL``, or older than
+``RECHECK_AFTER`` when that run failed or found (and repaired) drift, so a repaired scope is
+confirmed clean soon after. A scope is audited only once it has been reconciled successfully and
+was discovered more than one interval ago (a fresh scope's first pass is still being indexed:
+its documents are not drift). Scheduled audits repair what they find. Claims go through
+``core.verify.claim`` (one claimer at a time, never a scope another process audits or a
+backfill lists), so several reconcilers share the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any
+
+from core import verify
+from core.runtime import Services, SourceSet
+from core.settings import Settings
+from core.sources import Scope
+
+log = logging.getLogger("vector_sync.reconciler")
+
+#: Seconds before a scope whose last audit failed or found drift is audited again.
+RECHECK_AFTER = 900.0
+#: Scopes claimed per background task.
+BATCH = 20
+
+_tasks: dict[str, asyncio.Task[None]] = {}
+
+
+def due_scopes(services: Services, sources: list[str], interval: float) -> list[tuple[str, Scope | None]]:
+    """(source, Scope) pairs due for an audit, and (INDEX, None) when the orphan check is due."""
+    recheck = min(interval, RECHECK_AFTER)
+    drifted = " + ".join(f"coalesce((r.counters ->> '{c}')::int, 0)" for c in verify.CATEGORIES)
+    recent = f"""SELECT 1 FROM runs r WHERE r.kind = 'verify' AND r.source = %(src)s
+                   AND r.scope IS NOT DISTINCT FROM %(key)s::text
+                   AND (r.status IN ('running', 'queued')
+                        OR r.started_at > now() - make_interval(secs => %(interval)s)
+                           AND r.status = 'succeeded' AND ({drifted}) = 0
+                        OR r.started_at > now() - make_interval(secs => %(recheck)s))"""
+    out: list[tuple[str, Scope | None]] = []
+    with services.pool.connection() as conn:
+        candidates = conn.execute(
+            """SELECT source, key, name FROM scopes
+               WHERE active AND source = ANY(%s) AND last_success_at IS NOT NULL
+                 AND discovered_at < now() - make_interval(secs => %s)
+               ORDER BY source, key""",
+            (sources, interval),
+        ).fetchall()
+        for source, key, name in candidates:
+            params = {"src": source, "key": key, "interval": interval, "recheck": recheck}
+            if conn.execute(recent, params).fetchone() is None:  # type: ignore[arg-type]
+                out.append((source, Scope(source, key, name)))
+        if candidates:
+            params = {"src": verify.INDEX, "key": None, "interval": interval, "recheck": recheck}
+            if conn.execute(recent, params).fetchone() is None:  # type: ignore[arg-type]
+                out.append((verify.INDEX, None))
+    return out
+
+
+def claim_request(services: Services, owner: str) -> dict[str, Any] | None:
+    """Take one queued verify request (the admin API's), marking it running."""
+    with services.pool.connection() as conn, conn.transaction():
+        row = conn.execute(
+            """SELECT id, params FROM runs WHERE kind = 'verify' AND status = 'queued'
+               ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1"""
+        ).fetchone()
+        if row is None:
+            return None
+        conn.execute("UPDATE runs SET status = 'running', owner = %s, progress_at = now() WHERE id = %s",
+                     (owner, row[0]))
+    return {"id": int(row[0]), "params": row[1] or {}}
+
+
+async def run_request(services: Services, sources: SourceSet, owner: str, request: dict[str, Any],
+                      stop: threading.Event | None = None) -> list[verify.Report]:
+    """Execute a queued request: one run per scope (and the orphan check for everything); the
+    request's own run ends with their summed counters and their ids in ``checkpoint``."""
+    params = request["params"]
+    auditor = verify.Auditor(services, sources, owner, repair=bool(params.get("repair")), stop=stop)
+    error = None
+    reports: list[verify.Report] = []
+    try:
+        targets = await asyncio.to_thread(auditor.targets, params.get("source"), params.get("scope"))
+        reports = await auditor.run_all(targets)
+    except Exception as exc:
+        error = str(exc)
+    failed = [r for r in reports if r.status in ("failed", "skipped")]
+    if error is None and failed:
+        error = "; ".join(f"{r.source}/{r.scope or '-'}: {r.error}" for r in failed)[:2000]
+
+    def finish() -> None:
+        import json
+
+        from core.runs import finish_run
+
+        with services.pool.connection() as conn:
+            conn.execute("UPDATE runs SET checkpoint = %s::jsonb WHERE id = %s",
+                         (json.dumps({"runs": [r.run_id for r in reports if r.run_id is not None]}),
+                          request["id"]))
+        finish_run(services.pool, request["id"], verify.merged_counters(reports), error)
+
+    await asyncio.to_thread(finish)
+    return reports
+
+
+async def _background(settings: Settings, services: Services, sources: SourceSet, owner: str,
+                      stop: threading.Event | None) -> None:
+    request = await asyncio.to_thread(claim_request, services, owner)
+    if request is not None:
+        await run_request(services, sources, owner, request, stop)
+        return
+    if settings.verify_interval <= 0:
+        return
+    due = await asyncio.to_thread(due_scopes, services, sources.configured(), settings.verify_interval)
+    if due:
+        auditor = verify.Auditor(services, sources, owner, repair=True, stop=stop)
+        await auditor.run_all(due[:BATCH])
+
+
+async def verify_tick(settings: Settings, services: Services, sources: SourceSet, owner: str,
+                      stop: threading.Event | None = None) -> None:
+    """Start the next audit in the background unless this process already runs one."""
+    task = _tasks.get(owner)
+    if task is not None and not task.done():
+        return
+
+    async def go() -> None:
+        try:
+            await _background(settings, services, sources, owner, stop)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # recorded on the runs; the loop must go on
+            log.exception("drift audit failed")
+
+    _tasks[owner] = asyncio.create_task(go())
