@@ -353,3 +353,46 @@ def test_reconciler_audits_due_scopes_once_and_never_under_a_backfill(system: Sy
         conn.execute("DELETE FROM runs WHERE kind = 'verify'")
     asyncio.run(_one_verify_tick(system, replace(system.settings, verify_interval=0.0)))
     assert runs_of(system, "jira") == []
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_a_reconciled_scope_of_every_source_audits_clean(system: System, name: str) -> None:
+    """What a full pass indexed agrees with the audit's listing (ids, and updated_at against the
+    stored source_updated_at), so a healthy source can pass its check."""
+    discover(system)
+    with system.services.pool.connection() as conn:
+        key = conn.execute("SELECT key FROM scopes WHERE source = %s AND active ORDER BY key LIMIT 1",
+                           (name,)).fetchone()[0]
+    system.reconcile(name, key)
+    (report,) = audit(system, name, key)
+    assert report.status == "succeeded", report.error
+    assert report.live > 0
+    assert counts(report) == (0, 0, 0, 0), report.to_dict()
+
+
+def test_the_reconciler_process_audits_on_its_own_cadence(system: System, env: dict[str, str]) -> None:
+    """A real reconciler (python -m reconciler) runs the audit from its loop: VERIFY_INTERVAL=1,
+    so each scope is audited once its first pass succeeded; a stop leaves no audit running."""
+    from tests.conftest import wait_for
+
+    process = subprocess.Popen([sys.executable, "-m", "reconciler"],
+                               env={**env, "VERIFY_INTERVAL": "1", "JIRA_PROJECTS": "SUBS"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        def audited() -> bool:
+            done = {(r["source"], r["scope"]) for s in ("jira", verify.INDEX) for r in runs_of(system, s)
+                    if r["status"] == "succeeded"}
+            return ("jira", "SUBS") in done and (verify.INDEX, None) in done
+
+        wait_for(audited, timeout=180, interval=0.5)
+        process.terminate()
+        assert process.wait(60) == 0, process.stderr.read() if process.stderr else ""
+    finally:
+        if process.poll() is None:
+            process.kill()
+    with system.services.pool.connection() as conn:
+        running = conn.execute("SELECT count(*) FROM runs WHERE kind = 'verify' AND status = 'running'").fetchone()[0]
+    assert running == 0
+    run = next(r for r in runs_of(system, "jira") if r["scope"] == "SUBS" and r["status"] == "succeeded")
+    assert run["params"]["repair"] is True and set(run["counters"]) == {
+        "missing", "stale", "ghost", "orphan_vectors", "samples", "repaired"}
