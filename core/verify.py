@@ -341,6 +341,7 @@ class Auditor:
         self.owner = owner
         self.repair = repair
         self.stop = stop  # a threading.Event: set means stop between scopes
+        self._index_ids: set[str] | None = None  # the index's ids, listed once per Auditor
 
     # --- what to audit ----------------------------------------------------------------------
 
@@ -456,15 +457,21 @@ class Auditor:
             await asyncio.to_thread(self._repair_scope, report, scope.key, set(vanished))
 
     def _vectors_absent(self, rows: list[_Row]) -> list[str]:
-        """Document ids whose vectors (any chunk below chunk_count) are not in the index."""
-        index = self.services.index
-        absent: list[str] = []
+        """Document ids with a chunk below chunk_count that is not in the index.
+
+        Compared against one id-only listing of the whole index per Auditor (cheaper than
+        fetching every vector, whose values and metadata come back with it); what that listing
+        lacks is fetched once more, so a document indexed since the listing is not reported."""
+        if self._index_ids is None:
+            self._index_ids = set(self.services.index.list_ids(""))
         wanted = [(row.document_id, vector_id(row.document_id, n)) for row in rows for n in range(row.chunk_count)]
-        for start in range(0, len(wanted), INDEX_BATCH):
-            batch = wanted[start:start + INDEX_BATCH]
-            present = set(index.fetch([vid for _, vid in batch]))
-            absent += [d for d, vid in batch if vid not in present]
-        return sorted(set(absent))
+        unlisted = [(d, vid) for d, vid in wanted if vid not in self._index_ids]
+        absent: set[str] = set()
+        for start in range(0, len(unlisted), INDEX_BATCH):
+            batch = unlisted[start:start + INDEX_BATCH]
+            present = set(self.services.index.fetch([vid for _, vid in batch]))
+            absent.update(d for d, vid in batch if vid not in present)
+        return sorted(absent)
 
     def _repair_scope(self, report: Report, scope: str, vanished: set[str]) -> None:
         if vanished:

@@ -396,3 +396,41 @@ def test_the_reconciler_process_audits_on_its_own_cadence(system: System, env: d
     run = next(r for r in runs_of(system, "jira") if r["scope"] == "SUBS" and r["status"] == "succeeded")
     assert run["params"]["repair"] is True and set(run["counters"]) == {
         "missing", "stale", "ghost", "orphan_vectors", "samples", "repaired"}
+
+
+def test_orphan_vectors_are_found_and_deleted_in_pinecone_too(infra: dict[str, str], system: System) -> None:
+    """The whole-index check lists every id through Pinecone's list (no prefix) as well."""
+    from core import state
+    from core.index.pinecone import PineconeIndex
+    from core.runtime import open_services
+    from sandbox.server import create_simulators
+    from tests.conftest import make_settings
+
+    cloud = SandboxServer(create_simulators(["pinecone"], profile="empty")).start()
+    try:
+        pine = open_services(make_settings(infra, **cloud.env(), EMBEDDING_DIMENSIONS="1536",
+                                           PINECONE_NAMESPACE="verify"))
+        try:
+            assert isinstance(pine.index, PineconeIndex)
+            state.record_indexed(pine.pool, document_id="api:kept", source="api", scope="", title="t", url="",
+                                 content_hash="h", metadata_hash="m", source_updated_at=1.0, chunk_count=2)
+            values = [1.0] + [0.0] * 1535
+            ids = ["api:kept#0", "api:kept#1", "api:kept#4", "api:gone#0"]
+            pine.index.upsert([Vector(v, values, {"document_id": v.rpartition("#")[0]}) for v in ids])
+
+            async def check(repair: bool) -> verify.Report:
+                sources = SourceSet(pine.settings, pine.pool)
+                try:
+                    return await verify.Auditor(pine, sources, "test", repair=repair).run_one(verify.INDEX, None)
+                finally:
+                    await sources.aclose()
+
+            found = asyncio.run(check(True))
+            assert found.found["orphan_vectors"] == ["api:gone#0", "api:kept#4"]
+            assert found.repaired == {"orphan_vectors": 2}
+            assert sorted(pine.index.list_ids("")) == ["api:kept#0", "api:kept#1"]
+            assert asyncio.run(check(False)).found["orphan_vectors"] == []
+        finally:
+            pine.close()
+    finally:
+        cloud.stop()
