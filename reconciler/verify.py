@@ -57,10 +57,9 @@ def due_scopes(services: Services, sources: list[str], interval: float) -> list[
             params = {"src": source, "key": key, "interval": interval, "recheck": recheck}
             if conn.execute(recent, params).fetchone() is None:  # type: ignore[arg-type]
                 out.append((source, Scope(source, key, name)))
-        if candidates:
-            params = {"src": verify.INDEX, "key": None, "interval": interval, "recheck": recheck}
-            if conn.execute(recent, params).fetchone() is None:  # type: ignore[arg-type]
-                out.append((verify.INDEX, None))
+        params = {"src": verify.INDEX, "key": None, "interval": interval, "recheck": recheck}
+        if conn.execute(recent, params).fetchone() is None:  # type: ignore[arg-type]
+            out.append((verify.INDEX, None))
     return out
 
 
