@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from typing import Any
 
 from core import verify
@@ -31,36 +32,47 @@ RECHECK_AFTER = 900.0
 #: Scopes claimed per background task.
 BATCH = 20
 
+#: Seconds between looks for due scopes while idle (the loop turns every RECONCILE_TICK).
+CHECK_EVERY = 30.0
+
 _tasks: dict[str, asyncio.Task[None]] = {}
+_checked: dict[str, float] = {}
 
 
 def due_scopes(services: Services, sources: list[str], interval: float) -> list[tuple[str, Scope | None]]:
     """(source, Scope) pairs due for an audit, and (INDEX, None) when the orphan check is due."""
-    recheck = min(interval, RECHECK_AFTER)
     drifted = " + ".join(f"coalesce((r.counters ->> '{c}')::int, 0)" for c in verify.CATEGORIES)
-    recent = f"""SELECT 1 FROM runs r WHERE r.kind = 'verify' AND r.source = %(src)s
-                   AND r.scope IS NOT DISTINCT FROM %(key)s::text
+    recent = f"""SELECT 1 FROM runs r WHERE r.kind = 'verify' AND r.source = {{source}}
+                   AND r.scope IS NOT DISTINCT FROM {{scope}}
                    AND (r.status IN ('running', 'queued')
                         OR r.started_at > now() - make_interval(secs => %(interval)s)
                            AND r.status = 'succeeded' AND ({drifted}) = 0
                         OR r.started_at > now() - make_interval(secs => %(recheck)s))"""
-    out: list[tuple[str, Scope | None]] = []
+    params = {"sources": sources, "interval": interval, "recheck": min(interval, RECHECK_AFTER),
+              "index": verify.INDEX}
     with services.pool.connection() as conn:
-        candidates = conn.execute(
-            """SELECT source, key, name FROM scopes
-               WHERE active AND source = ANY(%s) AND last_success_at IS NOT NULL
-                 AND discovered_at < now() - make_interval(secs => %s)
-               ORDER BY source, key""",
-            (sources, interval),
+        rows = conn.execute(
+            f"""SELECT s.source, s.key, s.name FROM scopes s
+                WHERE s.active AND s.source = ANY(%(sources)s) AND s.last_success_at IS NOT NULL
+                  AND s.discovered_at < now() - make_interval(secs => %(interval)s)
+                  AND NOT EXISTS ({recent.format(source="s.source", scope="s.key")})
+                ORDER BY s.source, s.key""",  # type: ignore[arg-type]
+            params,
         ).fetchall()
-        for source, key, name in candidates:
-            params = {"src": source, "key": key, "interval": interval, "recheck": recheck}
-            if conn.execute(recent, params).fetchone() is None:  # type: ignore[arg-type]
-                out.append((source, Scope(source, key, name)))
-        params = {"src": verify.INDEX, "key": None, "interval": interval, "recheck": recheck}
-        if conn.execute(recent, params).fetchone() is None:  # type: ignore[arg-type]
-            out.append((verify.INDEX, None))
+        index_due = conn.execute(
+            f"SELECT NOT EXISTS ({recent.format(source='%(index)s', scope='NULL::text')})",  # type: ignore[arg-type]
+            params,
+        ).fetchone()
+    out: list[tuple[str, Scope | None]] = [(source, Scope(source, key, name)) for source, key, name in rows]
+    if index_due and index_due[0]:
+        out.append((verify.INDEX, None))
     return out
+
+
+def _queued(services: Services) -> bool:
+    with services.pool.connection() as conn:
+        row = conn.execute("SELECT 1 FROM runs WHERE kind = 'verify' AND status = 'queued' LIMIT 1").fetchone()
+    return row is not None
 
 
 def claim_request(services: Services, owner: str) -> dict[str, Any] | None:
@@ -129,6 +141,10 @@ async def verify_tick(settings: Settings, services: Services, sources: SourceSet
     task = _tasks.get(owner)
     if task is not None and not task.done():
         return
+    now = time.monotonic()
+    if now - _checked.get(owner, -CHECK_EVERY) < CHECK_EVERY and not await asyncio.to_thread(_queued, services):
+        return
+    _checked[owner] = now
 
     async def go() -> None:
         try:

@@ -295,12 +295,14 @@ def test_admin_verify_route(system: System) -> None:
 
 
 async def _one_verify_tick(system: System, settings: Any = None) -> None:
+    """One loop turn of a fresh reconciler (its own owner name), awaiting the audit it starts."""
+    from reconciler import verify as rv
+
+    owner = unique("test-reconciler")
     sources = SourceSet(settings or system.settings, system.services.pool)
     try:
-        await verify_tick(settings or system.settings, system.services, sources, "test-reconciler")
-        from reconciler import verify as rv
-
-        task = rv._tasks["test-reconciler"]
+        await verify_tick(settings or system.settings, system.services, sources, owner)
+        task = rv._tasks[owner]
         await task
     finally:
         await sources.aclose()
@@ -434,3 +436,15 @@ def test_orphan_vectors_are_found_and_deleted_in_pinecone_too(infra: dict[str, s
             pine.close()
     finally:
         cloud.stop()
+
+
+def test_verify_interval_setting() -> None:
+    from core.errors import SettingsError
+    from core.settings import Settings
+
+    assert Settings.from_environ({}).verify_interval == 86400.0
+    assert Settings.from_environ({"VERIFY_INTERVAL": "0"}).verify_interval == 0.0
+    assert Settings.from_environ({"VERIFY_INTERVAL": "6h"}).verify_interval == 6 * 3600.0
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_environ({"VERIFY_INTERVAL": "daily"})
+    assert "VERIFY_INTERVAL" in str(refused.value) and "\n" not in str(refused.value)
