@@ -224,6 +224,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
             fail(str(exc), VERIFY_USAGE)
             raise  # unreachable
         result = verify.summary(reports)
+        if not any(r.scope is not None for r in reports):
+            print("no active scopes to audit (the reconciler discovers them; see 'vector-sync scopes list')",
+                  file=sys.stderr)
         if args.json:
             print(json.dumps(result, indent=2, default=str))
         else:

@@ -64,6 +64,10 @@ SAMPLES = 10
 STALE_TOLERANCE = 0.01
 #: Vector ids per index delete / fetch request.
 INDEX_BATCH = 1000
+#: Seconds between finding orphan vectors and deleting them, when repairing: a job writes a
+#: document's vectors just before its row, so a vector seen in that moment looks orphaned. The
+#: candidates are checked against the documents table again after this wait.
+ORPHAN_GRACE = 5.0
 #: Seconds between progress touches while a listing runs (so the run is not taken for dead).
 TOUCH_EVERY = 2.0
 
@@ -496,8 +500,11 @@ class Auditor:
         report.live = len(ids)
         candidates = await asyncio.to_thread(self._orphan_ids, ids)
         if candidates:
-            # Read the rows again: a job may have recorded a document since the first read
-            # (its vectors are written just before its row).
+            # Read the rows again (after a grace period when they are to be deleted): a job may
+            # have recorded its document since (its vectors are written just before its row).
+            if self.repair:
+                await asyncio.to_thread(runs.touch_run, self.pool, report.run_id)
+                await self._grace()
             candidates = await asyncio.to_thread(self._orphan_ids, candidates)
         report.found["orphan_vectors"] = sorted(candidates)
         if self.repair and candidates:
@@ -505,6 +512,9 @@ class Auditor:
             report.repaired = {"orphan_vectors": len(candidates)}
         elif self.repair:
             report.repaired = {"orphan_vectors": 0}
+
+    async def _grace(self) -> None:
+        await asyncio.sleep(ORPHAN_GRACE)
 
     def _orphan_ids(self, ids: Iterable[str]) -> list[str]:
         by_doc: dict[str, list[tuple[str, int | None]]] = {}

@@ -448,3 +448,30 @@ def test_verify_interval_setting() -> None:
     with pytest.raises(SettingsError) as refused:
         Settings.from_environ({"VERIFY_INTERVAL": "daily"})
     assert "VERIFY_INTERVAL" in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_vector_whose_document_is_recorded_during_the_grace_is_not_deleted(system: System) -> None:
+    """A job writes vectors just before its documents row: a vector caught in that moment looks
+    orphaned, so repair reads the rows again after its grace and spares what got recorded."""
+    from core import state
+
+    index = system.services.index
+    values = [1.0] + [0.0] * (system.settings.embedding_dimensions - 1)
+    index.upsert([Vector(v, values, {"document_id": v.rpartition("#")[0]}) for v in ("api:late#0", "api:never#0")])
+
+    class JobRecordsMeanwhile(verify.Auditor):
+        async def _grace(self) -> None:  # the job records its document while the audit waits
+            await asyncio.to_thread(state.record_indexed, self.pool, document_id="api:late", source="api",
+                                    scope="", title="t", url="", content_hash="h", metadata_hash="m",
+                                    source_updated_at=1.0, chunk_count=1)
+
+    async def go() -> verify.Report:
+        sources = SourceSet(system.settings, system.services.pool)
+        try:
+            return await JobRecordsMeanwhile(system.services, sources, "test", repair=True).run_one(verify.INDEX, None)
+        finally:
+            await sources.aclose()
+
+    report = asyncio.run(go())
+    assert report.found["orphan_vectors"] == ["api:never#0"]
+    assert sorted(index.list_ids("api:")) == ["api:late#0"]
