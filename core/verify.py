@@ -30,6 +30,7 @@ imports nothing above ``core``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -259,6 +260,10 @@ class Busy(Exception):
     """The scope is being audited by someone else, or a backfill is listing it."""
 
 
+class ListingFailed(Exception):
+    """The source's listing failed: nothing can be compared."""
+
+
 def _busy_reason(conn: Any, source: str, scope: str | None) -> str | None:
     rows = conn.execute(
         """SELECT id, owner, extract(epoch FROM now() - progress_at) FROM runs
@@ -302,8 +307,6 @@ def claim(pool: ConnectionPool, owner: str, source: str, scope: str | None,
 
 
 def _json(value: Any) -> str:
-    import json
-
     return json.dumps(value, default=str)
 
 
@@ -398,15 +401,20 @@ class Auditor:
                 conn.execute("UPDATE runs SET status = 'abandoned', finished_at = now(), "
                              "error = 'stopped before it finished' WHERE id = %s", (run_id,))
             raise
-        except Exception as exc:  # a failed listing reports nothing: no ghosts, no missing
-            message = str(exc) if isinstance(exc, VectorSyncError) else f"{type(exc).__name__}: {exc}"
+        except Exception as exc:
+            cause = exc.__cause__ if isinstance(exc, ListingFailed) and exc.__cause__ else exc
+            message = str(cause) if isinstance(cause, VectorSyncError) else f"{type(cause).__name__}: {cause}"
             if self.stop is not None and self.stop.is_set():
                 await asyncio.to_thread(self._abandon, run_id)
                 report.status, report.error = "failed", f"stopped: {message}"
                 return report
             log.warning("verify failed", extra={"source": name, "scope": report.scope, "error": message})
-            report = Report(name, report.scope, run_id=run_id, status="failed", compares=report.compares,
-                            error=f"listing failed, nothing compared: {message}")
+            if isinstance(exc, ListingFailed):  # a failed listing reports nothing: no ghosts, no missing
+                report = Report(name, report.scope, run_id=run_id, compares=report.compares,
+                                error=f"listing failed, nothing compared: {message}")
+            else:  # what was compared stands; what failed after (the index, the queue) is said
+                report.error = f"audit failed: {message}"
+            report.status = "failed"
             await asyncio.to_thread(runs.finish_run, self.pool, run_id, report.counters(), report.error)
             return report
         await asyncio.to_thread(self._params, run_id, {"repair": self.repair, "compares": report.compares,
@@ -432,11 +440,14 @@ class Auditor:
         started = datetime.now(timezone.utc)
         live: dict[str, float | None] = {}
         last_touch = time.monotonic()
-        async for stable, updated in listing(source, scope):
-            live[doc_id(report.source, stable)] = updated
-            if time.monotonic() - last_touch >= TOUCH_EVERY:
-                last_touch = time.monotonic()
-                await asyncio.to_thread(runs.touch_run, self.pool, report.run_id)
+        try:
+            async for stable, updated in listing(source, scope):
+                live[doc_id(report.source, stable)] = updated
+                if time.monotonic() - last_touch >= TOUCH_EVERY:
+                    last_touch = time.monotonic()
+                    await asyncio.to_thread(runs.touch_run, self.pool, report.run_id)
+        except Exception as exc:
+            raise ListingFailed(str(exc)) from exc
         report.live = len(live)
         rows = await asyncio.to_thread(_rows, self.pool, "document_id = ANY(%s)", (list(live),))
         missing, indexed, stale = [], [], []
