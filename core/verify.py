@@ -20,8 +20,11 @@ the worker), and deletes orphan vectors from the index by id.
 Every audit is a ``runs`` row of kind ``verify``: ``source`` and ``scope`` = the scope audited,
 or ``source = 'index'`` and ``scope`` NULL for the orphan check; ``counters`` hold exactly
 ``{"missing", "stale", "ghost", "orphan_vectors", "samples": {...}, "repaired": {...}}``. A
-failed listing fails its run and reports nothing (never ghosts). ``latest_audits`` folds the
-newest run of every (source, scope) into per-source drift, for status.
+failed listing fails its run and reports nothing (never ghosts). After the audits of a call,
+each audited source gets a summary run (``scope = '*'``, ``params.summary``) with the same
+counters folded over the newest audit of each of its active scopes, so the newest verify run of
+a source always speaks for all of it. ``latest_audits`` does the same fold in a query, for status.
+Admin API requests are queued as runs with ``source = 'all'``, ``scope = '*'``.
 
 Shared by the CLI, the receiver's admin API and the reconciler (reconciler/verify.py), so it
 imports nothing above ``core``.
@@ -373,11 +376,15 @@ class Auditor:
         return out
 
     async def run_all(self, targets: list[tuple[str, Scope | None]]) -> list[Report]:
+        """Audit each target in turn, then write each audited source's summary run."""
         reports = []
         for name, scope in targets:
             if self.stop is not None and self.stop.is_set():
                 break
             reports.append(await self.run_one(name, scope))
+        audited = sorted({r.source for r in reports if r.run_id is not None})
+        if audited:
+            await asyncio.to_thread(write_summaries, self.pool, self.owner, audited)
         return reports
 
     async def run_one(self, name: str, scope: Scope | None) -> Report:
@@ -571,11 +578,53 @@ def queue_request(pool: ConnectionPool, source: str | None, scope: str | None, r
         row = conn.execute(
             """INSERT INTO runs (kind, source, scope, status, params, counters)
                VALUES ('verify', %s, %s, 'queued', %s::jsonb, %s::jsonb) RETURNING id""",
-            (source or "all", ALL_SCOPES, _json({"source": source, "scope": scope, "repair": repair}),
+            ("all", ALL_SCOPES, _json({"request": True, "source": source, "scope": scope, "repair": repair}),
              _json(empty_counters())),
         ).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def write_summaries(pool: ConnectionPool, owner: str, sources: list[str]) -> list[int]:
+    """Per source, a finished run (scope ``*``, ``params.summary``) whose counters fold the newest
+    finished audit of every active scope of the source (the orphan check for ``index``), so the
+    newest verify run of a source always speaks for all of it. Failed if any of those failed."""
+    made = []
+    for source in sources:
+        with state.dict_cursor(pool) as cur:
+            cur.execute(
+                """SELECT DISTINCT ON (r.scope) r.id, r.scope, r.status, r.counters, r.error
+                   FROM runs r LEFT JOIN scopes s ON s.source = r.source AND s.key = r.scope
+                   WHERE r.kind = 'verify' AND r.source = %(source)s AND r.status IN ('succeeded', 'failed')
+                     AND (r.scope IS NULL AND %(source)s = %(index)s OR s.active)
+                   ORDER BY r.scope, r.id DESC""",
+                {"source": source, "index": INDEX},
+            )
+            rows = cur.fetchall()
+        counters: dict[str, Any] = {c: 0 for c in CATEGORIES}
+        samples: dict[str, list[str]] = {c: [] for c in CATEGORIES}
+        repaired: dict[str, int] = {}
+        for row in rows:
+            got = row["counters"] or {}
+            for c in CATEGORIES:
+                counters[c] += int(got.get(c) or 0)
+                samples[c] += list((got.get("samples") or {}).get(c) or [])
+            for key, value in (got.get("repaired") or {}).items():
+                repaired[key] = repaired.get(key, 0) + int(value or 0)
+        counters["samples"] = {c: sorted(v)[:SAMPLES] for c, v in samples.items()}
+        counters["repaired"] = repaired
+        failed = [r for r in rows if r["status"] == "failed"]
+        error = ("; ".join(f"{r['scope'] or INDEX}: {r['error']}" for r in failed)[:2000]) if failed else None
+        with pool.connection() as conn:
+            row = conn.execute(
+                """INSERT INTO runs (kind, source, scope, status, owner, params, counters, error, finished_at)
+                   VALUES ('verify', %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, now()) RETURNING id""",
+                (source, ALL_SCOPES, "failed" if failed else "succeeded", owner,
+                 _json({"summary": True, "runs": [r["id"] for r in rows]}), _json(counters), error),
+            ).fetchone()
+        assert row is not None
+        made.append(int(row[0]))
+    return made
 
 
 def latest_audits(pool: ConnectionPool) -> dict[str, dict[str, Any]]:

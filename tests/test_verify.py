@@ -102,12 +102,22 @@ def only(system: System, key: str) -> None:
         conn.execute("UPDATE scopes SET active = (source = 'jira' AND key = %s)", (key,))
 
 
-def runs_of(system: System, source: str) -> list[dict[str, Any]]:
+def runs_of(system: System, source: str, summaries: bool = False) -> list[dict[str, Any]]:
+    """The verify runs of ``source``: its audits, or (``summaries``) its summary runs."""
     with system.services.pool.connection() as conn:
         cur = conn.execute("""SELECT id, source, scope, status, counters, error, params FROM runs
-                              WHERE kind = 'verify' AND source = %s ORDER BY id""", (source,))
+                              WHERE kind = 'verify' AND source = %s AND (scope IS NOT DISTINCT FROM '*') = %s ORDER BY id""",
+                           (source, summaries))
         names = [c.name for c in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def newest(system: System, source: str) -> dict[str, Any]:
+    """What a reader of "the latest verify run of a source" sees."""
+    with system.services.pool.connection() as conn:
+        status, counters = conn.execute("""SELECT status, counters FROM runs WHERE kind = 'verify'
+                                           AND source = %s ORDER BY id DESC LIMIT 1""", (source,)).fetchone()
+    return {"status": status, **counters}
 
 
 def counts(report: verify.Report) -> tuple[int, int, int, int]:
@@ -162,6 +172,10 @@ def test_clean_state_reports_zero_and_records_the_run_shape(system: System) -> N
                                "samples": {"missing": [], "stale": [], "ghost": [], "orphan_vectors": []},
                                "repaired": {}}
     assert run["params"]["compares"] == "ids+updated_at"
+    # The newest verify run of the source is its summary, folding every active scope's audit.
+    (summary,) = runs_of(system, "jira", summaries=True)
+    assert summary["id"] > run["id"] and summary["status"] == "succeeded"
+    assert summary["counters"] == run["counters"] and summary["params"]["runs"] == [run["id"]]
     # The whole-index check alone: everything indexed has its row.
     (orphans,) = asyncio.run(_index_only(system))
     assert orphans.status == "succeeded" and counts(orphans) == (0, 0, 0, 0)
@@ -208,6 +222,9 @@ def test_drift_behind_the_products_back_is_found_and_repaired(system: System, en
     assert sorted(index_report["samples"]["orphan_vectors"]) == sorted(strays)
     assert (scope_report["missing"], scope_report["stale"], scope_report["ghost"]) == (1, 1, 1)
     assert index_report["orphan_vectors"] == 2
+    latest = newest(system, "jira")
+    assert (latest["missing"], latest["stale"], latest["ghost"]) == (1, 1, 1)
+    assert newest(system, verify.INDEX)["orphan_vectors"] == 2
     # Nothing was changed by an audit without --repair.
     assert system.queue_depth() == 0 and set(strays) <= set(index.fetch(strays))
 
@@ -229,6 +246,10 @@ def test_drift_behind_the_products_back_is_found_and_repaired(system: System, en
     assert not index.fetch(strays)
     latest = verify.latest_audits(system.services.pool)
     assert latest["jira"]["drift"] == 0 and latest[verify.INDEX]["drift"] == 0
+    for source in ("jira", verify.INDEX):
+        final = newest(system, source)
+        assert final["status"] == "succeeded"
+        assert sum(final[c] for c in verify.CATEGORIES) == 0, final
 
 
 def test_failed_listing_reports_a_failure_not_ghosts(system: System, env: dict[str, str]) -> None:
@@ -246,6 +267,7 @@ def test_failed_listing_reports_a_failure_not_ghosts(system: System, env: dict[s
     run = runs_of(system, "jira")[0]
     assert run["status"] == "failed" and run["counters"]["ghost"] == 0 and "listing failed" in run["error"]
     assert system.queue_depth() == 0  # no delete was enqueued for what could not be listed
+    assert newest(system, "jira")["status"] == "failed"
 
 
 def test_cli_usage_errors_exit_2(env: dict[str, str], system: System) -> None:
