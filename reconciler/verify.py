@@ -15,12 +15,14 @@ backfill lists), so several reconcilers share the work.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
 from typing import Any
 
 from core import verify
+from core.runs import finish_run
 from core.runtime import Services, SourceSet
 from core.settings import Settings
 from core.sources import Scope
@@ -107,10 +109,6 @@ async def run_request(services: Services, sources: SourceSet, owner: str, reques
         error = "; ".join(f"{r.source}/{r.scope or '-'}: {r.error}" for r in failed)[:2000]
 
     def finish() -> None:
-        import json
-
-        from core.runs import finish_run
-
         with services.pool.connection() as conn:
             conn.execute("UPDATE runs SET checkpoint = %s::jsonb WHERE id = %s",
                          (json.dumps({"runs": [r.run_id for r in reports if r.run_id is not None]}),
@@ -142,7 +140,8 @@ async def verify_tick(settings: Settings, services: Services, sources: SourceSet
     if task is not None and not task.done():
         return
     now = time.monotonic()
-    if now - _checked.get(owner, -CHECK_EVERY) < CHECK_EVERY and not await asyncio.to_thread(_queued, services):
+    looked = _checked.get(owner)
+    if looked is not None and now - looked < CHECK_EVERY and not await asyncio.to_thread(_queued, services):
         return
     _checked[owner] = now
 
