@@ -21,10 +21,12 @@ Every audit is a ``runs`` row of kind ``verify``: ``source`` and ``scope`` = the
 or ``source = 'index'`` and ``scope`` NULL for the orphan check; ``counters`` hold exactly
 ``{"missing", "stale", "ghost", "orphan_vectors", "samples": {...}, "repaired": {...}}``. A
 failed listing fails its run and reports nothing (never ghosts). After the audits of a call,
-each audited source gets a summary run (``scope = '*'``, ``params.summary``) with the same
-counters folded over the newest audit of each of its active scopes, so the newest verify run of
-a source always speaks for all of it. ``latest_audits`` does the same fold in a query, for status.
-Admin API requests are queued as runs with ``source = 'all'``, ``scope = '*'``.
+each audited source gets a whole-source summary run (``scope`` NULL, ``params.summary``) with
+the same counters folded over the newest audit of each of its active scopes, so the newest
+verify run of a source always speaks for all of it (status reads a scope-NULL audit as covering
+the source, plus any scope audit newer than it). ``latest_audits`` does the fold in a query.
+Admin API requests are queued as such summary runs (``status = 'queued'``, ``params.request``),
+one per source, plus one for ``index``.
 
 Shared by the CLI, the receiver's admin API and the reconciler (reconciler/verify.py), so it
 imports nothing above ``core``.
@@ -56,9 +58,6 @@ log = logging.getLogger("vector_sync.verify")
 KIND = "verify"
 #: The ``source`` of the whole-index orphan-vector run (its ``scope`` is NULL).
 INDEX = "index"
-#: The ``scope`` of a queued request covering several scopes (admin API); its counters are the
-#: sum of the runs it made.
-ALL_SCOPES = "*"
 CATEGORIES = ("missing", "stale", "ghost", "orphan_vectors")
 #: Sample ids kept per category.
 SAMPLES = 10
@@ -375,16 +374,18 @@ class Auditor:
             out.append((INDEX, None))
         return out
 
-    async def run_all(self, targets: list[tuple[str, Scope | None]]) -> list[Report]:
-        """Audit each target in turn, then write each audited source's summary run."""
+    async def run_all(self, targets: list[tuple[str, Scope | None]],
+                      summaries: Mapping[str, int] | None = None) -> list[Report]:
+        """Audit each target in turn, then write each audited source's summary run (finishing
+        the runs ``summaries`` names, by source, as theirs)."""
         reports = []
         for name, scope in targets:
             if self.stop is not None and self.stop.is_set():
                 break
             reports.append(await self.run_one(name, scope))
-        audited = sorted({r.source for r in reports if r.run_id is not None})
+        audited = sorted({r.source for r in reports if r.run_id is not None} | set(summaries or {}))
         if audited:
-            await asyncio.to_thread(write_summaries, self.pool, self.owner, audited)
+            await asyncio.to_thread(write_summaries, self.pool, self.owner, audited, summaries)
         return reports
 
     async def run_one(self, name: str, scope: Scope | None) -> Report:
@@ -572,33 +573,41 @@ def _ref(document_id: str, scope: str, op: str) -> Ref:
 # --- queued requests (admin API) and results for status -------------------------------------
 
 
-def queue_request(pool: ConnectionPool, source: str | None, scope: str | None, repair: bool) -> int:
-    """A queued verify run the reconciler executes (``reconciler/verify.py``); returns its id."""
+def queue_requests(pool: ConnectionPool, sources: list[str], repair: bool) -> dict[str, int]:
+    """Queued verify runs the reconciler executes (``reconciler/verify.py``), one per source
+    (its summary-to-be: every active scope is audited, then the run holds the fold) and one for
+    ``index`` (the orphan check itself); returns their ids by source."""
+    out: dict[str, int] = {}
     with pool.connection() as conn:
-        row = conn.execute(
-            """INSERT INTO runs (kind, source, scope, status, params, counters)
-               VALUES ('verify', %s, %s, 'queued', %s::jsonb, %s::jsonb) RETURNING id""",
-            ("all", ALL_SCOPES, _json({"request": True, "source": source, "scope": scope, "repair": repair}),
-             _json(empty_counters())),
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
+        for source in sources:
+            row = conn.execute(
+                """INSERT INTO runs (kind, source, scope, status, params, counters)
+                   VALUES ('verify', %s, NULL, 'queued', %s::jsonb, %s::jsonb) RETURNING id""",
+                (source, _json({"request": True, "repair": repair}), _json(empty_counters())),
+            ).fetchone()
+            assert row is not None
+            out[source] = int(row[0])
+    return out
 
 
-def write_summaries(pool: ConnectionPool, owner: str, sources: list[str]) -> list[int]:
-    """Per source, a finished run (scope ``*``, ``params.summary``) whose counters fold the newest
-    finished audit of every active scope of the source (the orphan check for ``index``), so the
-    newest verify run of a source always speaks for all of it. Failed if any of those failed."""
+def write_summaries(pool: ConnectionPool, owner: str, sources: list[str],
+                    into: Mapping[str, int] | None = None) -> list[int]:
+    """Per source, a finished whole-source run (``scope`` NULL, ``params.summary``) whose
+    counters fold the newest finished audit of every active scope of the source, so the newest
+    verify run of a source always speaks for all of it. Failed (with the errors) if any of those
+    failed. ``into`` names runs (by source) to finish as the summary instead of adding one."""
     made = []
     for source in sources:
+        if source == INDEX:
+            continue  # its one audit is already whole
         with state.dict_cursor(pool) as cur:
             cur.execute(
                 """SELECT DISTINCT ON (r.scope) r.id, r.scope, r.status, r.counters, r.error
-                   FROM runs r LEFT JOIN scopes s ON s.source = r.source AND s.key = r.scope
-                   WHERE r.kind = 'verify' AND r.source = %(source)s AND r.status IN ('succeeded', 'failed')
-                     AND (r.scope IS NULL AND %(source)s = %(index)s OR s.active)
+                   FROM runs r JOIN scopes s ON s.source = r.source AND s.key = r.scope
+                   WHERE r.kind = 'verify' AND r.source = %s AND r.status IN ('succeeded', 'failed')
+                     AND s.active
                    ORDER BY r.scope, r.id DESC""",
-                {"source": source, "index": INDEX},
+                (source,),
             )
             rows = cur.fetchall()
         counters: dict[str, Any] = {c: 0 for c in CATEGORIES}
@@ -614,13 +623,21 @@ def write_summaries(pool: ConnectionPool, owner: str, sources: list[str]) -> lis
         counters["samples"] = {c: sorted(v)[:SAMPLES] for c, v in samples.items()}
         counters["repaired"] = repaired
         failed = [r for r in rows if r["status"] == "failed"]
-        error = ("; ".join(f"{r['scope'] or INDEX}: {r['error']}" for r in failed)[:2000]) if failed else None
+        error = ("; ".join(f"{r['scope']}: {r['error']}" for r in failed)[:2000]) if failed else None
+        params = {"summary": True, "runs": [r["id"] for r in rows]}
         with pool.connection() as conn:
+            if into and source in into:
+                conn.execute(
+                    """UPDATE runs SET status = %s, counters = %s::jsonb, error = %s, finished_at = now(),
+                           progress_at = now(), params = params || %s::jsonb WHERE id = %s""",
+                    ("failed" if failed else "succeeded", _json(counters), error, _json(params), into[source]),
+                )
+                made.append(into[source])
+                continue
             row = conn.execute(
                 """INSERT INTO runs (kind, source, scope, status, owner, params, counters, error, finished_at)
-                   VALUES ('verify', %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, now()) RETURNING id""",
-                (source, ALL_SCOPES, "failed" if failed else "succeeded", owner,
-                 _json({"summary": True, "runs": [r["id"] for r in rows]}), _json(counters), error),
+                   VALUES ('verify', %s, NULL, %s, %s, %s::jsonb, %s::jsonb, %s, now()) RETURNING id""",
+                (source, "failed" if failed else "succeeded", owner, _json(params), _json(counters), error),
             ).fetchone()
         assert row is not None
         made.append(int(row[0]))
@@ -628,17 +645,17 @@ def write_summaries(pool: ConnectionPool, owner: str, sources: list[str]) -> lis
 
 
 def latest_audits(pool: ConnectionPool) -> dict[str, dict[str, Any]]:
-    """Per source (and ``index``): the newest finished verify run of each of its scopes folded
-    into ``{"drift", "missing", ..., "failed", "finished_at", "runs"}``. Queued requests
-    (scope ``*``) and abandoned runs are left out; a scope whose newest run failed counts in
-    ``failed``."""
+    """Per source (and ``index``): the newest finished audit of each of its scopes (of the whole
+    index for ``index``) folded into ``{"drift", "missing", ..., "failed", "finished_at",
+    "runs"}``; summaries and abandoned runs are left out; a scope whose newest audit failed
+    counts in ``failed``."""
     with state.dict_cursor(pool) as cur:
         cur.execute(
             """SELECT DISTINCT ON (source, scope) id, source, scope, status, counters, finished_at
                FROM runs WHERE kind = 'verify' AND status IN ('succeeded', 'failed')
-                 AND scope IS DISTINCT FROM %s
+                 AND (scope IS NOT NULL OR source = %s)
                ORDER BY source, scope, id DESC""",
-            (ALL_SCOPES,),
+            (INDEX,),
         )
         rows = cur.fetchall()
     out: dict[str, dict[str, Any]] = {}

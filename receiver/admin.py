@@ -183,7 +183,8 @@ async def verification_token(request: Request, source: str) -> Response:
 
 async def start_verify(request: Request) -> Response:
     """``{"source"?, "scope"?, "repair"?}``: one scope is audited now (200, the report); anything
-    wider is queued for the reconciler (202, ``GET /api/runs/{id}`` shows the result)."""
+    wider is queued for the reconciler as one run per source (plus ``index`` for everything):
+    202 with their ids; ``GET /api/admin/runs/{id}`` shows each result."""
     from core import verify
     from core.errors import VectorSyncError
 
@@ -208,8 +209,13 @@ async def start_verify(request: Request) -> Response:
         return routes.error(400, f"{source} is not configured: set its credentials")
     svc = routes.services(request)
     if scope is None:
-        run_id = await run_in_threadpool(verify.queue_request, svc.pool, source, None, repair)
-        return JSONResponse({"run_id": run_id, "status": "queued", "url": f"/api/runs/{run_id}"}, 202)
+        names = [source] if source else [*settings.configured_sources(), verify.INDEX]
+        queued = await run_in_threadpool(verify.queue_requests, svc.pool, names, repair)
+        answer: dict[str, Any] = {"status": "queued", "run_ids": queued,
+                                  "urls": {n: f"/api/admin/runs/{i}" for n, i in queued.items()}}
+        if len(queued) == 1:
+            answer["run_id"] = next(iter(queued.values()))
+        return JSONResponse(answer, 202)
     auditor = verify.Auditor(svc, request.app.state.sources, verify.owner_name(), repair=repair)
     try:
         targets = await run_in_threadpool(auditor.targets, source, scope)

@@ -15,7 +15,6 @@ backfill lists), so several reconcilers share the work.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
@@ -78,54 +77,47 @@ def _queued(services: Services) -> bool:
 
 
 def claim_request(services: Services, owner: str) -> dict[str, Any] | None:
-    """Take one queued verify request (the admin API's), marking it running."""
+    """Take one queued verify run (the admin API's), marking it running."""
     with services.pool.connection() as conn, conn.transaction():
         row = conn.execute(
-            """SELECT id, params FROM runs WHERE kind = 'verify' AND status = 'queued'
+            """SELECT id, source, params FROM runs WHERE kind = 'verify' AND status = 'queued'
                ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1"""
         ).fetchone()
         if row is None:
             return None
         conn.execute("UPDATE runs SET status = 'running', owner = %s, progress_at = now() WHERE id = %s",
                      (owner, row[0]))
-    return {"id": int(row[0]), "params": row[1] or {}}
+    return {"id": int(row[0]), "source": row[1], "params": row[2] or {}}
 
 
 async def run_request(services: Services, sources: SourceSet, owner: str, request: dict[str, Any],
                       stop: threading.Event | None = None) -> list[verify.Report]:
-    """Execute a queued request: one run per scope (and the orphan check for everything); the
-    request's own run ends with their summed counters and their ids in ``checkpoint``."""
-    params = request["params"]
-    auditor = verify.Auditor(services, sources, owner, repair=bool(params.get("repair")), stop=stop)
-    error = None
-    reports: list[verify.Report] = []
+    """Execute a queued run: for ``index``, the orphan check in that run; for a source, an audit
+    of each of its active scopes (one run each), then the queued run becomes the source's summary
+    (its counters fold theirs; their ids in ``params.runs``)."""
+    run_id, source = request["id"], request["source"]
+    auditor = verify.Auditor(services, sources, owner, repair=bool(request["params"].get("repair")), stop=stop)
     try:
-        targets = await asyncio.to_thread(auditor.targets, params.get("source"), params.get("scope"))
-        reports = await auditor.run_all(targets)
-    except Exception as exc:
-        error = str(exc)
-    failed = [r for r in reports if r.status in ("failed", "skipped")]
-    if error is None and failed:
-        error = "; ".join(f"{r.source}/{r.scope or '-'}: {r.error}" for r in failed)[:2000]
-
-    def finish() -> None:
-        with services.pool.connection() as conn:
-            conn.execute("UPDATE runs SET checkpoint = %s::jsonb WHERE id = %s",
-                         (json.dumps({"runs": [r.run_id for r in reports if r.run_id is not None]}),
-                          request["id"]))
-        finish_run(services.pool, request["id"], verify.merged_counters(reports), error)
-
-    await asyncio.to_thread(finish)
-    return reports
+        if source == verify.INDEX:
+            return [await auditor.execute(run_id, verify.INDEX, None)]
+        targets = await asyncio.to_thread(auditor.targets, source)
+        return await auditor.run_all(targets, summaries={source: run_id})
+    except Exception as exc:  # never leave the request running
+        await asyncio.to_thread(finish_run, services.pool, run_id, verify.empty_counters(),
+                                f"audit failed: {type(exc).__name__}: {exc}")
+        raise
 
 
 async def _background(settings: Settings, services: Services, sources: SourceSet, owner: str,
                       stop: threading.Event | None) -> None:
-    request = await asyncio.to_thread(claim_request, services, owner)
-    if request is not None:
+    requested = False
+    while stop is None or not stop.is_set():
+        request = await asyncio.to_thread(claim_request, services, owner)
+        if request is None:
+            break
+        requested = True
         await run_request(services, sources, owner, request, stop)
-        return
-    if settings.verify_interval <= 0:
+    if requested or settings.verify_interval <= 0:
         return
     due = await asyncio.to_thread(due_scopes, services, sources.configured(), settings.verify_interval)
     if due:

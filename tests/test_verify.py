@@ -103,20 +103,23 @@ def only(system: System, key: str) -> None:
 
 
 def runs_of(system: System, source: str, summaries: bool = False) -> list[dict[str, Any]]:
-    """The verify runs of ``source``: its audits, or (``summaries``) its summary runs."""
+    """The verify runs of ``source``: its audits, or (``summaries``) its whole-source summaries."""
     with system.services.pool.connection() as conn:
         cur = conn.execute("""SELECT id, source, scope, status, counters, error, params FROM runs
-                              WHERE kind = 'verify' AND source = %s AND (scope IS NOT DISTINCT FROM '*') = %s ORDER BY id""",
+                              WHERE kind = 'verify' AND source = %s
+                                AND (scope IS NULL AND source <> 'index') = %s ORDER BY id""",
                            (source, summaries))
         names = [c.name for c in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
 def newest(system: System, source: str) -> dict[str, Any]:
-    """What a reader of "the latest verify run of a source" sees."""
+    """What a reader of "the latest finished verify run of a source" sees."""
     with system.services.pool.connection() as conn:
-        status, counters = conn.execute("""SELECT status, counters FROM runs WHERE kind = 'verify'
-                                           AND source = %s ORDER BY id DESC LIMIT 1""", (source,)).fetchone()
+        status, counters = conn.execute(
+            """SELECT status, counters FROM runs WHERE kind = 'verify' AND source = %s
+                 AND status IN ('succeeded', 'failed')
+               ORDER BY finished_at DESC, id DESC LIMIT 1""", (source,)).fetchone()
     return {"status": status, **counters}
 
 
@@ -303,17 +306,25 @@ def test_admin_verify_route(system: System) -> None:
     system.worker.drain()
     assert system.chunk_ids(lost)
 
-    # Everything: queued for the reconciler, which records the result on the run.
+    # Everything: queued for the reconciler (one run per source, plus the index), which
+    # records each result on its run.
     only(system, key)
     queued = httpx.post(url, json={}, headers=HEADERS, timeout=30)
     assert queued.status_code == 202, queued.text
-    run_id = queued.json()["run_id"]
+    run_ids = queued.json()["run_ids"]
+    assert set(run_ids) == {*system.settings.configured_sources(), verify.INDEX}
+    one = httpx.post(url, json={"source": "jira"}, headers=HEADERS, timeout=30).json()
+    assert one["run_ids"] == {"jira": one["run_id"]}
     asyncio.run(_one_verify_tick(system))
-    shown = httpx.get(f"{system.receiver.url}/api/admin/runs/{run_id}", headers=HEADERS, timeout=30).json()
-    assert shown["kind"] == "verify" and shown["status"] == "succeeded", shown
-    assert shown["counters"]["missing"] == 0 and shown["counters"]["orphan_vectors"] == 0
-    children = shown["checkpoint"]["runs"]
-    assert len(children) >= 2  # at least the jira scope and the whole-index check
+    for name, run_id in {**run_ids, "jira (again)": one["run_id"]}.items():
+        shown = httpx.get(f"{system.receiver.url}/api/admin/runs/{run_id}", headers=HEADERS, timeout=30).json()
+        assert shown["kind"] == "verify" and shown["status"] == "succeeded", (name, shown)
+        assert shown["counters"]["missing"] == 0 and shown["counters"]["orphan_vectors"] == 0, shown
+    jira_run = httpx.get(f"{system.receiver.url}/api/admin/runs/{run_ids['jira']}", headers=HEADERS, timeout=30).json()
+    assert jira_run["scope"] is None and jira_run["params"]["summary"] is True
+    (audited,) = [r for r in runs_of(system, "jira") if r["id"] in jira_run["params"]["runs"]]
+    assert audited["scope"] == key
+    assert newest(system, "jira")["status"] == "succeeded"
 
 
 async def _one_verify_tick(system: System, settings: Any = None) -> None:
