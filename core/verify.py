@@ -374,18 +374,17 @@ class Auditor:
             out.append((INDEX, None))
         return out
 
-    async def run_all(self, targets: list[tuple[str, Scope | None]],
-                      summaries: Mapping[str, int] | None = None) -> list[Report]:
-        """Audit each target in turn, then write each audited source's summary run (finishing
-        the runs ``summaries`` names, by source, as theirs)."""
+    async def run_all(self, targets: list[tuple[str, Scope | None]], *, summarize: bool = True) -> list[Report]:
+        """Audit each target in turn (until ``stop``), then write each audited source's summary
+        run (unless ``summarize`` is False: the caller writes them)."""
         reports = []
         for name, scope in targets:
             if self.stop is not None and self.stop.is_set():
                 break
             reports.append(await self.run_one(name, scope))
-        audited = sorted({r.source for r in reports if r.run_id is not None} | set(summaries or {}))
-        if audited:
-            await asyncio.to_thread(write_summaries, self.pool, self.owner, audited, summaries)
+        audited = sorted({r.source for r in reports if r.run_id is not None})
+        if summarize and audited:
+            await asyncio.to_thread(write_summaries, self.pool, self.owner, audited)
         return reports
 
     async def run_one(self, name: str, scope: Scope | None) -> Report:
@@ -413,7 +412,7 @@ class Auditor:
             cause = exc.__cause__ if isinstance(exc, ListingFailed) and exc.__cause__ else exc
             message = str(cause) if isinstance(cause, VectorSyncError) else f"{type(cause).__name__}: {cause}"
             if self.stop is not None and self.stop.is_set():
-                await asyncio.to_thread(self._abandon, run_id)
+                await asyncio.to_thread(self.abandon, run_id)
                 report.status, report.error = "failed", f"stopped: {message}"
                 return report
             log.warning("verify failed", extra={"source": name, "scope": report.scope, "error": message})
@@ -431,7 +430,7 @@ class Auditor:
         log.info("verified", extra={"source": name, "scope": report.scope, "drift": report.drift})
         return report
 
-    def _abandon(self, run_id: int) -> None:
+    def abandon(self, run_id: int) -> None:
         with self.pool.connection() as conn:
             conn.execute("UPDATE runs SET status = 'abandoned', finished_at = now(), "
                          "error = 'stopped before it finished' WHERE id = %s", (run_id,))

@@ -101,7 +101,12 @@ async def run_request(services: Services, sources: SourceSet, owner: str, reques
         if source == verify.INDEX:
             return [await auditor.execute(run_id, verify.INDEX, None)]
         targets = await asyncio.to_thread(auditor.targets, source)
-        return await auditor.run_all(targets, summaries={source: run_id})
+        reports = await auditor.run_all(targets, summarize=False)
+        if len(reports) < len(targets):  # stopped first: the request is not done
+            await asyncio.to_thread(auditor.abandon, run_id)
+        else:
+            await asyncio.to_thread(verify.write_summaries, services.pool, owner, [source], {source: run_id})
+        return reports
     except Exception as exc:  # never leave the request running
         await asyncio.to_thread(finish_run, services.pool, run_id, verify.empty_counters(),
                                 f"audit failed: {type(exc).__name__}: {exc}")

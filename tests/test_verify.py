@@ -508,3 +508,29 @@ def test_a_vector_whose_document_is_recorded_during_the_grace_is_not_deleted(sys
     report = asyncio.run(go())
     assert report.found["orphan_vectors"] == ["api:never#0"]
     assert sorted(index.list_ids("api:")) == ["api:late#0"]
+
+
+def test_a_request_stopped_before_it_is_done_is_abandoned_not_succeeded(system: System) -> None:
+    import threading
+
+    from reconciler.verify import claim_request, run_request
+
+    key, _ = jira_project(system, 1)
+    only(system, key)
+    queued = verify.queue_requests(system.services.pool, ["jira"], False)
+    stop = threading.Event()
+    stop.set()  # the reconciler is stopping
+
+    async def go() -> None:
+        sources = SourceSet(system.settings, system.services.pool)
+        try:
+            request = await asyncio.to_thread(claim_request, system.services, "test")
+            assert request is not None and request["id"] == queued["jira"]
+            await run_request(system.services, sources, "test", request, stop)
+        finally:
+            await sources.aclose()
+
+    asyncio.run(go())
+    with system.services.pool.connection() as conn:
+        status = conn.execute("SELECT status FROM runs WHERE id = %s", (queued["jira"],)).fetchone()[0]
+    assert status == "abandoned"
