@@ -33,7 +33,8 @@ RECHECK_AFTER = 900.0
 #: Scopes claimed per background task.
 BATCH = 20
 
-#: Seconds between looks for due scopes while idle (the loop turns every RECONCILE_TICK).
+#: Seconds between looks for due scopes while idle (the loop turns every RECONCILE_TICK), or
+#: VERIFY_INTERVAL if shorter.
 CHECK_EVERY = 30.0
 
 _tasks: dict[str, asyncio.Task[None]] = {}
@@ -138,7 +139,8 @@ async def verify_tick(settings: Settings, services: Services, sources: SourceSet
         return
     now = time.monotonic()
     looked = _checked.get(owner)
-    if looked is not None and now - looked < CHECK_EVERY and not await asyncio.to_thread(_queued, services):
+    every = min(CHECK_EVERY, settings.verify_interval) if settings.verify_interval > 0 else CHECK_EVERY
+    if looked is not None and now - looked < every and not await asyncio.to_thread(_queued, services):
         return
     _checked[owner] = now
 

@@ -410,8 +410,11 @@ def test_the_reconciler_process_audits_on_its_own_cadence(system: System, env: d
     so each scope is audited once its first pass succeeded; a stop leaves no audit running."""
     from tests.conftest import wait_for
 
+    from core.settings import SOURCE_CREDENTIALS
+
+    only_jira = {var: "" for name, names in SOURCE_CREDENTIALS.items() if name != "jira" for var in names}
     process = subprocess.Popen([sys.executable, "-m", "reconciler"],
-                               env={**env, "VERIFY_INTERVAL": "1", "JIRA_PROJECTS": "SUBS"},
+                               env={**env, **only_jira, "VERIFY_INTERVAL": "1", "JIRA_PROJECTS": "SUBS"},
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         def audited() -> bool:
