@@ -468,7 +468,8 @@ class Auditor:
                     stale.append(document_id)
         vanished = await asyncio.to_thread(self._vectors_absent, [rows[d] for d in indexed])
         missing += vanished
-        stale = [d for d in stale if d not in set(vanished)]
+        gone = set(vanished)
+        stale = [d for d in stale if d not in gone]
         held = await asyncio.to_thread(
             _rows, self.pool, "source = %s AND scope = %s AND deleted_at IS NULL AND chunk_count > 0",
             (report.source, scope.key))
@@ -476,7 +477,7 @@ class Auditor:
         ghosts = [d for d, row in held.items() if d not in live and (row.indexed_at is None or row.indexed_at < started)]
         report.found.update(missing=sorted(missing), stale=sorted(stale), ghost=sorted(ghosts))
         if self.repair:
-            await asyncio.to_thread(self._repair_scope, report, scope.key, set(vanished))
+            await asyncio.to_thread(self._repair_scope, report, scope.key, gone)
 
     def _vectors_absent(self, rows: list[_Row]) -> list[str]:
         """Document ids with a chunk below chunk_count that is not in the index.
