@@ -279,7 +279,9 @@ def test_cli_usage_errors_exit_2(env: dict[str, str], system: System) -> None:
     assert cli(env, "nosuch").returncode == 2
     unknown_scope = cli(env, "jira", "--scope", "NOPE")
     assert unknown_scope.returncode == 2 and "unknown jira scope" in unknown_scope.stderr
-    assert "Traceback" not in no_source.stderr + unknown_scope.stderr
+    unconfigured = cli({**env, "JIRA_API_TOKEN": ""}, "jira")
+    assert unconfigured.returncode == 2 and "jira is not configured" in unconfigured.stderr
+    assert "Traceback" not in no_source.stderr + unknown_scope.stderr + unconfigured.stderr
 
 
 # --- the admin API ------------------------------------------------------------------------------
