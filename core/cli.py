@@ -3,6 +3,8 @@
     vector-sync up                    run everything on one machine (embedded defaults)
     vector-sync status [--json]       the status report in a terminal
     vector-sync backfill SOURCE ...   load history, resumably
+    vector-sync verify [SOURCE] [--scope KEY] [--repair] [--json]
+                                      the drift audit (exit 0 clean, 1 drift, 3 incomplete)
     vector-sync scopes list|activate|deactivate SOURCE [KEY ...]
     vector-sync dead-letters list|replay
     vector-sync sandbox ...           the simulators (same as python -m sandbox)
@@ -208,6 +210,91 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     return backfill_command(args)
 
 
+#: ``vector-sync verify`` exit codes: clean, drift found, usage error, audit incomplete (a
+#: listing failed, or a scope was busy: audited by another process or listed by a backfill).
+VERIFY_CLEAN, VERIFY_DRIFT, VERIFY_USAGE, VERIFY_INCOMPLETE = 0, 1, 2, 3
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from core import verify
+    from core.runtime import SourceSet
+
+    if args.scope is not None and not args.source:
+        fail("--scope needs SOURCE (e.g. vector-sync verify jira --scope SUBS)", VERIFY_USAGE)
+
+    def run(services: Any, settings: Settings) -> int:
+        if args.source and not settings.source(args.source).configured:
+            fail(f"{args.source} is not configured: set its credentials (see docs/configuration.md)",
+                 VERIFY_USAGE)
+
+        async def audit() -> list[verify.Report]:
+            sources = SourceSet(settings, services.pool)
+            try:
+                auditor = verify.Auditor(services, sources, verify.owner_name(), repair=args.repair)
+                targets = await asyncio.to_thread(auditor.targets, args.source, args.scope)
+                return await auditor.run_all(targets)
+            finally:
+                await sources.aclose()
+
+        try:
+            reports = asyncio.run(audit())
+        except VectorSyncError as exc:
+            fail(str(exc), VERIFY_USAGE)
+            raise  # unreachable
+        result = verify.summary(reports)
+        if not any(r.scope is not None for r in reports):
+            print("no active scopes to audit (the reconciler discovers them; see 'vector-sync scopes list')",
+                  file=sys.stderr)
+        if args.json:
+            print(json.dumps(result, indent=2, default=str))
+        else:
+            print(render_verify(reports, args.repair))
+        if result["failed"] or result["skipped"]:
+            return VERIFY_INCOMPLETE
+        return VERIFY_DRIFT if result["drift"] else VERIFY_CLEAN
+
+    return with_services(run)
+
+
+def render_verify(reports: list[Any], repair: bool) -> str:
+    from core.verify import CATEGORIES
+
+    header = f"{'SOURCE':<10} {'SCOPE':<28} {'MISSING':>7} {'STALE':>6} {'GHOST':>6} {'ORPHANS':>7}  RESULT"
+    lines = [header]
+    notes: list[str] = []
+    for r in reports:
+        counts = {c: len(r.found[c]) for c in CATEGORIES}
+        scope = r.scope if r.scope is not None else "(whole index)"
+        cells = ("-", "-", "-", str(counts["orphan_vectors"])) if r.scope is None else (
+            str(counts["missing"]), str(counts["stale"]), str(counts["ghost"]), "-")
+        if r.status != "succeeded":
+            cells = ("-", "-", "-", "-")
+            result = f"{r.status}: {r.error}"
+        elif r.drift:
+            result = "DRIFT"
+        else:
+            result = "ok"
+        if r.status == "succeeded" and r.compares == "ids":
+            result += " (ids only)"
+        lines.append(f"{r.source:<10} {scope:<28} {cells[0]:>7} {cells[1]:>6} {cells[2]:>6} {cells[3]:>7}  {result}")
+        for c in CATEGORIES:
+            if r.found[c]:
+                sample = ", ".join(sorted(r.found[c])[:10])
+                more = f" (+{len(r.found[c]) - 10} more)" if len(r.found[c]) > 10 else ""
+                notes.append(f"  {r.source} {scope} {c}: {sample}{more}")
+        if repair and any(r.repaired.values()):
+            done = ", ".join(f"{k} {v}" for k, v in r.repaired.items() if v)
+            notes.append(f"  {r.source} {scope} repaired: {done}")
+    drift = sum(r.drift for r in reports)
+    incomplete = sum(1 for r in reports if r.status != "succeeded")
+    tail = f"drift: {drift}" + (f", {incomplete} audit(s) incomplete" if incomplete else "")
+    if repair and drift:
+        tail += " (repairs enqueued: sync for missing/stale, confirmed deletes for ghosts; orphan vectors deleted)"
+    return "\n".join(lines + notes + [tail])
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vector-sync", description="Keep a vector index truthful about your SaaS tools.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -240,6 +327,12 @@ def parser() -> argparse.ArgumentParser:
     backfill.add_argument("--wait", type=float, default=1800.0,
                           help="seconds to wait for the workers to index what was listed")
     backfill.set_defaults(fn=cmd_backfill)
+    verify = sub.add_parser("verify", help="audit the index against the sources (drift), and repair")
+    verify.add_argument("source", nargs="?", choices=SOURCE_NAMES, help="one source (default: all, plus the index)")
+    verify.add_argument("--scope", help="one scope key of SOURCE")
+    verify.add_argument("--repair", action="store_true", help="enqueue what fixes the drift found")
+    verify.add_argument("--json", action="store_true", help="print JSON")
+    verify.set_defaults(fn=cmd_verify)
     return p
 
 

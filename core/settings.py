@@ -160,6 +160,7 @@ class Settings:
     reconcile_overlap: float = 600.0
     reconcile_tick: float = 5.0
     prune_interval: float = 86400.0
+    verify_interval: float = 86400.0  # the reconciler's drift audit per scope; 0 = never
     heartbeat_interval: float = 10.0
     heartbeat_timeout: float = 60.0
     stuck_after: float = 900.0
@@ -217,6 +218,7 @@ class Settings:
             reconcile_overlap=env.duration("RECONCILE_OVERLAP", 600.0),
             reconcile_tick=env.duration("RECONCILE_TICK", 5.0),
             prune_interval=env.duration("PRUNE_INTERVAL", 86400.0),
+            verify_interval=env.duration("VERIFY_INTERVAL", 86400.0),
             heartbeat_interval=env.duration("HEARTBEAT_INTERVAL", 10.0),
             heartbeat_timeout=env.duration("HEARTBEAT_TIMEOUT", 60.0),
             stuck_after=env.duration("STUCK_AFTER", 900.0),

@@ -1,5 +1,5 @@
-"""Admin API (every route needs ``X-Admin-Key``): scopes, backfills, runs, dead letters, and the
-webhook verification token.
+"""Admin API (every route needs ``X-Admin-Key``): scopes, backfills, runs, dead letters, the
+webhook verification token, and the drift audit (``POST /api/admin/verify``).
 
 Backfills requested here are queued as ``runs`` rows and executed by the reconciler process
 (the receiver only answers), so a receiver restart never loses one.
@@ -181,6 +181,52 @@ async def verification_token(request: Request, source: str) -> Response:
     return JSONResponse({"source": source, "verification_token": token})
 
 
+async def start_verify(request: Request) -> Response:
+    """``{"source"?, "scope"?, "repair"?}``: one scope is audited now (200, the report); anything
+    wider is queued for the reconciler as one run per source (plus ``index`` for everything):
+    202 with their ids; ``GET /api/admin/runs/{id}`` shows each result."""
+    from core import verify
+    from core.errors import VectorSyncError
+
+    routes = _helpers()
+    body = await _json_body(request)
+    if isinstance(body, Response):
+        return body
+    unknown = sorted(set(body) - {"source", "scope", "repair"})
+    if unknown:
+        return routes.error(400, f"unknown field(s): {', '.join(unknown)}; use source, scope, repair")
+    source, scope, repair = body.get("source"), body.get("scope"), body.get("repair", False)
+    if source is not None and source not in SOURCE_NAMES:
+        return routes.error(400, f"unknown source {source!r}; one of {', '.join(SOURCE_NAMES)}")
+    if scope is not None and (not isinstance(scope, str) or not scope):
+        return routes.error(400, "'scope' must be a scope key")
+    if scope is not None and source is None:
+        return routes.error(400, "'scope' needs 'source'")
+    if not isinstance(repair, bool):
+        return routes.error(400, "'repair' must be true or false")
+    settings = routes.settings_of(request)
+    if source is not None and not settings.source(source).configured:
+        return routes.error(400, f"{source} is not configured: set its credentials")
+    svc = routes.services(request)
+    if scope is None:
+        names = [source] if source else [*settings.configured_sources(), verify.INDEX]
+        queued = await run_in_threadpool(verify.queue_requests, svc.pool, names, repair)
+        answer: dict[str, Any] = {"status": "queued", "run_ids": queued,
+                                  "urls": {n: f"/api/admin/runs/{i}" for n, i in queued.items()}}
+        if len(queued) == 1:
+            answer["run_id"] = next(iter(queued.values()))
+        return JSONResponse(answer, 202)
+    auditor = verify.Auditor(svc, request.app.state.sources, verify.owner_name(), repair=repair)
+    try:
+        targets = await run_in_threadpool(auditor.targets, source, scope)
+    except VectorSyncError as exc:
+        return routes.error(404, str(exc))
+    reports = await auditor.run_all(targets)
+    if any(r.status == "skipped" for r in reports):
+        return routes.error(409, "; ".join(r.error or "" for r in reports if r.status == "skipped"))
+    return JSONResponse(verify.summary(reports))
+
+
 def admin_only(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
     """Refuse the request unless it carries the admin key (401), or none is set (403)."""
 
@@ -214,4 +260,6 @@ def routes() -> list[BaseRoute]:
         Route("/api/dead-letters", admin_only(dead_letters)),
         Route("/api/dead-letters/replay", admin_only(replay_dead_letters), methods=["POST"]),
         Route("/api/admin/verification-token/{source}", admin_only(per_source(verification_token))),
+        Route("/api/admin/verify", admin_only(start_verify), methods=["POST"]),
+        Route("/api/admin/runs/{id}", admin_only(get_run)),
     ]

@@ -16,6 +16,7 @@ from core.runtime import Services, SourceSet, open_services
 from core.settings import Settings
 from reconciler.backfill import run_queued_backfills
 from reconciler.reconcile import Reconciler, abandon_dead_runs, due_in
+from reconciler.verify import verify_tick
 
 log = logging.getLogger("vector_sync.reconciler")
 
@@ -54,6 +55,7 @@ async def reconcile_forever(settings: Settings, services: Services, stop: thread
                 if not await until_stopped(reconciler.tick(), stop):
                     break
                 await run_queued_backfills(settings, services, sources, owner, backfills)
+                await verify_tick(settings, services, sources, owner, stop)
                 if settings.alert_slack_webhook_url and time.monotonic() >= next_alert:
                     await asyncio.to_thread(alerts.check_and_notify, services, settings)
                     next_alert = time.monotonic() + ALERT_INTERVAL
