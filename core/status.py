@@ -428,7 +428,6 @@ def _audit_summary(rows: list[Any], now: datetime) -> dict[str, Any] | None:
         return None
     counts = dict.fromkeys(_DRIFT_KEYS, 0)
     samples: dict[str, Any] = {}
-    drifting_scopes: list[str] = []
     whole = next((r for r in succeeded if r[2] is None), None)
     current = [r for r in succeeded if r[2] is None or whole is None or r[4] > whole[4]]
     for r in current:
@@ -437,12 +436,19 @@ def _audit_summary(rows: list[Any], now: datetime) -> dict[str, Any] | None:
         for key in _DRIFT_KEYS:
             counts[key] += _int(counters.get(key))
             drift += _int(counters.get(key))
-        if drift and r[2] is not None:
-            drifting_scopes.append(r[2])
         if isinstance(counters.get("samples"), dict) and drift:
             for key, ids in counters["samples"].items():
                 if isinstance(ids, list):
                     samples.setdefault(key, []).extend(str(i) for i in ids[: 5])
+    # The newest audit of each scope names the scopes that drift: those newer than the last
+    # whole-source audit, and, when that one found drift too (a summary folding its scopes'
+    # audits, as core.verify writes them), the older ones it speaks for.
+    whole_drift = whole is not None and any(_int((whole[5] or {}).get(k)) for k in _DRIFT_KEYS)
+    drifting_scopes = sorted(
+        r[2] for r in succeeded
+        if r[2] is not None and (r in current or whole_drift)
+        and isinstance(r[5], dict) and any(_int(r[5].get(k)) for k in _DRIFT_KEYS)
+    )
     latest = max(current, key=lambda r: r[4]) if current else None
     latest_failed = max(failed, key=lambda r: r[4]) if failed else None
     return {

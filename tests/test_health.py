@@ -429,3 +429,13 @@ def test_secrets_never_appear(services, infra, all_well):
     settings = replace(make_settings(infra, **GITHUB, **SLOW_BEATS))
     text = json.dumps(build_status(services, settings), default=str) + render_metrics(build_status(services, settings))
     assert "ghp_test" not in text
+
+
+def test_a_summary_audit_names_the_scopes_that_drift(services, gh_settings, all_well):
+    """core.verify folds each scope's newest audit into a newer whole-source run: status still
+    says which scope drifts."""
+    audit(services, "github", "acme/api", ghost=1)
+    audit(services, "github", None, ghost=1)
+    github = build_status(services, gh_settings)["sources"]["github"]
+    assert github["audit"]["drifting_scopes"] == ["acme/api"]
+    assert "found drift in acme/api" in github["reason"]
