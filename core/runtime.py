@@ -59,7 +59,8 @@ def open_services(
         if migrate:
             state.migrate(pool)
         index = build_index(settings, pool)
-        broker = make_broker(settings.redis_url, middleware=broker_middleware)
+        broker = make_broker(settings.redis_url, middleware=broker_middleware,
+                             recovery_after=settings.worker_recovery_after)
     except BaseException:
         pool.close()
         raise

@@ -161,6 +161,7 @@ class Settings:
     prune_interval: float = 86400.0
     heartbeat_interval: float = 10.0
     heartbeat_timeout: float = 60.0
+    worker_recovery_after: float = 30.0
     stuck_after: float = 900.0
     alert_slack_webhook_url: str = ""
     sandbox: str = "auto"
@@ -217,6 +218,7 @@ class Settings:
             prune_interval=env.duration("PRUNE_INTERVAL", 86400.0),
             heartbeat_interval=env.duration("HEARTBEAT_INTERVAL", 10.0),
             heartbeat_timeout=env.duration("HEARTBEAT_TIMEOUT", 60.0),
+            worker_recovery_after=env.duration("WORKER_RECOVERY_AFTER", 30.0),
             stuck_after=env.duration("STUCK_AFTER", 900.0),
             alert_slack_webhook_url=env.str("ALERT_SLACK_WEBHOOK_URL", ""),
             sandbox=sandbox,
