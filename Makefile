@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install sandbox status clean bench
+.PHONY: run test chaos install sandbox status clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ run: $(STAMP)
 ## make test: the whole suite against real Postgres and Redis (embedded unless configured).
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## make chaos: the fault suite (tests/faults/) in its long forms, with production recovery
+## settings, printing the figures docs/testing.md quotes. `make test` runs its short forms.
+chaos: $(STAMP)
+	CHAOS=1 $(BIN)/python -m pytest -s -p no:cacheprovider tests/faults $(PYTEST_ARGS)
 
 sandbox: $(STAMP)
 	$(BIN)/vector-sync sandbox
