@@ -12,7 +12,7 @@ from typing import Any
 
 from core import alerts, state
 from core.heartbeat import POSTGRES, Backoff, Heartbeat, Outages
-from core.runtime import Services, SourceSet, open_services
+from core.runtime import Services, SourceSet, open_services_patiently
 from core.settings import Settings
 from reconciler.backfill import run_queued_backfills
 from reconciler.reconcile import Reconciler, abandon_dead_runs, due_in
@@ -84,7 +84,9 @@ async def reconcile_forever(settings: Settings, services: Services, stop: thread
 
 
 def run_reconciler(settings: Settings, stop: threading.Event) -> None:
-    services = open_services(settings, pool_size=6)
+    services = open_services_patiently(settings, stop, pool_size=6)
+    if services is None:
+        return
     heartbeat = Heartbeat(services.pool, "reconciler", settings.heartbeat_interval,
                           redis=services.broker.client).start()
     log.info("reconciler started", extra={"sources": ",".join(settings.configured_sources()) or "none"})

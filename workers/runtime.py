@@ -16,7 +16,7 @@ from core.queue import RECOVERY_INTERVAL, requeue_dead_workers
 from core.embeddings import build_embedder
 from core.embeddings.batching import BatchingEmbedder
 from core.heartbeat import Heartbeat
-from core.runtime import Services, SourceSet, open_services
+from core.runtime import Services, SourceSet, open_services, open_services_patiently
 from core.settings import Settings
 from workers.actors import register
 from workers.sync import Pipeline
@@ -125,7 +125,10 @@ def start_worker(settings: Settings, services: Services | None = None) -> tuple[
 
 
 def run_worker(settings: Settings, stop: threading.Event) -> None:
-    worker, runtime, heartbeat = start_worker(settings)
+    services = open_services_patiently(settings, stop)
+    if services is None:
+        return
+    worker, runtime, heartbeat = start_worker(settings, services)
     try:
         stop.wait()
     finally:

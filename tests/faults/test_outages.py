@@ -116,3 +116,21 @@ def test_dramatiqs_reconnect_lines_become_one_outage_report(caplog: pytest.LogCa
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["redis unreachable; retrying with backoff", "something else"]
     assert "redis unreachable since" in outages.info()["outage"]
+
+
+@pytest.mark.parametrize("kind", ["reconciler", "worker"])
+def test_a_process_started_during_an_outage_waits_for_the_database(
+    kind: str, infra: dict[str, str], procs: Any
+) -> None:
+    """Started while Postgres cannot be reached, a worker or reconciler waits (one line) instead
+    of exiting, and still stops cleanly on SIGTERM."""
+    from tests.conftest import free_port
+    from tests.faults.conftest import wait_until
+
+    nowhere = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    proc = procs(kind, {**infra, "DATABASE_URL": nowhere, "LOG_LEVEL": "INFO"})
+    wait_until(lambda: "postgres unreachable" in proc.output() or not proc.alive(), 90, "the outage line")
+    assert proc.alive(), proc.output()[-2000:]
+    proc.process.send_signal(signal.SIGTERM)
+    assert proc.process.wait(30) == 0, proc.output()[-2000:]
+    assert proc.output().count("postgres unreachable") == 1
