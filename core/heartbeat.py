@@ -108,6 +108,33 @@ class Outages:
         return out
 
 
+class PoolOutages(logging.Filter):
+    """psycopg_pool logs a warning for every failed reconnection attempt of every pool while
+    Postgres is down (and a "discarding broken connection" per dead connection after it comes
+    back); those lines become the process's one outage report instead."""
+
+    QUIET = ("error connecting in", "discarding broken connection", "discarding closed connection")
+
+    def __init__(self, outages: Outages) -> None:
+        super().__init__()
+        self.outages = outages
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if message.startswith(self.QUIET[0]):
+            self.outages.down(POSTGRES)
+            return False
+        return not message.startswith(self.QUIET[1:])
+
+
+def quiet_reconnect_logs(outages: Outages) -> None:
+    """Route psycopg_pool's reconnect warnings to ``outages`` (one filter per process)."""
+    pool_log = logging.getLogger("psycopg.pool")
+    for old in [f for f in pool_log.filters if isinstance(f, PoolOutages)]:
+        pool_log.removeFilter(old)
+    pool_log.addFilter(PoolOutages(outages))
+
+
 class Backoff:
     """Exponential backoff with jitter and a cap, for loops waiting out an outage."""
 
@@ -148,6 +175,7 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{kind}", daemon=True)
 
     def start(self) -> Heartbeat:
+        quiet_reconnect_logs(self.outages)
         self.beat()
         self._thread.start()
         return self

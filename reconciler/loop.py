@@ -49,6 +49,7 @@ async def reconcile_forever(settings: Settings, services: Services, stop: thread
     outages = outages or Outages(owner)
     sources = SourceSet(settings, services.pool)
     reconciler = Reconciler(settings, services, sources, owner)
+    reconciler.outages = outages
     backfills: set[asyncio.Task[None]] = set()
     backoff = Backoff(cap=OUTAGE_BACKOFF_CAP)
     # The first alert check waits for a first pass and the other processes' first heartbeats,

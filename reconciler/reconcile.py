@@ -35,6 +35,7 @@ from core import queue, scopes, state
 from core.runs import finish_run, progress_run, start_run
 from core.documents import Ref, doc_id
 from core.errors import VectorSyncError
+from core.heartbeat import Outages
 from core.runtime import Services, SourceSet
 from core.settings import Settings
 from core.sources import Scope
@@ -126,6 +127,8 @@ class Reconciler:
         self.pool = services.pool
         self.sources = sources
         self.owner = owner
+        #: Where database and broker outages are reported (the loop sets the heartbeat's).
+        self.outages: Outages | None = None
         self._discovered_at: dict[str, float] = {}
 
     async def tick(self) -> int:
@@ -235,7 +238,9 @@ class Reconciler:
             raise
         except Exception as exc:  # any failure: record, keep the checkpoint, retry with backoff
             message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, VectorSyncError) else str(exc)
-            log.warning("reconcile failed", extra={"source": item.source, "scope": item.key, "error": message})
+            # Redis or Postgres down: one outage line for the process, not one per scope.
+            if self.outages is None or self.outages.report(exc) is None:
+                log.warning("reconcile failed", extra={"source": item.source, "scope": item.key, "error": message})
             await asyncio.to_thread(self._fail, item, message)
             await asyncio.to_thread(finish_run, self.pool, run_id, counters, message)
             return counters

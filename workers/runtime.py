@@ -11,7 +11,7 @@ from dramatiq import Middleware, Worker
 from dramatiq.middleware.asyncio import AsyncIO
 
 from core.heartbeat import Backoff, Outages
-from core.queue import RECOVERY_INTERVAL, requeue_dead_workers
+from core.queue import QUEUES, RECOVERY_INTERVAL, requeue_dead_workers
 
 from core.embeddings import build_embedder
 from core.embeddings.batching import BatchingEmbedder
@@ -89,7 +89,8 @@ class ConsumerOutages(logging.Filter):
     themselves). Those lines become one outage report instead: ``outages`` logs when it starts
     and ends, and the heartbeat says so meanwhile."""
 
-    NOISY = ("Consumer encountered a connection error", "Restarting consumer in")
+    NOISY = ("Consumer encountered a connection error", "Restarting consumer in",
+             "Failed to post_process_message")
 
     def __init__(self, outages: Outages) -> None:
         super().__init__()
@@ -101,7 +102,17 @@ class ConsumerOutages(logging.Filter):
             self.outages.down("redis", record.args[0] if isinstance(record.args, tuple) and record.args
                               and isinstance(record.args[0], BaseException) else None)
             return False
+        if message.startswith(self.NOISY[2]):
+            # Dramatiq retries the ack every 5 s until Redis is back; the message is safe.
+            self.outages.down("redis")
+            return False
         return not message.startswith(self.NOISY[1])
+
+
+def consumer_loggers() -> list[logging.Logger]:
+    """Dramatiq's consumer thread loggers: one per queue (``ConsumerThread(sync)``, …)."""
+    names = [name for queue in QUEUES for name in (queue, f"{queue}.DQ")]
+    return [logging.getLogger(f"dramatiq.worker.ConsumerThread({name})") for name in names]
 
 
 def start_worker(settings: Settings, services: Services | None = None) -> tuple[Worker, WorkerRuntime, Heartbeat]:
@@ -110,10 +121,11 @@ def start_worker(settings: Settings, services: Services | None = None) -> tuple[
     services.broker.add_middleware(AsyncIO())
     outages = Outages()
     services.broker.add_middleware(Recovery(outages))
-    consumer_log = logging.getLogger("dramatiq.worker._ConsumerThread")
-    for old in [f for f in consumer_log.filters if isinstance(f, ConsumerOutages)]:
-        consumer_log.removeFilter(old)
-    consumer_log.addFilter(ConsumerOutages(outages))
+    quiet = ConsumerOutages(outages)
+    for consumer_log in consumer_loggers():
+        for old in [f for f in consumer_log.filters if isinstance(f, ConsumerOutages)]:
+            consumer_log.removeFilter(old)
+        consumer_log.addFilter(quiet)
     runtime = WorkerRuntime(services)
     runtime.actor = register(services.broker, runtime.pipeline, max_retries=settings.max_retries)
     worker = Worker(services.broker, worker_threads=settings.worker_threads, worker_timeout=500)

@@ -99,10 +99,11 @@ def test_a_failed_beat_is_an_outage_not_a_crash(services: Any, infra: dict[str, 
 def test_dramatiqs_reconnect_lines_become_one_outage_report(caplog: pytest.LogCaptureFixture) -> None:
     """Dramatiq's consumers log a line per queue every 3 s while Redis is down; the worker turns
     them into its one outage line (and the heartbeat's outage)."""
-    from workers.runtime import ConsumerOutages
+    from workers.runtime import ConsumerOutages, consumer_loggers
 
     outages = Outages()
-    consumer_log = logging.getLogger("dramatiq.worker._ConsumerThread")
+    consumer_log = logging.getLogger("dramatiq.worker.ConsumerThread(sync)")
+    assert consumer_log in consumer_loggers()
     quiet = ConsumerOutages(outages)
     consumer_log.addFilter(quiet)
     caplog.set_level(logging.INFO)
@@ -110,6 +111,7 @@ def test_dramatiqs_reconnect_lines_become_one_outage_report(caplog: pytest.LogCa
         for _ in range(8):
             consumer_log.critical("Consumer encountered a connection error: %s", redis.ConnectionError("refused"))
             consumer_log.info("Restarting consumer in %0.2f seconds.", 3.0)
+            consumer_log.warning("Failed to post_process_message(%s) due to a connection error: %s", "m", "refused")
         consumer_log.warning("something else")
     finally:
         consumer_log.removeFilter(quiet)
@@ -134,3 +136,22 @@ def test_a_process_started_during_an_outage_waits_for_the_database(
     proc.process.send_signal(signal.SIGTERM)
     assert proc.process.wait(30) == 0, proc.output()[-2000:]
     assert proc.output().count("postgres unreachable") == 1
+
+
+def test_the_pools_reconnect_warnings_become_one_outage_report(caplog: pytest.LogCaptureFixture) -> None:
+    from core.heartbeat import PoolOutages
+
+    outages = Outages()
+    pool_log = logging.getLogger("psycopg.pool")
+    quiet = PoolOutages(outages)
+    pool_log.addFilter(quiet)
+    caplog.set_level(logging.INFO)
+    try:
+        for _ in range(10):
+            pool_log.warning("error connecting in %r: %s", "vector-sync", "connection refused")
+        pool_log.warning("discarding broken connection: %s", "<conn>")
+        pool_log.warning("rolling back returned connection: %s", "<conn>")
+    finally:
+        pool_log.removeFilter(quiet)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["postgres unreachable; retrying with backoff", "rolling back returned connection: <conn>"]

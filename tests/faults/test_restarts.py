@@ -127,7 +127,9 @@ def test_up_survives_postgres_then_redis_kill() -> None:
             up.wait_serving(timeout=180)
             key = read_env_file(home / "sandbox.env")["ADMIN_API_KEY"] if FULL else KEY
             sandbox_env = read_env_file(home / "sandbox.env") if FULL else {}
-            before = wait_until(lambda: len(children(up)) >= 3 and children(up), 60, "children running")
+            before = wait_until(lambda: len(children(up)) >= (4 if FULL else 3) and children(up), 60,
+                                "children running")
+            ours = {pid: role for pid, role in before.items() if role != "sandbox"}  # with heartbeats
             expect = Expectations()
             expect.present(push(up, key, f"baseline{uuid.uuid4().hex[:8]}"), "baseline")
             fetch = by_search(up, key)
@@ -141,7 +143,7 @@ def test_up_survives_postgres_then_redis_kill() -> None:
             def pg_outage_seen() -> None:
                 # Every process notices (its heartbeat cannot write) and logs one line; none dies.
                 try:
-                    wait_until(lambda: up.output().count("postgres unreachable") >= len(before) or dead(before),
+                    wait_until(lambda: up.output().count("postgres unreachable") >= len(ours) or dead(before),
                                60, "every process to notice the Postgres outage")
                 except AssertionError as exc:
                     raise AssertionError(f"{exc}; dead: {dead(before)}\n{up.output()[-3000:]}") from None
@@ -165,11 +167,11 @@ def test_up_survives_postgres_then_redis_kill() -> None:
             assert up.process.poll() is None, up.output()[-3000:]
             assert children(up) == before  # nobody died: the same processes carried on
             infos = wait_until(lambda: (i := heartbeat_infos(home)) and all(
-                "postgres" in (i.get(pid) or {}).get("last_outage", "") for pid in before) and i,
+                "postgres" in (i.get(pid) or {}).get("last_outage", "") for pid in ours) and i,
                 60, "every heartbeat to record the Postgres outage")
-            assert not any("outage" in infos[pid] for pid in before), infos
+            assert not any("outage" in infos[pid] for pid in ours), infos
             pg_lines = up.output().count("postgres unreachable")
-            assert pg_lines <= 2 * len(before), f"{pg_lines} outage lines: a log storm"
+            assert pg_lines <= 2 * len(ours), f"{pg_lines} outage lines: a log storm"
 
             # --- Redis ----------------------------------------------------------------------
             old_redis = int((home / "redis" / "redis.pid").read_text().strip())
@@ -178,9 +180,9 @@ def test_up_survives_postgres_then_redis_kill() -> None:
             def redis_outage_seen() -> None:
                 def reported() -> bool:
                     for pid, info in heartbeat_infos(home).items():
-                        if pid in before and "redis unreachable since" in (info or {}).get("outage", ""):
+                        if pid in ours and "redis unreachable since" in (info or {}).get("outage", ""):
                             seen[pid] = info["outage"]
-                    return set(seen) == set(before)
+                    return set(seen) == set(ours)
 
                 wait_until(reported, 60, "every heartbeat to report the Redis outage")
                 assert not dead(before), f"died during the Redis outage: {dead(before)}\n{up.output()[-3000:]}"
@@ -197,7 +199,7 @@ def test_up_survives_postgres_then_redis_kill() -> None:
             redis_converged = expect.wait_converged(fetch, 180) + redis_back
             assert up.process.poll() is None, up.output()[-3000:]
             assert children(up) == before
-            wait_until(lambda: not any("outage" in (heartbeat_infos(home).get(pid) or {}) for pid in before),
+            wait_until(lambda: not any("outage" in (heartbeat_infos(home).get(pid) or {}) for pid in ours),
                        60, "the outage to be cleared from every heartbeat")
 
             figure("Postgres kill -9: outage held (supervisor paused) while every process noticed", pg_held)
@@ -206,10 +208,13 @@ def test_up_survives_postgres_then_redis_kill() -> None:
             figure("Redis kill -9: outage held while every heartbeat reported it", redis_held)
             figure("Redis kill -9: supervisor resumed -> Redis back", redis_back)
             figure("Redis kill -9: supervisor resumed -> new work searchable", redis_converged)
-            print(f"[faults] outage lines logged: postgres {pg_lines}, processes {len(before)}; "
+            print(f"[faults] outage lines logged: postgres {pg_lines}, processes {len(ours)}; "
                   f"redis outage as reported: {json.dumps(sorted(set(seen.values()))[:1])}")
             code, took = up.stop(signal.SIGTERM)
             assert code == 0 and took < 15, up.output()[-3000:]
             assert up.survivors() == []
+        except AssertionError as exc:
+            lines = [line for line in up.output().splitlines() if "sandbox" not in line][-60:]
+            raise AssertionError(f"{exc}\n--- vector-sync up, last lines ---\n" + "\n".join(lines)) from None
         finally:
             up.finish()
