@@ -117,6 +117,9 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
 
 # --- end state ------------------------------------------------------------------------------
 
+#: Given {document id: expected marker or None}, each document's indexed text (None: not indexed).
+Fetch = Callable[[dict[str, "str | None"]], dict[str, "str | None"]]
+
 
 @dataclass
 class Drift:
@@ -136,8 +139,8 @@ class Drift:
 class Expectations:
     """What the index must hold after a fault: per document id, a marker its indexed text must
     contain, or None for "gone". ``drift(fetch)`` compares with what is indexed, where ``fetch``
-    maps document ids to their indexed text (None when not indexed): the pgvector table
-    (``pgvector_texts``), or a search through the API. The lead's ``vector-sync verify`` checks
+    is given the wanted {document id: marker} and returns each document's indexed text (None
+    when not indexed): from the pgvector table (``pgvector_texts``), or a search through the API. The lead's ``vector-sync verify`` checks
     plug in next to it (a fault test ends with ``assert expectations.drift(...).total == 0``)."""
 
     wanted: dict[str, str | None] = field(default_factory=dict)
@@ -148,8 +151,8 @@ class Expectations:
     def gone(self, document_id: str) -> None:
         self.wanted[document_id] = None
 
-    def drift(self, fetch: Callable[[list[str]], dict[str, str | None]]) -> Drift:
-        indexed = fetch(list(self.wanted))
+    def drift(self, fetch: Fetch) -> Drift:
+        indexed = fetch(dict(self.wanted))
         drift = Drift()
         for doc, marker in self.wanted.items():
             text = indexed.get(doc)
@@ -162,7 +165,7 @@ class Expectations:
                 drift.stale.append(doc)
         return drift
 
-    def wait_converged(self, fetch: Callable[[list[str]], dict[str, str | None]], timeout: float) -> float:
+    def wait_converged(self, fetch: Fetch, timeout: float) -> float:
         """Seconds until there is no drift; AssertionError with the drift after ``timeout``."""
         start = time.monotonic()
         last: list[Drift] = []
@@ -178,14 +181,14 @@ class Expectations:
         return time.monotonic() - start
 
 
-def pgvector_texts(pool: Any, dimensions: int) -> Callable[[list[str]], dict[str, str | None]]:
+def pgvector_texts(pool: Any, dimensions: int) -> Fetch:
     """``fetch`` for ``Expectations``: each document's chunk texts, from the pgvector table."""
 
-    def fetch(ids: list[str]) -> dict[str, str | None]:
+    def fetch(wanted: dict[str, str | None]) -> dict[str, str | None]:
         with pool.connection() as conn:
             rows = conn.execute(
                 f"""SELECT document_id, string_agg(metadata->>'text', ' ') FROM vectors_{dimensions}
-                    WHERE document_id = ANY(%s) GROUP BY document_id""", (ids,)).fetchall()
+                    WHERE document_id = ANY(%s) GROUP BY document_id""", (list(wanted),)).fetchall()
         return {doc: text for doc, text in rows}
 
     return fetch

@@ -82,11 +82,10 @@ def push(up: Up, key: str, marker: str) -> str:
 def by_search(up: Up, key: str) -> Any:
     """``fetch`` for Expectations: search each marker through the API (what a user sees)."""
 
-    def fetch(ids: list[str]) -> dict[str, str | None]:
+    def fetch(wanted: dict[str, str | None]) -> dict[str, str | None]:
         out: dict[str, str | None] = {}
-        for doc in ids:
-            marker = doc.rsplit("-", 1)[-1]
-            hits = search(up, key, marker, None, top_k=3)
+        for doc, marker in wanted.items():
+            hits = search(up, key, marker or doc, None, top_k=3)
             texts = [h["text"] for h in hits if h["document_id"] == doc]
             out[doc] = " ".join(texts) if texts else None
         return out
@@ -131,7 +130,8 @@ def test_up_survives_postgres_then_redis_kill() -> None:
                                 "children running")
             ours = {pid: role for pid, role in before.items() if role != "sandbox"}  # with heartbeats
             expect = Expectations()
-            expect.present(push(up, key, f"baseline{uuid.uuid4().hex[:8]}"), "baseline")
+            baseline = f"baseline{uuid.uuid4().hex[:8]}"
+            expect.present(push(up, key, baseline), baseline)
             fetch = by_search(up, key)
             expect.wait_converged(fetch, 120)
 
