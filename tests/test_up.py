@@ -588,3 +588,16 @@ def test_trickle_makes_live_edits_that_fire_signed_webhooks() -> None:
     [pending] = before["fireflies"]
     assert sims["fireflies"].transcripts[pending].sentences  # type: ignore[attr-defined]
 
+
+
+def test_restarts_back_off_and_a_crash_loop_gives_up() -> None:
+    """The supervisor's restart policy: 1 s doubling to the cap; RESTART_LIMIT deaths within
+    RESTART_WINDOW seconds give up; deaths older than the window are forgotten."""
+    from core.supervisor import RESTART_BACKOFF, RESTART_BACKOFF_CAP, RESTART_LIMIT, RESTART_WINDOW, Restarts
+
+    track = Restarts("worker-1")
+    waits = [track.died(float(t)) for t in range(RESTART_LIMIT - 1)]
+    assert waits == [min(RESTART_BACKOFF_CAP, RESTART_BACKOFF * 2 ** n) for n in range(RESTART_LIMIT - 1)]
+    assert track.died(float(RESTART_LIMIT)) is None  # the fifth death in a few seconds: give up
+    steady = Restarts("reconciler")
+    assert all(steady.died(n * (RESTART_WINDOW + 1)) == RESTART_BACKOFF for n in range(10))  # one in a while
