@@ -300,6 +300,43 @@ class TestLiveness:
         assert not [p for p in build_status(services, settings)["processes"] if p["kind"] == "reconciler"]
 
 
+    def test_the_loop_outlives_an_unreachable_database(self, infra, services, sandbox):
+        """Every step of the loop, due_in() included, may find Postgres gone (a closed pool
+        answers as a dead server does): the loop reports the outage and keeps going until told
+        to stop. due_in() used to run outside the error handling and end the process."""
+        from core.heartbeat import Outages
+        from core.runtime import open_services
+        from reconciler.loop import reconcile_forever
+
+        settings = make_settings(infra, **sandbox.env(), **FAST_BUDGETS)
+        gone = open_services(settings, migrate=False, pool_size=1)
+        gone.pool.close()
+        outages = Outages("test")
+        stop = threading.Event()
+        errors: list[BaseException] = []
+        passes: list[float] = []
+
+        def run() -> None:
+            try:
+                asyncio.run(reconcile_forever(settings, gone, stop, "outage-test", outages))
+            except BaseException as exc:  # noqa: BLE001 - the test reports it
+                errors.append(exc)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        try:
+            wait_for(lambda: "postgres" in outages.current() or errors, timeout=60)
+            passes.append(outages.current().get("postgres", 0.0))
+            thread.join(3)  # several more attempts, with backoff
+            assert thread.is_alive() and not errors, errors
+        finally:
+            stop.set()
+            thread.join(60)
+            gone.broker.close()
+        assert not thread.is_alive() and not errors
+        assert "postgres unreachable since" in outages.info()["outage"]
+
+
 class TestStopping:
     def test_a_pass_stopped_midway_hands_its_scope_back(self, services, sandbox, sandbox_settings):
         """SIGTERM during a slow pass: the pass is cancelled, its run abandoned, the scope due now."""
