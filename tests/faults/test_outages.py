@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import tempfile
 from collections.abc import Iterator
@@ -56,6 +57,7 @@ def own_redis() -> Iterator[EmbeddedRedis]:
     server.start()
     yield server
     server.stop()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def info_of(services: Any, name: str) -> dict[str, Any]:
