@@ -3,6 +3,8 @@
 Both live under ``VECTOR_SYNC_HOME`` (``pg/`` and ``redis/``) so data survives restarts, and
 both are started and stopped by the process that owns them (``vector-sync up``, or the test
 session); the processes it supervises get plain ``DATABASE_URL`` / ``REDIS_URL`` values.
+``alive()`` and ``restart()`` let ``vector-sync up`` bring back a server that died, on the same
+socket and data, so the supervised processes reconnect without being told anything.
 """
 
 from __future__ import annotations

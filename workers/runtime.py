@@ -1,21 +1,19 @@
-"""A worker process: the broker with asyncio support, the pipeline, and a heartbeat."""
+"""A worker process: the broker with asyncio support, the pipeline, a heartbeat, and the
+broker recovery that hands a dead worker's unacknowledged messages to the living."""
 
 from __future__ import annotations
 
 import logging
 import threading
-
 from typing import Any
 
 from dramatiq import Middleware, Worker
 from dramatiq.middleware.asyncio import AsyncIO
 
-from core.heartbeat import Backoff, Outages
-from core.queue import QUEUES, RECOVERY_INTERVAL, requeue_dead_workers
-
 from core.embeddings import build_embedder
 from core.embeddings.batching import BatchingEmbedder
-from core.heartbeat import Heartbeat
+from core.heartbeat import Backoff, Heartbeat, Outages
+from core.queue import QUEUES, RECOVERY_INTERVAL, requeue_dead_workers
 from core.runtime import Services, SourceSet, open_services, open_services_patiently
 from core.settings import Settings
 from workers.actors import register
