@@ -8,7 +8,7 @@ TEST_STAMP := $(VENV)/.installed-test
 # installs get the same ones; a package it does not list is installed unconstrained.
 PIP    := $(BIN)/python -m pip install --quiet -c constraints.txt
 
-.PHONY: run test install sandbox status clean bench lock
+.PHONY: run test chaos install sandbox status clean bench lock
 
 # Runtime dependencies only (what `make run` and the container image need).
 $(STAMP): pyproject.toml constraints.txt
@@ -31,6 +31,11 @@ run: $(STAMP)
 ## make test: the whole suite against real Postgres and Redis (embedded unless configured).
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## make chaos: the fault suite (tests/faults/) in its long forms, with production recovery
+## settings, printing the figures docs/testing.md quotes. `make test` runs its short forms.
+chaos: $(TEST_STAMP)
+	CHAOS=1 $(BIN)/python -m pytest -s -p no:cacheprovider tests/faults $(PYTEST_ARGS)
 
 sandbox: $(STAMP)
 	$(BIN)/vector-sync sandbox

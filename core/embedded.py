@@ -3,10 +3,13 @@
 Both live under ``VECTOR_SYNC_HOME`` (``pg/`` and ``redis/``) so data survives restarts, and
 both are started and stopped by the process that owns them (``vector-sync up``, or the test
 session); the processes it supervises get plain ``DATABASE_URL`` / ``REDIS_URL`` values.
+``alive()`` and ``restart()`` let ``vector-sync up`` bring back a server that died, on the same
+socket and data, so the supervised processes reconnect without being told anything.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -74,6 +77,21 @@ class EmbeddedRedis:
                 return self.url
             time.sleep(0.05)
         raise RuntimeError(f"embedded redis-server did not answer within {timeout:.0f}s")
+
+    def alive(self) -> bool:
+        """The server this object started is still running (False before ``start``)."""
+        return self.process is not None and self.process.poll() is None
+
+    def restart(self) -> str:
+        """Start again after the server died (``kill -9``, a crash): same socket, same data
+        (the append-only file), so every client's URL still works once it reconnects."""
+        if self.alive():
+            return self.url
+        if self.process is not None:
+            self.process.wait(5)
+        url = self.start()
+        log.warning("embedded redis-server restarted", extra={"folder": str(self.folder)})
+        return url
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -156,6 +174,48 @@ class EmbeddedPostgres:
             return
         self._ensure_stopped(server, timeout)
 
+    def alive(self) -> bool:
+        """The postmaster of this data folder is running (not a zombie)."""
+        try:
+            postmaster = psutil.Process(self.pid) if self.pid else None
+            return postmaster is not None and postmaster.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def restart(self, timeout: float = 30.0) -> str:
+        """Start again after the postmaster died (``kill -9``, a crash): wait for its orphaned
+        backends to go (they hold its shared memory), then start on the same data folder and
+        socket, so every client's URL still works; Postgres replays its WAL on the way up."""
+        if self.alive():
+            return self.server.get_uri() if self.server is not None else self.start()
+        leftovers = [p for p in psutil.process_iter(["name", "cmdline"])
+                     if p.info["name"] == "postgres" and p.pid != self.pid
+                     and _mentions(p, self.folder)]
+        _, alive = psutil.wait_procs(leftovers, timeout=10)
+        for proc in alive:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(alive, timeout=3)
+        if self.server is None:
+            return self.start()
+        before = self.server.get_uri()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with self.server._lock:  # pgserver's inter-process lock on its servers
+                    self.server.ensure_postgres_running()
+                break
+            except Exception:  # pg_ctl's own 10 s limit, a postmaster still starting
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+        self.pid = self.server.get_pid()
+        url: str = self.server.get_uri()
+        if url != before:
+            log.warning("embedded postgres came back on another address; clients must restart")
+        log.warning("embedded postgres restarted", extra={"folder": str(self.folder), "pid": self.pid})
+        return url
+
     def _other_holders(self) -> list[int]:
         try:
             pids = json.loads((self.folder / ".handle_pids.json").read_text())
@@ -211,6 +271,15 @@ class EmbeddedPostgres:
         alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]
         if alive != pids:
             path.write_text(json.dumps(alive))
+
+
+def _mentions(proc: psutil.Process, folder: Path) -> bool:
+    """A postgres backend's command line is only ``postgres: …``: match it by its parent
+    being gone and its working directory being the data folder."""
+    try:
+        return proc.cwd() == str(folder.resolve())
+    except psutil.Error:
+        return False
 
 
 def _postmaster_pid(folder: Path) -> int | None:

@@ -57,6 +57,11 @@ def retry_after(response: httpx.Response, now: float | None = None) -> float | N
     return max(0.0, when - (time.time() if now is None else now))
 
 
+#: At most this many rate-limited answers to one request before ``RateLimited`` (a safety net
+#: for a source that keeps answering 429 with a zero wait; ``max_wait`` is the real bound).
+RATE_LIMIT_ROUNDS = 50
+
+
 class SourceHTTP:
     """An ``httpx.AsyncClient`` bound to one source's base URL, auth, budget and retry rules.
 
@@ -96,7 +101,11 @@ class SourceHTTP:
         url = self.url(path)
         headers = {**self.headers, **kwargs.pop("headers", {})}
         waited = 0.0
-        for attempt in range(self.attempts):
+        # Waits for a rate limit are bounded by ``max_wait`` (and ``RATE_LIMIT_ROUNDS``), not
+        # by ``attempts``: requests that share a quota and are told the same retry time wake up
+        # together and only some get a slot, so how many rounds one needs depends on timing.
+        attempt = rounds = 0
+        while True:
             if self.limiter is not None:
                 await self.limiter.acquire()
             self.requests += 1
@@ -110,10 +119,12 @@ class SourceHTTP:
                         self.source, f"{method} {_path(url)} failed: {type(exc).__name__}: {exc}"
                     ) from exc
                 await asyncio.sleep(compute_backoff(attempt))
+                attempt += 1
                 continue
             wait = self._rate_limit_wait(response)
             if wait is not None:
-                if waited + wait > self.max_wait or attempt + 1 == self.attempts:
+                rounds += 1
+                if waited + wait > self.max_wait or rounds >= RATE_LIMIT_ROUNDS:
                     raise RateLimited(
                         self.source,
                         f"{method} {_path(url)} rate limited ({response.status_code})",
@@ -131,6 +142,7 @@ class SourceHTTP:
                         response.status_code,
                     )
                 await asyncio.sleep(compute_backoff(attempt))
+                attempt += 1
                 continue
             if response.status_code in (401, 403):
                 raise PermanentSourceError(
@@ -145,7 +157,6 @@ class SourceHTTP:
                     response.status_code,
                 )
             return response
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def get(self, path: str, **kwargs: Any) -> httpx.Response:
         return await self.request("GET", path, **kwargs)

@@ -36,11 +36,25 @@ MAX_REFS_PER_MESSAGE = 100
 DEAD_MESSAGE_TTL_MS = 7 * 86400 * 1000
 
 
-def make_broker(redis_url: str, *, middleware: list[Any] | None = None) -> RedisBroker:
+#: Seconds between two recovery sweeps by each worker (``requeue_dead_workers``).
+RECOVERY_INTERVAL = 10.0
+
+
+def make_broker(redis_url: str, *, middleware: list[Any] | None = None,
+                recovery_after: float = 30.0) -> RedisBroker:
+    """The Redis broker. ``recovery_after``: seconds a worker may be silent on the broker before
+    it is presumed dead and its unacknowledged messages are put back on their queues.
+
+    Dramatiq's broker writes a heartbeat for itself on every command (fetches included, every
+    half second when idle) and on a random 0.1 % of commands runs "maintenance", which puts the
+    messages of workers silent for ``heartbeat_timeout`` back on the queue being fetched. By
+    chance alone, that took 2 to 10 minutes after a ``kill -9``; ``requeue_dead_workers`` runs
+    it on purpose every ``RECOVERY_INTERVAL`` seconds, for every queue."""
     broker = RedisBroker(
         url=redis_url,
         namespace=NAMESPACE,
         dead_message_ttl=DEAD_MESSAGE_TTL_MS,
+        heartbeat_timeout=int(recovery_after * 1000),
         middleware=middleware,
         socket_timeout=5,
         socket_connect_timeout=5,
@@ -48,6 +62,34 @@ def make_broker(redis_url: str, *, middleware: list[Any] | None = None) -> Redis
     for name in QUEUES:
         broker.declare_queue(name)
     return broker
+
+
+def requeue_dead_workers(broker: RedisBroker) -> None:
+    """Run the broker's maintenance on every queue now: the unacknowledged messages of every
+    worker silent for longer than the broker's ``heartbeat_timeout`` go back on their queue.
+
+    This calls dramatiq's own dispatch script with its maintenance flag set and a command it does
+    not know (so it does nothing else); the script also records this broker's heartbeat. Raises
+    redis errors when Redis is down."""
+    dispatch = broker.scripts["dispatch"]
+    for name in QUEUES:
+        for queue_name in (name, f"{name}.DQ"):
+            dispatch(keys=[NAMESPACE], args=[
+                "maintenance", int(time.time() * 1000), queue_name, broker.broker_id,
+                broker.heartbeat_timeout, broker.dead_message_ttl, 1, broker._max_unpack_size(),
+            ])
+
+
+def unacked(broker: RedisBroker) -> dict[str, int]:
+    """Per dramatiq broker id: messages fetched but not yet acknowledged (all queues)."""
+    client = _client(broker)
+    out: dict[str, int] = {}
+    for key in client.scan_iter(match=f"{NAMESPACE}:__acks__.*", count=500):
+        name = key.decode() if isinstance(key, bytes) else key
+        # dramatiq:__acks__.<broker id (a uuid)>.<queue>
+        worker_id = name[len(f"{NAMESPACE}:__acks__."):].split(".", 1)[0]
+        out[worker_id] = out.get(worker_id, 0) + int(client.scard(key))
+    return {k: v for k, v in out.items() if v}
 
 
 def ref_messages(refs: Iterable[Ref], *, bulk: bool = False, **options: Any) -> list[Message[Any]]:

@@ -9,6 +9,7 @@ shared through Redis and a ``SourceContext`` that reads our own state.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,11 +64,38 @@ def open_services(
         if migrate:
             state.migrate(pool)
         index = build_index(settings, pool)
-        broker = make_broker(settings.redis_url, middleware=broker_middleware)
+        broker = make_broker(settings.redis_url, middleware=broker_middleware,
+                             recovery_after=settings.worker_recovery_after)
     except BaseException:
         pool.close()
         raise
     return Services(settings, pool, index, broker)
+
+
+def open_services_patiently(
+    settings: Settings, stop: threading.Event, *, pool_size: int = 8, cap: float = 15.0,
+) -> Services | None:
+    """``open_services`` for a long-running process: while Postgres or Redis cannot be reached
+    (a process started during an outage), wait with a capped backoff and try again, one log
+    line per outage; None when ``stop`` is set first. Bad settings still raise at once."""
+    from core.heartbeat import Backoff, Outages, dependency_of
+
+    outages = Outages()
+    backoff = Backoff(first=1.0, cap=cap)
+    while not stop.is_set():
+        try:
+            services = open_services(settings, pool_size=pool_size)
+        except Exception as exc:
+            dependency = dependency_of(exc)
+            if dependency is None:
+                raise
+            outages.down(dependency, exc)
+            stop.wait(backoff.next())
+            continue
+        for dependency in list(outages.current()):
+            outages.up(dependency)
+        return services
+    return None
 
 
 class DatabaseContext:

