@@ -274,3 +274,55 @@ class TestRetryAccounting:
         assert "rate limited" not in letter["error"][0]
         [failed] = state.failed_documents(services.pool)
         assert failed["stage"] == "embed" and "503" in failed["error"]
+
+
+class TestIndexStageFailures:
+    @pytest.fixture(scope="class")
+    def pinecone(self) -> Iterator[SandboxServer]:
+        server = SandboxServer(create_simulators(["pinecone"], profile="empty")).start()
+        yield server
+        server.stop()
+
+    def settings(self, infra: dict[str, str], pinecone: SandboxServer, **env: str) -> Any:
+        return make_settings(infra, **pinecone.env(), EMBEDDING_DIMENSIONS="1536",
+                             PINECONE_NAMESPACE=f"iso-{next(_keys)}", **env)
+
+    @staticmethod
+    def docs(names: list[str]) -> list[Ref]:
+        return [Ref("api", n, document=Document("api", n, "", f"Doc {n}", f"words about {n}", 1.0)) for n in names]
+
+    def test_an_id_pinecone_refuses_fails_at_index_alone(self, infra, pinecone, services, worker_factory):
+        settings = self.settings(infra, pinecone, MAX_RETRIES="0")
+        names = [f"p{n}" for n in range(9)] + ["café"]  # Pinecone ids are ASCII; Postgres's are not
+        queue.enqueue(services.broker, self.docs(names))
+        worker = worker_factory(settings)
+        worker.drain()
+        index = worker.pipeline.index
+        assert all(index.list_ids(f"api:p{n}#") == [f"api:p{n}#0"] for n in range(9))
+        [failed] = state.failed_documents(services.pool)
+        assert (failed["document_id"], failed["stage"]) == ("api:café", "index")
+        assert "ASCII" in failed["error"]
+        assert indexed(services, "api:").keys() == {f"api:p{n}" for n in range(9)}
+
+    def test_an_upsert_count_mismatch_is_recorded_per_document(self, infra, pinecone, services,
+                                                              worker_factory):
+        settings = self.settings(infra, pinecone, MAX_RETRIES="0")
+        faults = f"{pinecone.url('pinecone')}/_sandbox/faults"
+        httpx.put(faults, json={"upsert_drop": 1, "times": 1}).raise_for_status()
+        queue.enqueue(services.broker, self.docs(["m0", "m1", "m2"]))
+        worker = worker_factory(settings)
+        worker.drain()
+        # The batch came back one short; each document was then upserted on its own and checked.
+        assert indexed(services, "api:").keys() == {"api:m0", "api:m1", "api:m2"}
+        httpx.put(faults, json={"upsert_drop": 1, "times": 1000}).raise_for_status()
+        try:
+            queue.enqueue(services.broker, self.docs(["n0", "n1"]))
+            worker.drain()
+        finally:
+            httpx.put(faults, json={}).raise_for_status()
+        failed = {f["document_id"]: f for f in state.failed_documents(services.pool)}
+        assert failed.keys() == {"api:n0", "api:n1"}
+        assert all(f["stage"] == "index" and "stored 0 of 1" in f["error"] for f in failed.values())
+        with services.pool.connection() as conn:
+            by_stage = conn.execute("SELECT failures_by_stage FROM source_stats WHERE source = 'api'").fetchone()[0]
+        assert by_stage == {"index": 2}

@@ -575,7 +575,8 @@ class Pipeline:
             by_stage.setdefault((escape_unstorable(ref.source), failure.stage), []).append(failure)
             try:
                 state.record_document_error(self.pool, key, escape_unstorable(ref.source),
-                                            f"{failure.stage}: {failure.error}", stage=failure.stage,
+                                            escape_unstorable(f"{failure.stage}: {failure.error}"),
+                                            stage=failure.stage,
                                             scope=escape_unstorable(ref.scope))
             except Exception:  # noqa: BLE001 - the job still hands the ref back for a retry
                 log.exception("could not record a document failure", extra={"document_id": key})

@@ -28,7 +28,13 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 from pinecone import Pinecone
-from pinecone.errors.exceptions import PineconeConnectionError, PineconeError
+from pinecone.errors.exceptions import (
+    PineconeConnectionError,
+    PineconeError,
+    PineconeTypeError,
+    PineconeValueError,
+    ValidationError,
+)
 
 from core.errors import IndexError_, IndexRateLimited, IndexRejected, IndexUnavailable, UpsertMismatch
 from core.index import MAX_METADATA_BYTES, Match, Vector
@@ -229,6 +235,8 @@ class PineconeIndex:
     def _call(what: str, method: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(*args, **kwargs)
+        except (PineconeValueError, PineconeTypeError, ValidationError) as exc:  # refused before sending
+            raise IndexRejected(f"pinecone {what} refused: {_short(exc)}") from exc
         except PineconeConnectionError as exc:
             raise IndexUnavailable(f"pinecone {what} failed: unreachable: {_short(exc)}") from exc
         except PineconeError as exc:
