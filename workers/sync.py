@@ -132,6 +132,8 @@ class Item:
     vectors: list[list[float]] | None = None
     chunks: list[str] = field(default_factory=list)
     decision: Decision | None = None
+    #: Whether the document had a stored row when it was written (else it cannot have vectors).
+    known: bool = True
 
     @property
     def document_id(self) -> str:
@@ -380,6 +382,7 @@ class Pipeline:
             unchanged: list[Item] = []
             for item in items:
                 decision = item.decision = self.decide(item, rows.get(item.document_id))
+                item.known = item.document_id in rows
                 if decision == "delete":
                     deletes.append(item)
                 elif decision == "metadata" and item.vectors is None:
@@ -501,10 +504,17 @@ class Pipeline:
 
         ok = await self._each(items, outcome, "index",
                               lambda group: asyncio.to_thread(self.index.upsert, vectors(group)))
-        # The new chunks are in; now every other id of these documents goes (by document).
-        ok = await self._each(ok, outcome, "index",
-                              lambda group: asyncio.to_thread(self.index.delete_documents,
-                                                              [i.document_id for i in group], keep(group)))
+        # The new chunks are in; now every other id of these documents goes (by document). A
+        # document with no row at all was never written (every attempt, even a failed one,
+        # leaves a row; a worker killed between its upsert and its record is the exception, and
+        # the drift audit's orphan sweep finds that), so there is nothing else to delete: no
+        # listing per new document (Pinecone lists by prefix).
+        known = [i for i in ok if i.known]
+        cleaned = {id(i) for i in await self._each(
+            known, outcome, "index",
+            lambda group: asyncio.to_thread(self.index.delete_documents,
+                                            [i.document_id for i in group], keep(group)))}
+        ok = [i for i in ok if not i.known or id(i) in cleaned]
         for item in ok:
             if await self._record(item, len(item.chunks), outcome):
                 outcome.add(item.ref.source, "synced")
@@ -513,6 +523,8 @@ class Pipeline:
                     call: Callable[[list[Item]], Awaitable[Any]]) -> list[Item]:
         """``call`` on the whole group; if it fails, on each item alone, so only the items that
         fail on their own are failed. Returns the items that succeeded."""
+        if not items:
+            return []
         try:
             await call(items)
             return items
