@@ -244,7 +244,7 @@ class Pipeline:
 
     # --- stage 2: validate -------------------------------------------------------------
     def _validate(self, items: list[Item], outcome: Outcome) -> list[Item]:
-        valid: list[Item] = []
+        valid: dict[str, Item] = {}
         for item in items:
             truth = item.truth
             updated = truth.updated_at if isinstance(truth, Document) else None
@@ -260,8 +260,11 @@ class Pipeline:
                     item.truth = cleaned
             if not math.isfinite(item.seen_at):
                 item.seen_at = time.time()
-            valid.append(item)
-        return valid
+            # Two refs may resolve to one document (a reply and its thread): write it once.
+            previous = valid.get(item.document_id)
+            if previous is None or item.seen_at >= previous.seen_at:
+                valid[item.document_id] = item
+        return list(valid.values())
 
     # --- stages 3 to 5 -----------------------------------------------------------------
     async def _round(self, items: list[Item], outcome: Outcome) -> list[Item]:
@@ -285,7 +288,7 @@ class Pipeline:
                     item.chunks = document_chunks(item.truth, self.settings)  # type: ignore[arg-type]
         await self._mark_checked(unchanged)
         await self._embed([i for i in writes if i.chunks and i.vectors is None], outcome)
-        ready = [i for i in writes if i.document_id not in outcome.failures]
+        ready = [i for i in writes if i.ref.document_id not in outcome.failures]
         if not ready:
             return []
         return await self._write(ready, outcome)
