@@ -70,7 +70,7 @@ from core.errors import (
     EmbeddingRejected,
     NotConfigured,
     NotReady,
-    RateLimit,
+    RateLimited,
     TransientSourceError,
     VectorSyncError,
     wait_of,
@@ -583,8 +583,11 @@ class Pipeline:
     def _record_stats(self, outcome: Outcome) -> None:
         by_stage: dict[tuple[str, str], list[Failure]] = {}
         for document_id, failure in outcome.failures.items():
-            if isinstance(failure.error, RateLimit):
-                continue  # waiting for a budget is not a failure of the document
+            if isinstance(failure.error, RateLimited):
+                # A source's request budget pacing us is normal operation, not a failure of the
+                # document (it waits and goes round again). An embedder's or index's 429 that
+                # outlasted the SDK's own retries is recorded: it stops documents being indexed.
+                continue
             ref = failure.ref
             key = escape_unstorable(document_id)  # an id Postgres refuses is named escaped
             by_stage.setdefault((escape_unstorable(ref.source), failure.stage), []).append(failure)
