@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
+import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 #: Characters per token, a conservative estimate (English averages ~4; code and ids less).
@@ -122,13 +124,19 @@ class Ref:
     op: Literal["sync", "delete"] = "sync"
     event_at: float | None = None
     document: Document | None = None
+    #: When this ref's knowledge was read (our clock, epoch seconds): the listing that carried
+    #: ``document``, the push that sent it, the delete request. It orders versions that
+    #: ``updated_at`` cannot (a delete has none; a pushed timestamp may be wrong). A worker that
+    #: fetches the truth itself uses its own fetch time instead.
+    seen_at: float = field(default_factory=time.time, compare=False)
 
     @property
     def document_id(self) -> str:
         return doc_id(self.source, self.id)
 
     def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"source": self.source, "id": self.id, "scope": self.scope, "op": self.op}
+        data: dict[str, Any] = {"source": self.source, "id": self.id, "scope": self.scope, "op": self.op,
+                                "seen_at": self.seen_at}
         if self.event_at is not None:
             data["event_at"] = self.event_at
         if self.document is not None:
@@ -138,6 +146,7 @@ class Ref:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Ref:
         document = data.get("document")
+        seen = data.get("seen_at")
         return cls(
             source=data["source"],
             id=data["id"],
@@ -145,7 +154,94 @@ class Ref:
             op=data.get("op", "sync"),
             event_at=data.get("event_at"),
             document=Document.from_dict(document) if document else None,
+            # A message from before seen_at existed: its event time is the best we know.
+            seen_at=float(seen) if isinstance(seen, int | float) else float(data.get("event_at") or 0.0),
         )
+
+
+# --- what the stores can hold ---------------------------------------------------------------
+
+#: Characters Postgres refuses in ``text`` and ``jsonb`` (NUL), and lone UTF-16 surrogates, which
+#: no UTF-8 encoder accepts. Nothing else needs cleaning: every other code point is storable.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def unstorable(text: str) -> bool:
+    return _UNSTORABLE.search(text) is not None
+
+
+def clean_text(text: str) -> str:
+    """``text`` without the characters no store can hold (NUL, lone surrogates).
+
+    Lossless for every purpose we have: NUL carries no meaning in prose, and a lone surrogate is
+    not a character at all (it is what a broken encoder leaves behind)."""
+    return _UNSTORABLE.sub("", text) if _UNSTORABLE.search(text) else text
+
+
+def escape_unstorable(text: str) -> str:
+    """``text`` with each unstorable character written as ``\\uXXXX``: how a document whose id
+    cannot be stored is named in the failure it is recorded under."""
+    return _UNSTORABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def _clean_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON (and so jsonb and Pinecone) has no NaN or Infinity: dropped below
+    if isinstance(value, list | tuple):
+        return [_clean_value(v) for v in value if not (isinstance(v, float) and not math.isfinite(v))]
+    if isinstance(value, Mapping):
+        return {clean_text(str(k)): _clean_value(v) for k, v in value.items()}
+    return value
+
+
+def clean_document(doc: Document) -> tuple[Document, list[str]]:
+    """A copy of ``doc`` the stores can hold, and what was cleaned (for the log line).
+
+    Strips NUL and lone surrogates from the title, text, url, author, scope, metadata keys and
+    string values, and access list; drops metadata values that are NaN or infinite (JSON cannot
+    carry them). The id is *not* cleaned: two ids that differ only by a NUL would become one
+    document; :func:`identity_problem` says when an id cannot be stored at all.
+    """
+    cleaned: list[str] = []
+    changes: dict[str, Any] = {}
+    for name in ("title", "text", "url", "author", "scope"):
+        value = getattr(doc, name)
+        if isinstance(value, str) and unstorable(value):
+            changes[name] = clean_text(value)
+            cleaned.append(name)
+    metadata: dict[str, Any] = {}
+    meta_changed = False
+    for key, value in doc.metadata.items():
+        new_key = clean_text(str(key))
+        new_value = _clean_value(value)
+        if new_key != key or new_value != value or (new_value is None and value is not None):
+            meta_changed = True
+            cleaned.append(f"metadata[{new_key}]")
+        if new_value is None and value is not None:
+            continue
+        metadata[new_key] = new_value
+    if meta_changed:
+        changes["metadata"] = metadata
+    if any(unstorable(a) for a in doc.access_list):
+        changes["access_list"] = tuple(clean_text(a) for a in doc.access_list)
+        cleaned.append("access_list")
+    return (replace(doc, **changes) if changes else doc), cleaned
+
+
+def identity_problem(source: str, stable_id: str, updated_at: float | None = None) -> str | None:
+    """Why a document with this identity cannot be stored, or None when it can."""
+    for what, value in (("source", source), ("id", stable_id)):
+        if not value:
+            return f"document {what} is empty"
+        if unstorable(value):
+            bad = sorted({f"U+{ord(c):04X}" for c in _UNSTORABLE.findall(value)})
+            return (f"document {what} contains {', '.join(bad)}, which Postgres cannot store "
+                    "(ids are never cleaned: two documents could become one)")
+    if updated_at is not None and not math.isfinite(updated_at):
+        return f"updated_at is {updated_at!r}, not a time"
+    return None
 
 
 def estimate_tokens(text: str) -> int:

@@ -3,11 +3,15 @@
 ``SourceHTTP.request`` is the one place a connector's call goes through:
 
 - every request waits for a slot in the source's budget (core/ratelimit.py);
-- 429, and 503 carrying ``Retry-After``, wait that long (or the source's reset header, read by
-  the connector's ``reset_after`` hook) and try again, up to ``max_wait`` in total, then raise
-  ``RateLimited`` so the job is retried later rather than failed;
-- other 5xx, timeouts and connection errors back off exponentially with full jitter, then raise
-  ``TransientSourceError``;
+- 429 waits ``Retry-After`` (or the source's reset header, read by the connector's
+  ``reset_after`` hook) and tries again, up to ``max_wait`` in total, then raises
+  ``RateLimited`` so the job waits for the budget rather than failing;
+- 502, 503, 504 (and 529, "overloaded") are an *outage*, not a rate limit: they wait
+  ``Retry-After`` when given (within ``max_wait``), else back off, and finally raise
+  ``SourceUnavailable``; so does a connection that cannot be made. The job then waits for
+  the source without using up its retries (workers/actors.py);
+- other 5xx and timeouts back off exponentially with full jitter, then raise
+  ``TransientSourceError`` (a real failure, counted against ``MAX_RETRIES``);
 - 401 and 403 (unless the hook says it is a rate limit) raise ``PermanentSourceError``;
 - 404 and 410 are returned, because only the connector knows whether that means "deleted";
 - other 4xx raise ``PermanentSourceError`` with the body's first 300 characters.
@@ -24,11 +28,13 @@ from typing import Any, Protocol
 
 import httpx
 
-from core.errors import PermanentSourceError, RateLimited, TransientSourceError
+from core.errors import PermanentSourceError, RateLimited, SourceUnavailable, TransientSourceError
 
 #: Seconds; the first backoff, doubled each attempt up to MAX_BACKOFF.
 MIN_BACKOFF = 0.5
 MAX_BACKOFF = 30.0
+#: Statuses that mean the service is down or overloaded (an outage), not that we asked too often.
+OUTAGE_STATUSES = frozenset({502, 503, 504, 529})
 
 
 class Limiter(Protocol):
@@ -115,9 +121,10 @@ class SourceHTTP:
                 )
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 if attempt + 1 == self.attempts:
-                    raise TransientSourceError(
-                        self.source, f"{method} {_path(url)} failed: {type(exc).__name__}: {exc}"
-                    ) from exc
+                    detail = f"{method} {_path(url)} failed: {type(exc).__name__}: {exc}"
+                    if isinstance(exc, httpx.ConnectError):  # nobody answers: an outage
+                        raise SourceUnavailable(self.source, f"{detail} (unreachable)") from exc
+                    raise TransientSourceError(self.source, detail) from exc
                 await asyncio.sleep(compute_backoff(attempt))
                 attempt += 1
                 continue
@@ -133,6 +140,20 @@ class SourceHTTP:
                     )
                 waited += wait
                 await asyncio.sleep(wait)
+                continue
+            if response.status_code in OUTAGE_STATUSES:
+                hint = retry_after(response)
+                pause = hint if hint is not None else compute_backoff(attempt)
+                if attempt + 1 == self.attempts or waited + pause > self.max_wait:
+                    raise SourceUnavailable(
+                        self.source,
+                        f"{method} {_path(url)} unavailable: {response.status_code} "
+                        f"{response.reason_phrase} (outage)",
+                        response.status_code,
+                        hint,
+                    )
+                waited += pause
+                await asyncio.sleep(pause)
                 continue
             if response.status_code >= 500:
                 if attempt + 1 == self.attempts:
@@ -171,8 +192,6 @@ class SourceHTTP:
                 return hooked
         if response.status_code == 429:
             return retry_after(response) or 1.0
-        if response.status_code in (503, 529) and "retry-after" in response.headers:
-            return retry_after(response)
         return None
 
 

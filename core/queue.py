@@ -153,8 +153,32 @@ def drain(broker: RedisBroker, worker: Any, timeout: float = 60.0) -> None:
     raise TimeoutError(f"the queues did not drain within {timeout:g}s")
 
 
+def bury(broker: RedisBroker, message: Message[Any], error: str) -> None:
+    """Put ``message`` in its queue's dead-letter set, as Dramatiq's own ``nack`` does (same keys,
+    same score: the time in ms, so ``dead_message_ttl`` expires it), with ``error`` kept in its
+    options as ``last_error``: the real last error, for ``dead_letters`` to show.
+
+    The sync actor buries the refs that failed for good itself, so a dead letter holds exactly
+    those refs (not their whole job) and the error that finished them."""
+    now_ms = int(time.time() * 1000)
+    options = {**message.options, "last_error": error[:4000], "requeue_timestamp": now_ms}
+    options.pop("redis_message_id", None)
+    dead = message.copy(options=options)
+    xq = f"{NAMESPACE}:{_canonical(message.queue_name)}.XQ"
+    client = _client(broker)
+    pipe = client.pipeline()
+    pipe.zadd(xq, {dead.message_id: now_ms})
+    pipe.hset(f"{xq}.msgs", dead.message_id, dead.encode())
+    pipe.execute()
+
+
+def _canonical(queue_name: str) -> str:
+    return queue_name[:-3] if queue_name.endswith(".DQ") else queue_name
+
+
 def dead_letters(broker: RedisBroker, limit: int = 1000) -> list[dict[str, Any]]:
-    """Messages that exhausted their retries (both queues), newest first."""
+    """Messages that exhausted their retries (both queues), newest first. ``error`` is the real
+    last error (``last_error``, kept by the actor), else the last line of Dramatiq's traceback."""
     client = _client(broker)
     out = []
     for name in QUEUES:
@@ -166,12 +190,14 @@ def dead_letters(broker: RedisBroker, limit: int = 1000) -> list[dict[str, Any]]
                 continue
             message = json.loads(data)
             options = message.get("options", {})
+            last = options.get("last_error")
             out.append({
                 "message_id": message_id.decode() if isinstance(message_id, bytes) else message_id,
                 "queue": name,
                 "refs": message.get("args", [[]])[0],
                 "retries": options.get("retries", 0),
-                "error": (options.get("traceback") or "").strip().splitlines()[-1:],
+                "waited_s": options.get("waited_s", 0),
+                "error": [last] if last else (options.get("traceback") or "").strip().splitlines()[-1:],
                 "failed_at": options.get("requeue_timestamp"),
             })
     out.sort(key=lambda letter: letter["failed_at"] or 0, reverse=True)

@@ -157,6 +157,7 @@ class Settings:
     worker_processes: int = 1
     worker_threads: int = 8
     max_retries: int = 8
+    max_wait: float = 3 * 86400.0
     reconcile_overlap: float = 600.0
     reconcile_tick: float = 5.0
     prune_interval: float = 86400.0
@@ -216,6 +217,7 @@ class Settings:
             worker_processes=env.int("WORKER_PROCESSES", 1, 1, 64),
             worker_threads=env.int("WORKER_THREADS", 8, 1, 256),
             max_retries=env.int("MAX_RETRIES", 8, 0, 100),
+            max_wait=env.duration("MAX_WAIT", 3 * 86400.0),
             reconcile_overlap=env.duration("RECONCILE_OVERLAP", 600.0),
             reconcile_tick=env.duration("RECONCILE_TICK", 5.0),
             prune_interval=env.duration("PRUNE_INTERVAL", 86400.0),

@@ -7,6 +7,7 @@ processes starting at once apply each file exactly once, and running them again 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -91,6 +92,11 @@ class DocumentRow:
     source_updated_at: float | None
     chunk_count: int
     deleted_at: datetime | None
+    #: When the stored version (or the deletion) was read from the source, our clock.
+    seen_at: float | None = None
+    #: When the newest confirmed deletion was read (even one ignored as older than the stored
+    #: version): anything read before it is outdated.
+    deleted_seen_at: float | None = None
 
 
 def get_documents(pool: ConnectionPool, document_ids: list[str]) -> dict[str, DocumentRow]:
@@ -99,11 +105,22 @@ def get_documents(pool: ConnectionPool, document_ids: list[str]) -> dict[str, Do
     with pool.connection() as conn:
         rows = conn.execute(
             """SELECT document_id, source, scope, content_hash, metadata_hash,
-                      source_updated_at, chunk_count, deleted_at
+                      source_updated_at, chunk_count, deleted_at, seen_at, deleted_seen_at
                FROM documents WHERE document_id = ANY(%s)""",
             (document_ids,),
         ).fetchall()
     return {row[0]: DocumentRow(*row) for row in rows}
+
+
+#: The advisory-lock class id (first key of the two-key form) of per-document write locks.
+DOCUMENT_LOCK_CLASS = 0x5653  # "VS"
+
+
+def document_lock_key(document_id: str) -> int:
+    """The second advisory-lock key (int4) of a document's write lock. Collisions only make two
+    documents share a lock, which is safe."""
+    digest = hashlib.blake2b(document_id.encode("utf-8", "surrogatepass"), digest_size=4).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def record_indexed(
@@ -118,13 +135,14 @@ def record_indexed(
     metadata_hash: str,
     source_updated_at: float,
     chunk_count: int,
+    seen_at: float | None = None,
 ) -> None:
     with pool.connection() as conn:
         conn.execute(
             """INSERT INTO documents (document_id, source, scope, title, url, content_hash,
                    metadata_hash, source_updated_at, chunk_count, indexed_at, checked_at, deleted_at,
-                   last_error, last_error_at)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now(), now(), NULL, NULL, NULL)
+                   last_error, last_error_at, seen_at)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now(), now(), NULL, NULL, NULL, %s)
                ON CONFLICT (document_id) DO UPDATE SET
                    source = excluded.source, scope = excluded.scope, title = excluded.title,
                    url = excluded.url, content_hash = excluded.content_hash,
@@ -133,33 +151,59 @@ def record_indexed(
                    chunk_count = excluded.chunk_count, indexed_at = now(), checked_at = now(),
                    deleted_at = NULL, deferred_at = NULL,
                    last_error = NULL, last_error_at = NULL, error_stage = NULL,
-                   error_since = NULL, error_attempts = 0""",
+                   error_since = NULL, error_attempts = 0,
+                   seen_at = excluded.seen_at""",
             (document_id, source, scope, title, url, content_hash, metadata_hash,
-             source_updated_at, chunk_count),
+             source_updated_at, chunk_count, seen_at),
         )
 
 
-def record_deleted(pool: ConnectionPool, document_id: str, source: str) -> None:
+def record_deleted(pool: ConnectionPool, document_id: str, source: str, seen_at: float | None = None) -> None:
     with pool.connection() as conn:
         conn.execute(
-            """INSERT INTO documents (document_id, source, chunk_count, deleted_at, checked_at)
-               VALUES (%s, %s, 0, now(), now())
+            """INSERT INTO documents (document_id, source, chunk_count, deleted_at, checked_at, seen_at,
+                   deleted_seen_at)
+               VALUES (%s, %s, 0, now(), now(), %s, %s)
                ON CONFLICT (document_id) DO UPDATE SET
                    chunk_count = 0, deleted_at = now(), checked_at = now(), deferred_at = NULL,
                    content_hash = NULL,
                    metadata_hash = NULL, last_error = NULL, last_error_at = NULL,
-                   error_stage = NULL, error_since = NULL, error_attempts = 0""",
-            (document_id, source),
+                   error_stage = NULL, error_since = NULL, error_attempts = 0,
+                   seen_at = excluded.seen_at,
+                   deleted_seen_at = greatest(documents.deleted_seen_at, excluded.deleted_seen_at)""",
+            (document_id, source, seen_at, seen_at),
         )
 
 
-def mark_checked(pool: ConnectionPool, document_ids: list[str]) -> None:
-    """Note that a job looked at these documents and found nothing to change."""
-    if document_ids:
-        with pool.connection() as conn:
-            conn.execute(
-                "UPDATE documents SET checked_at = now() WHERE document_id = ANY(%s)", (document_ids,)
-            )
+def note_deletion(pool: ConnectionPool, deletions: Mapping[str, float]) -> None:
+    """Remember deletions that were ignored because a newer version is stored: a version read
+    before one of them must still lose (``deleted_seen_at``)."""
+    if not deletions:
+        return
+    with pool.connection() as conn:
+        conn.execute(
+            """UPDATE documents SET deleted_seen_at = greatest(documents.deleted_seen_at, s.seen)
+               FROM unnest(%s::text[], %s::float8[]) AS s(id, seen)
+               WHERE document_id = s.id""",
+            (list(deletions), list(deletions.values())),
+        )
+
+
+def mark_checked(pool: ConnectionPool, document_ids: list[str],
+                 seen_at: Mapping[str, float] | None = None) -> None:
+    """Note that a job looked at these documents and found nothing to change (as of
+    ``seen_at[document_id]``, when given: the stored version is confirmed that recently)."""
+    if not document_ids:
+        return
+    seen = seen_at or {}
+    with pool.connection() as conn:
+        conn.execute(
+            """UPDATE documents SET checked_at = now(),
+                   seen_at = greatest(documents.seen_at, s.seen)
+               FROM unnest(%s::text[], %s::float8[]) AS s(id, seen)
+               WHERE document_id = s.id""",
+            (list(document_ids), [seen.get(d) for d in document_ids]),
+        )
 
 
 def record_deferred(pool: ConnectionPool, document_id: str, source: str, scope: str) -> None:

@@ -436,6 +436,8 @@ class JiraSimulator(Simulator):
         super().__init__(knobs)
         #: How many times each issue id was bulk-fetched (tests prove no page is fetched twice).
         self.bulkfetched: Counter[str] = Counter()
+        #: How many times each issue was fetched alone (GET /rest/api/3/issue/{idOrKey}).
+        self.fetched: Counter[str] = Counter()
         self.time_zone = ZoneInfo("America/New_York")
         #: Seconds before the first webhook retry; doubles each retry.
         self.retry_delay = 0.5
@@ -767,6 +769,7 @@ class JiraSimulator(Simulator):
         return JSONResponse({"expand": "schema,names", "issues": found, "issueErrors": []})
 
     async def get_issue(self, request: Request) -> Response:
+        self.fetched[request.path_params["id_or_key"]] += 1
         issue = self.resolve(request.path_params["id_or_key"])
         if issue is None:
             return error(404, NOT_FOUND)

@@ -172,6 +172,8 @@ class Stats:
     succeeded: int = 0
     rate_limited: int = 0
     invalid: int = 0  # 400/401/404 answers
+    faulted: int = 0  # answered with the fail_status fault
+    rejected_inputs: int = 0  # refused for carrying the reject marker
     inputs: int = 0  # inputs embedded in successful requests
     tokens: int = 0
     batch_sizes: list[int] = field(default_factory=list)
@@ -219,6 +221,12 @@ class OpenAISimulator(Simulator):
         self._request_budget: Budget | None = None
         self._request_rate: float | None = -1.0  # forces a budget on first use
         self._token_budget = Budget(self.tokens_per_minute)
+        #: ``PUT /_sandbox/faults``: inputs containing ``reject_marker`` are refused (400), and
+        #: the next ``fail_times`` requests are answered ``fail_status``.
+        self.reject_marker = ""
+        self.fail_status = 0
+        self.fail_times = 0
+        self.retry_after = 1.0
 
     # --- wiring -----------------------------------------------------------------------
     def routes(self) -> list[BaseRoute]:
@@ -229,6 +237,7 @@ class OpenAISimulator(Simulator):
             Route("/stats", self._get_stats, methods=["GET"]),
             Route("/stats", self._reset_stats, methods=["DELETE"]),
             Route("/limits", self._put_limits, methods=["PUT"]),
+            Route("/faults", self._put_faults, methods=["PUT"]),
         ]
 
     def env(self, base_url: str) -> dict[str, str]:
@@ -237,9 +246,16 @@ class OpenAISimulator(Simulator):
     # --- the API ----------------------------------------------------------------------
     async def embeddings(self, request: Request) -> Response:
         self.stats.requests += 1
+        if self.fail_times > 0:
+            self.fail_times -= 1
+            self.stats.faulted += 1
+            return self._fault()
         try:
             self._authenticate(request)
             parsed = self._parse(await request.body())
+            if self.reject_marker and any(self.reject_marker in t for t in parsed.texts):
+                self.stats.rejected_inputs += 1
+                raise BadRequest(_INVALID_INPUT)
         except BadRequest as exc:
             self.stats.invalid += 1
             return exc.response()
@@ -378,6 +394,26 @@ class OpenAISimulator(Simulator):
     async def _reset_stats(self, request: Request) -> Response:
         self.stats = Stats()
         return JSONResponse(self.stats.__dict__)
+
+    def _fault(self) -> Response:
+        status = self.fail_status
+        headers = {"retry-after": f"{self.retry_after:g}"} if status in (429, 503) else {}
+        kind = {429: "rate_limit_exceeded", 503: "server_overloaded"}.get(status, "server_error")
+        body = {"error": {"message": f"The server had an error (sandbox fault {status}).",
+                          "type": kind, "param": None, "code": None}}
+        return JSONResponse(body, status, headers=headers)
+
+    async def _put_faults(self, request: Request) -> Response:
+        """``{"reject_marker": "POISON"}``: inputs containing it are refused with 400 (as OpenAI
+        refuses an invalid input); ``{"status": 503, "times": n, "retry_after": 1}``: the next n
+        requests get that status. ``{}`` clears both."""
+        body = await request.json()
+        self.reject_marker = str(body.get("reject_marker") or "")
+        self.fail_status = int(body.get("status") or 0)
+        self.fail_times = int(body.get("times", 1)) if self.fail_status else 0
+        self.retry_after = float(body.get("retry_after", 1.0))
+        return JSONResponse({"reject_marker": self.reject_marker, "status": self.fail_status,
+                             "times": self.fail_times, "retry_after": self.retry_after})
 
     async def _put_limits(self, request: Request) -> Response:
         """``{"tokens_per_minute": N}`` (0 = unlimited); also refills both budgets."""

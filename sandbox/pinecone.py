@@ -59,7 +59,7 @@ MAX_ID_LENGTH = 512
 DEFAULT_RATE = 100.0
 
 # gRPC status codes the data plane puts in its error bodies.
-INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNAUTHENTICATED = 3, 5, 8, 16
+INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE, UNAUTHENTICATED = 3, 5, 8, 14, 16
 
 
 class ApiError(Exception):
@@ -237,6 +237,10 @@ class PineconeSimulator(Simulator):
         self.stats = Stats()
         self.upsert_drop = 0
         self.upsert_drop_times = 0
+        #: ``PUT /_sandbox/faults {"status": 503, "times": n, "op": "upsert"}``.
+        self.fail_status = 0
+        self.fail_times = 0
+        self.fail_op = ""
         self._bucket: TokenBucket | None = None
         self._bucket_rate: float | None = -1.0
 
@@ -274,6 +278,10 @@ class PineconeSimulator(Simulator):
                       request: Request) -> Response:
         self.stats.requests[op] = self.stats.requests.get(op, 0) + 1
         try:
+            if self.fail_times > 0 and self.fail_op in ("", op):
+                self.fail_times -= 1
+                raise ApiError(self.fail_status, f"sandbox fault {self.fail_status}", UNAVAILABLE,
+                               headers={"Retry-After": "1"} if self.fail_status == 503 else None)
             self._authenticate(request)
             self._rate_limit()
             return JSONResponse(await handler(request))
@@ -602,7 +610,12 @@ class PineconeSimulator(Simulator):
         body = await request.json()
         self.upsert_drop = int(body.get("upsert_drop", 0))
         self.upsert_drop_times = int(body.get("times", 1)) if self.upsert_drop else 0
-        return JSONResponse({"upsert_drop": self.upsert_drop, "times": self.upsert_drop_times})
+        self.fail_status = int(body.get("status") or 0)
+        self.fail_times = int(body.get("times", 1)) if self.fail_status else 0
+        self.fail_op = str(body.get("op") or "")
+        return JSONResponse({"upsert_drop": self.upsert_drop, "times": self.upsert_drop_times,
+                             "status": self.fail_status, "fail_times": self.fail_times,
+                             "op": self.fail_op})
 
     async def _put_index(self, request: Request) -> Response:
         """``{"dimension": N}``: recreate the index empty with another dimension."""

@@ -13,7 +13,15 @@ import pytest
 from core.documents import estimate_tokens
 from core.embeddings import build_embedder
 from core.embeddings.openai import OpenAIEmbedder, plan_batches, prepare_input
-from core.errors import EmbeddingError
+from core.embeddings.batching import BatchingEmbedder
+from core.errors import (
+    EmbeddingError,
+    EmbeddingRateLimited,
+    EmbeddingRejected,
+    EmbeddingUnavailable,
+    is_permanent,
+    wait_of,
+)
 from core.settings import Settings
 from sandbox.server import SandboxServer, create_simulators
 
@@ -163,3 +171,53 @@ def test_build_embedder_picks_openai_with_a_key(server: SandboxServer, base: str
     assert isinstance(embedder, OpenAIEmbedder)
     vectors = embed(embedder, ["through settings"])
     assert len(vectors[0]) == 512 and embedder.requests == 1
+
+
+# --- how failures are classified (the pipeline's retry policy depends on it) -----------------
+@pytest.fixture()
+def faults(base: str) -> Iterator[str]:
+    yield f"{base}/_sandbox/faults"
+    httpx.put(f"{base}/_sandbox/faults", json={})
+
+
+def test_429_is_rate_limited_with_its_retry_after(server: SandboxServer, faults: str) -> None:
+    httpx.put(faults, json={"status": 429, "times": 5, "retry_after": 7})
+    with pytest.raises(EmbeddingRateLimited) as caught:
+        embed(make(server, max_retries=0), ["x"])
+    assert caught.value.retry_after == pytest.approx(7) and wait_of(caught.value) is not None
+    assert "rate limited" in str(caught.value)
+
+
+def test_503_is_an_outage_not_a_rate_limit(server: SandboxServer, faults: str) -> None:
+    httpx.put(faults, json={"status": 503, "times": 5, "retry_after": 2})
+    with pytest.raises(EmbeddingUnavailable) as caught:
+        embed(make(server, max_retries=0), ["x"])
+    assert "outage" in str(caught.value) and "rate limited" not in str(caught.value)
+    assert not is_permanent(caught.value) and caught.value.retry_after == pytest.approx(2)
+
+
+def test_500_is_a_real_failure(server: SandboxServer, faults: str) -> None:
+    httpx.put(faults, json={"status": 500, "times": 5})
+    with pytest.raises(EmbeddingError) as caught:
+        embed(make(server, max_retries=0), ["x"])
+    assert wait_of(caught.value) is None and not is_permanent(caught.value)
+
+
+def test_a_refused_input_is_permanent_and_the_batching_embedder_blames_only_its_caller(
+        server: SandboxServer, base: str, faults: str) -> None:
+    httpx.put(faults, json={"reject_marker": "POISON"})
+    with pytest.raises(EmbeddingRejected) as caught:
+        embed(make(server), ["fine", "has POISON in it"])
+    assert is_permanent(caught.value) and "HTTP 400" in str(caught.value)
+
+    async def two_callers() -> list[object]:
+        batching = BatchingEmbedder(make(server))
+        try:  # both calls coalesce into one request, which is refused for one caller's input
+            return await asyncio.gather(batching.embed(["good words"]), batching.embed(["POISON"]),
+                                        return_exceptions=True)
+        finally:
+            await batching.aclose()
+
+    good, bad = asyncio.run(two_callers())
+    assert isinstance(good, list) and len(good) == 1
+    assert isinstance(bad, EmbeddingRejected)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from core.errors import IndexError_, UpsertMismatch
+from core.errors import IndexError_, IndexRejected, IndexUnavailable, UpsertMismatch, is_permanent, wait_of
 from core.index import MAX_METADATA_BYTES, Match, Vector, build_index
 from core.index.pinecone import (
     PROTECTED_KEYS,
@@ -249,3 +249,29 @@ def test_plan_upserts_cuts_on_count_and_size() -> None:
     batches = list(plan_upserts(big, max_bytes=100_000))
     assert all(sum(json_size(r) for r in b) <= 100_000 for b in batches)
     assert [r for b in batches for r in b] == big
+
+
+def test_delete_documents_deletes_by_prefix_and_keeps_what_is_asked(index: PineconeIndex) -> None:
+    index.upsert(doc_vectors(5, "jira:1") + doc_vectors(3, "jira:10"))  # "jira:1" prefixes "jira:10"
+    assert index.delete_documents(["jira:1"], keep={"jira:1#0", "jira:1#1"}) == 3
+    assert sorted(index.list_ids("jira:1#")) == ["jira:1#0", "jira:1#1"]
+    assert len(index.list_ids("jira:10#")) == 3
+    assert index.delete_documents(["jira:1", "jira:10"]) == 5
+    assert index.count() == 0
+
+
+def test_index_failures_are_classified(index: PineconeIndex, server: SandboxServer) -> None:
+    faults = f"{server.url('pinecone')}/_sandbox/faults"
+    try:
+        httpx.put(faults, json={"status": 503, "times": 50, "op": "upsert"})
+        with pytest.raises(IndexUnavailable, match="outage"):
+            index.upsert(doc_vectors(2))
+        httpx.put(faults, json={"status": 500, "times": 50, "op": "upsert"})
+        with pytest.raises(IndexError_) as caught:
+            index.upsert(doc_vectors(2))
+        assert wait_of(caught.value) is None and not is_permanent(caught.value)
+    finally:
+        httpx.put(faults, json={})
+    with pytest.raises(IndexRejected):
+        index.upsert([Vector("café#0", values(1), {})])  # Pinecone ids are ASCII
+    assert index.upsert(doc_vectors(2)) == 2

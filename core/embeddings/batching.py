@@ -4,6 +4,10 @@ A worker runs several jobs at once on one event loop; each job already embeds al
 documents' chunks in one call, and this wrapper goes further: calls that arrive within
 ``window`` seconds of each other go out together (up to ``max_inputs`` inputs), so ten pushed
 documents waiting in the queue cost one embedding request, not ten.
+
+A coalesced request refused for its *inputs* (``EmbeddingRejected``) is not blamed on every
+caller: each caller's inputs are sent again on their own, so one job's bad input never fails
+another job's documents.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 
 from core.embeddings import Embedder
+from core.errors import EmbeddingRejected
 
 
 class BatchingEmbedder:
@@ -56,10 +61,14 @@ class BatchingEmbedder:
         inputs = [text for texts, _ in batch for text in texts]
         try:
             vectors = await self.inner.embed(inputs)
+        except EmbeddingRejected as exc:
+            if len(batch) == 1:
+                _fail(batch, exc)
+            else:  # whose input was it? Each caller's inputs on their own.
+                await asyncio.gather(*(self._run([item]) for item in batch))
+            return
         except BaseException as exc:  # every waiting caller must hear about it
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            _fail(batch, exc)
             return
         position = 0
         for texts, future in batch:
@@ -69,3 +78,9 @@ class BatchingEmbedder:
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+def _fail(batch: list[tuple[list[str], asyncio.Future[list[list[float]]]]], exc: BaseException) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)

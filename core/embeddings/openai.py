@@ -8,8 +8,18 @@ downloads its encoding at run time; for English that over-counts by about a thir
 requests inside the limits with room to spare.
 
 The SDK itself retries connection errors, 408, 409, 429 and 5xx (``max_retries`` times, waiting
-``retry-after-ms``/``retry-after`` when given); whatever is left is raised as
-:class:`core.errors.EmbeddingError`, which the job's retry policy handles.
+``retry-after-ms``/``retry-after`` when given); whatever is left is classified (:func:`classify`)
+so the pipeline knows what to do with it:
+
+- 429: :class:`~core.errors.EmbeddingRateLimited` with the ``Retry-After`` it named: the job
+  waits without using up retries;
+- 502/503/504, connection failures: :class:`~core.errors.EmbeddingUnavailable`, an outage: a
+  wait too;
+- 400 (and 413, 422): :class:`~core.errors.EmbeddingRejected`, permanent and *per input*: the
+  pipeline splits the batch to find the input(s) refused, so they fail alone;
+- 401, 403, 404: :class:`~core.errors.EmbeddingRefused` (key or model wrong), permanent;
+- anything else (500, timeouts, a malformed answer): :class:`~core.errors.EmbeddingError`, a real
+  failure retried with backoff.
 """
 
 from __future__ import annotations
@@ -20,7 +30,14 @@ from collections.abc import Iterator
 import openai
 
 from core.documents import CHARS_PER_TOKEN, estimate_tokens
-from core.errors import EmbeddingError
+from core.errors import (
+    EmbeddingError,
+    EmbeddingRateLimited,
+    EmbeddingRefused,
+    EmbeddingRejected,
+    EmbeddingUnavailable,
+)
+from core.http import OUTAGE_STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +98,8 @@ class OpenAIEmbedder:
                 )
             else:
                 response = await self._client.embeddings.create(model=self.model, input=batch)
-        except openai.APIStatusError as exc:
-            raise EmbeddingError(
-                f"OpenAI embeddings failed with HTTP {exc.status_code}: {_message(exc)}"
-            ) from exc
         except openai.OpenAIError as exc:
-            raise EmbeddingError(f"OpenAI embeddings failed: {type(exc).__name__}: {exc}") from exc
+            raise classify(exc) from exc
         return self._check(response, len(batch))
 
     def _check(self, response: object, expected: int) -> list[list[float]]:
@@ -138,6 +151,38 @@ def plan_batches(texts: list[str], max_inputs: int = MAX_INPUTS,
         tokens += cost
     if batch:
         yield batch
+
+
+def classify(exc: openai.OpenAIError) -> EmbeddingError:
+    """Our error for what the SDK raised (after its own retries)."""
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        detail = f"OpenAI embeddings failed with HTTP {status}: {_message(exc)}"
+        if status == 429:
+            return EmbeddingRateLimited(f"{detail} (rate limited)", status, _retry_after(exc) or 1.0)
+        if status in OUTAGE_STATUSES:
+            return EmbeddingUnavailable(f"{detail} (outage)", status, _retry_after(exc))
+        if status in (400, 413, 422):
+            return EmbeddingRejected(detail, status)
+        if status in (401, 403, 404):
+            return EmbeddingRefused(detail, status)
+        return EmbeddingError(detail, status)
+    detail = f"OpenAI embeddings failed: {type(exc).__name__}: {exc}"
+    if isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError):
+        return EmbeddingUnavailable(f"{detail} (unreachable)")
+    return EmbeddingError(detail)
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    headers = exc.response.headers if exc.response is not None else {}
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        raw = headers.get(name)
+        if raw:
+            try:
+                return max(0.0, float(raw) * scale)
+            except ValueError:
+                continue
+    return None
 
 
 def _message(exc: openai.APIStatusError) -> str:

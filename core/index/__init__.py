@@ -5,6 +5,10 @@ Two backends: :mod:`core.index.pgvector` (the default, in the same Postgres, HNS
 internally within their limits and check what they were told back: an upsert whose reported
 count differs from what was sent raises ``UpsertMismatch``, which the job retries.
 
+A document's vectors are deleted *by document* (``delete_documents``), never by guessing chunk
+ids from a stored count: after a write, every id of the document that is not in the new set is
+deleted, so a shorter version or a crash between writes leaves no orphan chunk behind.
+
 Metadata values are str, int, float, bool or list[str] (Pinecone's rule; no nulls).
 Filters use Pinecone's equality subset: ``{"source": "jira"}`` or ``{"source": {"$eq": "jira"}}``
 or ``{"source": {"$in": ["jira", "slack"]}}``.
@@ -12,7 +16,7 @@ or ``{"source": {"$in": ["jira", "slack"]}}``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -50,6 +54,11 @@ class VectorIndex(Protocol):
 
     def delete(self, ids: list[str]) -> None:
         """Delete vectors by id; ids that do not exist are ignored."""
+        ...
+
+    def delete_documents(self, document_ids: list[str], keep: Collection[str] = ()) -> int:
+        """Delete every vector of these documents (ids ``{document_id}#…``) except the ids in
+        ``keep``; returns how many were deleted (as far as the backend can tell)."""
         ...
 
     def fetch(self, ids: list[str]) -> dict[str, Mapping[str, Any]]:

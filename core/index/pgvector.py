@@ -8,7 +8,7 @@ which is what the HNSW scan is post-filtered by.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from psycopg_pool import ConnectionPool
@@ -105,6 +105,18 @@ class PgvectorIndex:
         with self.pool.connection() as conn:
             conn.execute(f"DELETE FROM {self.table} WHERE id = ANY(%s)", (list(ids),))
         self.writes += 1
+
+    def delete_documents(self, document_ids: list[str], keep: Collection[str] = ()) -> int:
+        if not document_ids:
+            return 0
+        with self.pool.connection() as conn:
+            cur = conn.execute(
+                f"DELETE FROM {self.table} WHERE document_id = ANY(%s) AND NOT (id = ANY(%s))",
+                (list(document_ids), list(keep)),
+            )
+            deleted = cur.rowcount
+        self.writes += 1
+        return deleted
 
     def fetch(self, ids: list[str]) -> dict[str, Mapping[str, Any]]:
         if not ids:

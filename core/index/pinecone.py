@@ -12,19 +12,31 @@ never fails for size:
 
 Every upsert batch's ``upserted_count`` is compared with what was sent; a shortfall raises
 :class:`core.errors.UpsertMismatch` (the job retries, and upserts are idempotent).
+
+Errors are classified by status (after the SDK's own retries): 429 is
+:class:`~core.errors.IndexRateLimited` and 502/503/504 :class:`~core.errors.IndexUnavailable`
+(waits, not failures), other 4xx :class:`~core.errors.IndexRejected` (permanent), the rest
+:class:`~core.errors.IndexError_`. A document's vectors are deleted by listing the ids with its
+prefix ``"{document_id}#"`` and deleting them (``delete_documents``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 from pinecone import Pinecone
-from pinecone.errors.exceptions import PineconeError
+from pinecone.errors.exceptions import (
+    PineconeConnectionError,
+    PineconeError,
+    PineconeTypeError,
+    PineconeValueError,
+    ValidationError,
+)
 
-from core.errors import IndexError_, UpsertMismatch
+from core.errors import IndexError_, IndexRateLimited, IndexRejected, IndexUnavailable, UpsertMismatch
 from core.index import MAX_METADATA_BYTES, Match, Vector
 
 log = logging.getLogger(__name__)
@@ -168,6 +180,19 @@ class PineconeIndex:
             self.writes += 1
             self._call("delete", self._index.delete, ids=batch, namespace=self.namespace)
 
+    def delete_documents(self, document_ids: list[str], keep: Collection[str] = ()) -> int:
+        """Delete every vector whose id starts with ``"{document_id}#"``, except ``keep``.
+
+        Pinecone serverless cannot delete by metadata filter, so the ids are listed by prefix
+        first. A write not yet visible to ``list`` (Pinecone is eventually consistent) can be
+        missed; the drift audit's orphan sweep catches that case."""
+        kept = set(keep)
+        doomed: list[str] = []
+        for document_id in document_ids:
+            doomed += [vid for vid in self.list_ids(f"{document_id}#") if vid not in kept]
+        self.delete(doomed)
+        return len(doomed)
+
     # --- reads ------------------------------------------------------------------------
     def fetch(self, ids: list[str]) -> dict[str, Mapping[str, Any]]:
         """Metadata of the vectors that exist among ``ids`` (missing ids are absent)."""
@@ -210,9 +235,35 @@ class PineconeIndex:
     def _call(what: str, method: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(*args, **kwargs)
+        except (PineconeValueError, PineconeTypeError, ValidationError) as exc:  # refused before sending
+            raise IndexRejected(f"pinecone {what} refused: {_short(exc)}") from exc
+        except PineconeConnectionError as exc:
+            raise IndexUnavailable(f"pinecone {what} failed: unreachable: {_short(exc)}") from exc
         except PineconeError as exc:
             status = getattr(exc, "status_code", None)
-            raise IndexError_(f"pinecone {what} failed (HTTP {status}): {exc}") from exc
+            detail = f"pinecone {what} failed (HTTP {status}): {_short(exc)}"
+            if status == 429:
+                raise IndexRateLimited(f"{detail} (rate limited)", status, _retry_after(exc) or 1.0) from exc
+            if status in (502, 503, 504):
+                raise IndexUnavailable(f"{detail} (outage)", status, _retry_after(exc)) from exc
+            if isinstance(status, int) and 400 <= status < 500 and status != 408:
+                raise IndexRejected(detail, status) from exc
+            raise IndexError_(detail, status) from exc
+        except (OSError, ValueError) as exc:  # connection refused, urllib3 errors
+            raise IndexUnavailable(f"pinecone {what} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _short(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:500]
+
+
+def _retry_after(exc: Exception) -> float | None:
+    headers = getattr(exc, "headers", None) or {}
+    try:
+        raw = dict(headers).get("Retry-After") or dict(headers).get("retry-after")
+        return float(raw) if raw else None
+    except (TypeError, ValueError):
+        return None
 
 
 def plan_upserts(records: Sequence[dict[str, Any]],
@@ -236,7 +287,7 @@ def _trim(vid: str, metadata: Mapping[str, Any]) -> dict[str, Any]:
     try:
         trimmed = trim_metadata(metadata)
     except ValueError as exc:
-        raise IndexError_(f"vector {vid}: {exc}") from exc
+        raise IndexRejected(f"vector {vid}: {exc}") from exc
     if trimmed.get(TRIMMED_KEY):
         log.warning("metadata of vector %s trimmed to fit Pinecone's 40 KB limit", vid)
     return trimmed
