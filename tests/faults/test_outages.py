@@ -107,6 +107,11 @@ def test_dramatiqs_reconnect_lines_become_one_outage_report(caplog: pytest.LogCa
     consumer_log = logging.getLogger("dramatiq.worker.ConsumerThread(sync)")
     assert consumer_log in consumer_loggers()
     quiet = ConsumerOutages(outages)
+    # A worker started earlier in this test process left its own filter (one per process is the
+    # rule, start_worker replaces it): set it aside, or it would take these lines first.
+    earlier = [f for f in consumer_log.filters if isinstance(f, ConsumerOutages)]
+    for old in earlier:
+        consumer_log.removeFilter(old)
     consumer_log.addFilter(quiet)
     caplog.set_level(logging.INFO)
     try:
@@ -117,6 +122,8 @@ def test_dramatiqs_reconnect_lines_become_one_outage_report(caplog: pytest.LogCa
         consumer_log.warning("something else")
     finally:
         consumer_log.removeFilter(quiet)
+        for old in earlier:
+            consumer_log.addFilter(old)
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["redis unreachable; retrying with backoff", "something else"]
     assert "redis unreachable since" in outages.info()["outage"]
