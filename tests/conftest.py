@@ -89,7 +89,8 @@ def settings(infra: dict[str, str]) -> Settings:
     return make_settings(infra)
 
 
-TABLES = ("scopes", "documents", "runs", "run_items", "deliveries", "heartbeats", "source_stats", "kv")
+TABLES = ("scopes", "documents", "runs", "run_items", "deliveries", "heartbeats", "source_stats", "kv",
+          "api_keys")
 
 
 def reset_state(svc: Services) -> None:

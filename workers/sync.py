@@ -21,7 +21,7 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from core import state
+from core import access, state
 from core.documents import Document, Gone, Ref, chunk_text, vector_id
 from core.embeddings import Embedder
 from core.errors import NotConfigured, NotReady, PermanentSourceError, RateLimited, VectorSyncError
@@ -118,6 +118,8 @@ class Pipeline:
         for ref in refs:  # the last word on a document within one batch wins
             latest[ref.document_id] = ref
         resolved = await self._resolve(list(latest.values()), outcome)
+        # Operator-set access per scope (vector-sync scopes access) overrides the source's.
+        resolved = await asyncio.to_thread(access.apply_overrides, self.pool, resolved)
         rows = await asyncio.to_thread(state.get_documents, self.pool, list(resolved))
         to_embed: list[Document] = []
         unchanged: list[str] = []
