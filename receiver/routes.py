@@ -20,7 +20,7 @@ from core.errors import InvalidWebhook, NotConfigured
 from core.runtime import Services
 from core.settings import SOURCE_NAMES, Settings
 from core.status import build_status, render_metrics
-from receiver import admin, auth, dashboard, search
+from receiver import admin, auth, dashboard, openapi, search
 
 log = logging.getLogger("vector_sync.receiver")
 
@@ -273,4 +273,5 @@ def routes() -> list[BaseRoute]:
         *auth.routes(),  # before admin: /api/scopes/{source}/access
         *admin.routes(),
         *dashboard.routes(),
+        *openapi.routes(),
     ]
