@@ -26,6 +26,10 @@ MODES = ("hybrid", "vector")
 RESERVED = {"text", "chunk", "document_id", "source", "scope", "author", "updated_at",
             "access_type", "access_list"}
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+#: Identifiers people type, looked up exactly in metadata and ranked first (hybrid mode):
+#: a Jira issue key (SUBS-652) and a GitHub issue or pull request (acme/api#42).
+JIRA_KEY = re.compile(r"(?<![\w-])([A-Za-z][A-Za-z0-9]{1,9}-\d{1,9})(?![\w-])")
+GITHUB_REF = re.compile(r"(?<![\w/.-])([\w.-]{1,100}/[\w.-]{1,100})#(\d{1,9})\b")
 
 #: Fields of a POST body; the GET form takes the same names except ``metadata``.
 BODY_FIELDS = {"q", "top_k", "source", "scope", "updated_after", "updated_before", "author",
@@ -175,6 +179,16 @@ def parse(data: Mapping[str, Any], *, query_string: bool = False) -> SearchQuery
     )
 
 
+def identifier_filters(q: str) -> list[dict[str, Any]]:
+    """Exact-match filters for the identifiers in ``q``, in the order they appear."""
+    found: list[tuple[int, dict[str, Any]]] = []
+    for m in GITHUB_REF.finditer(q):
+        found.append((m.start(), {"$and": [{"repo": {"$eq": m.group(1)}}, {"number": {"$eq": int(m.group(2))}}]}))
+    for m in JIRA_KEY.finditer(q):
+        found.append((m.start(), {"key": {"$eq": m.group(1).upper()}}))
+    return [f for _, f in sorted(found, key=lambda item: item[0])][:5]
+
+
 def _iso(value: Any) -> str | None:
     if isinstance(value, datetime):
         return value.isoformat()
@@ -188,18 +202,27 @@ def stale_after(settings: Settings) -> dict[str, float]:
 
 
 async def search(services: Any, embedder: Any, settings: Settings, query: SearchQuery,
-                 view: AccessView) -> dict[str, Any]:
-    """Run one search; the body every surface returns (``{"query", "results", ...}``)."""
+                 view: AccessView, *, identifiers: bool = True) -> dict[str, Any]:
+    """Run one search; the body every surface returns (``{"query", "results", ...}``).
+    ``identifiers=False`` drops the exact-identifier lane (the benchmark measures without it)."""
     [vector] = await embedder.embed([query.q])
     flt = access.combine(query.index_filter(), access.access_filter(view))
     index = services.index
     # Several chunks of one document may match: ask for more, keep each document's best.
     wanted = min(query.top_k * 4, 400)
-    hybrid = query.mode == "hybrid" and hasattr(index, "hybrid_query")
+    hybrid = query.mode == "hybrid" and hasattr(index, "hybrid_query")  # pgvector: text + vector
     if hybrid:
         matches = await asyncio.to_thread(index.hybrid_query, vector, query.q, wanted, flt)
     else:
         matches = await asyncio.to_thread(index.query, vector, wanted, flt)
+    if query.mode == "hybrid" and identifiers:
+        # Identifiers first: the document an exact key names is the answer, whatever the
+        # embeddings think (an issue key is one token among hundreds of words). Same filter,
+        # so access holds; works on both backends (a metadata-filtered query).
+        exact = []
+        for ident in identifier_filters(query.q):
+            exact += await asyncio.to_thread(index.query, vector, 3, access.combine(flt, ident))
+        matches = exact + [m for m in matches if m.id not in {e.id for e in exact}]
     best: dict[str, Any] = {}
     for match in matches:
         document_id = str(match.metadata.get("document_id", match.id.rsplit("#", 1)[0]))
@@ -232,7 +255,7 @@ async def search(services: Any, embedder: Any, settings: Settings, query: Search
             "chunk": meta.get("chunk"),
             "vector_id": match.id,
         })
-    return {"query": query.q, "mode": "hybrid" if hybrid else "vector", "access": view.describe(),
+    return {"query": query.q, "mode": query.mode, "text_search": hybrid, "access": view.describe(),
             "results": results}
 
 

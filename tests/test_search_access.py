@@ -367,3 +367,36 @@ class TestCli:
         assert hits and all(h["access_type"] == "public" for h in hits)
         assert cli(env, "scopes", "access", "slack", channel.id).returncode == 2
         assert cli(env, "scopes", "access", "slack", "C0NOPE", "--public").returncode == 1
+
+
+class TestIdentifiersRankFirst:
+    def test_issue_keys_repo_refs_and_names_put_the_right_document_first(self, services, receiver, worker):
+        people = ["Grace Liu", "Henry Adeyemi", "Farid Haddad", "Erika Novak"]
+        for n in range(24):
+            key = f"SUBS-{600 + n}"
+            person = people[n % len(people)] if n != 13 else "Ngozi Bello"
+            body = {"id": f"sub-{n}", "title": f"{key}: billing migration step {n}",
+                    "text": f"The SUBS billing migration, step {n}. Owner: {person}. "
+                            "We move invoices to the new ledger and check refunds and renewals.",
+                    "metadata": {"key": key, "scope": "SUBS"}, "updated_at": 1000 + n}
+            assert httpx.post(f"{receiver.url}/api/documents", json=body, headers=ADMIN).status_code == 202
+        for n in range(6):
+            body = {"id": f"gh-{n}", "title": "Fix the billing webhook retries",
+                    "text": f"Issue #{40 + n} in acme/api: billing webhook retries time out.",
+                    "metadata": {"repo": "acme/api", "number": 40 + n, "scope": "acme/api"}, "updated_at": 1}
+            assert httpx.post(f"{receiver.url}/api/documents", json=body, headers=ADMIN).status_code == 202
+        worker.drain()
+
+        def first(q: str, **extra) -> str:
+            response = httpx.post(f"{receiver.url}/api/search", json={"q": q, **extra}, headers=ADMIN)
+            assert response.status_code == 200, response.text
+            return response.json()["results"][0]["document_id"]
+
+        assert first("SUBS-613") == "api:sub-13"
+        assert first("what is the status of subs-607?") == "api:sub-7"
+        assert first("acme/api#42") == "api:gh-2"
+        assert first("Ngozi Bello") == "api:sub-13"
+        # The identifier lane respects filters: a key outside the asked scope is not pinned.
+        response = httpx.post(f"{receiver.url}/api/search", headers=ADMIN,
+                              json={"q": "SUBS-613", "scope": "acme/api"}).json()["results"]
+        assert "api:sub-13" not in [r["document_id"] for r in response]
