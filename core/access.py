@@ -107,6 +107,8 @@ def set_scope_access(
     keys that exist. The caller re-syncs their documents so the index follows."""
     if access_type not in (None, "public", "restricted"):
         raise ValueError("access_type must be public or restricted")
+    if any("\x00" in k for k in keys) or any("\x00" in m for m in access_list):
+        raise ValueError("scope keys and principals must not contain NUL characters")
     members = sorted({p for p in (normalise_principal(m) for m in access_list) if p})
     if access_type == "restricted" and not members:
         raise ValueError("restricting a scope needs at least one principal")

@@ -69,6 +69,8 @@ def create_key(
     """A new key and its token (the only time the token exists outside the caller)."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    if "\x00" in (principal or "") or "\x00" in name:
+        raise ValueError("principal and name must not contain NUL characters")
     principal = normalise_principal(principal)
     if principal is not None and ("@" not in principal or len(principal) > 320):
         raise ValueError("principal must be an email address")
@@ -91,7 +93,7 @@ def resolve(pool: ConnectionPool, token: str, env_admin_key: str | None = None) 
         return None
     if env_admin_key and hmac.compare_digest(token.encode(), env_admin_key.encode()):
         return ENV_ADMIN
-    if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+    if not token.startswith(TOKEN_PREFIX) or len(token) > 200 or "\x00" in token:
         return None
     with pool.connection() as conn:
         row = conn.execute(
@@ -123,6 +125,8 @@ def list_keys(pool: ConnectionPool, include_revoked: bool = False) -> list[dict[
 
 def revoke(pool: ConnectionPool, key_id: str) -> bool:
     """Revoke a key at once; False when no live key has that id."""
+    if "\x00" in key_id or len(key_id) > 100:
+        return False
     with pool.connection() as conn:
         cur = conn.execute(
             "UPDATE api_keys SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL", (key_id,)

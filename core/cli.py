@@ -7,6 +7,7 @@
     vector-sync scopes access SOURCE KEY --restrict a@x,b@y | --public | --inherit
     vector-sync keys create|list|revoke   API keys (admin, or search bound to a principal)
     vector-sync search "query" [--source S] [--scope K] [--as-user EMAIL] [--top-k N] [--json]
+    vector-sync mcp                   MCP server over stdio (key: VECTOR_SYNC_API_KEY)
     vector-sync dead-letters list|replay
     vector-sync sandbox ...           the simulators (same as python -m sandbox)
     vector-sync migrate               apply database migrations and exit
@@ -289,6 +290,38 @@ def cmd_search(args: argparse.Namespace) -> int:
     return with_services(run)
 
 
+def cmd_mcp(args: argparse.Namespace) -> int:
+    """The MCP server over stdio, as the key in VECTOR_SYNC_API_KEY (resolved on every call)."""
+    import os
+
+    from core import apikeys
+    from core.embeddings import build_embedder
+    from core.mcp_tools import build_server
+
+    token = os.environ.get("VECTOR_SYNC_API_KEY", "").strip()
+    if not token:
+        fail("VECTOR_SYNC_API_KEY is not set: vector-sync mcp needs a search key (vector-sync keys create)")
+
+    def run(services: Any, settings: Settings) -> int:
+        env_admin = str(settings.admin_api_key) or None
+        if apikeys.resolve(services.pool, token, env_admin) is None:
+            fail("VECTOR_SYNC_API_KEY is not a live API key")
+
+        async def key_of(ctx: Any) -> Any:
+            import asyncio
+
+            key = await asyncio.to_thread(apikeys.resolve, services.pool, token, env_admin)
+            if key is None:
+                raise PermissionError("VECTOR_SYNC_API_KEY was revoked")
+            return key
+
+        embedder = build_embedder(settings)
+        build_server(services, settings, embedder, key_of).run("stdio")
+        return 0
+
+    return with_services(run)
+
+
 def cmd_dead_letters(args: argparse.Namespace) -> int:
     from core import queue
 
@@ -354,6 +387,8 @@ def parser() -> argparse.ArgumentParser:
     find.add_argument("--mode", choices=["hybrid", "vector"], default="hybrid")
     find.add_argument("--json", action="store_true", help="print JSON (the API's body)")
     find.set_defaults(fn=cmd_search)
+    sub.add_parser("mcp", help="MCP server over stdio (search, get_document) as VECTOR_SYNC_API_KEY").set_defaults(
+        fn=cmd_mcp)
     dead = sub.add_parser("dead-letters", help="list or replay jobs that exhausted their retries")
     dead.add_argument("action", choices=["list", "replay"])
     dead.add_argument("ids", nargs="*", help="message ids to replay (default: all)")

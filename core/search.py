@@ -124,6 +124,9 @@ def parse(data: Mapping[str, Any], *, query_string: bool = False) -> SearchQuery
     strings). Unknown fields are refused by name: a filter silently ignored returns wrong
     results with a 200, which is worse than an error."""
     allowed = QUERY_PARAMS if query_string else BODY_FIELDS
+    if _has_nul(data):
+        # Postgres text and jsonb cannot hold U+0000; no identifier or word contains one.
+        raise BadQuery("values must not contain NUL characters")
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise BadQuery(f"unknown {'parameter' if query_string else 'field'}(s): {', '.join(unknown)}; "
@@ -177,6 +180,16 @@ def parse(data: Mapping[str, Any], *, query_string: bool = False) -> SearchQuery
         as_user=as_user, include_restricted=flag(data.get("include_restricted"), "include_restricted"),
         mode=mode,
     )
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def identifier_filters(q: str) -> list[dict[str, Any]]:

@@ -271,6 +271,17 @@ def spec() -> dict[str, Any]:
                         body=_body({"type": "object", "properties": {
                             "message_ids": {"type": "array", "items": {"type": "string"}}}}, required=False)),
         },
+        "/mcp": {
+            method: _op(f"MCP streamable HTTP ({method.upper()}): tools search and get_document, "
+                        "with the same access rules as /api/search",
+                        {"200": ok("A JSON-RPC answer"), "202": ok("Accepted (a notification)"),
+                         **_errors(400, 401, 403, 404), "405": {**ERROR, "description": "Not allowed"},
+                         "406": {**ERROR, "description": "Not acceptable"},
+                         "415": {**ERROR, "description": "Unsupported media type"}},
+                        security=ANY_KEY, tags=["mcp"],
+                        body=_body(OBJ, required=False) if method == "post" else None)
+            for method in ("post", "delete")
+        },
         "/api/admin/verification-token/{source}": {
             "get": _op("A webhook verification token received from a source (Notion)",
                        {"200": ok("The token"), **_errors(401, 403, 404)}, security=ADMIN,

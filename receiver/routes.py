@@ -20,7 +20,7 @@ from core.errors import InvalidWebhook, NotConfigured
 from core.runtime import Services
 from core.settings import SOURCE_NAMES, Settings
 from core.status import build_status, render_metrics
-from receiver import admin, auth, dashboard, openapi, search
+from receiver import admin, auth, dashboard, mcp_http, openapi, search
 
 log = logging.getLogger("vector_sync.receiver")
 
@@ -274,4 +274,5 @@ def routes() -> list[BaseRoute]:
         *admin.routes(),
         *dashboard.routes(),
         *openapi.routes(),
+        *mcp_http.routes(),
     ]

@@ -73,8 +73,10 @@ async def get_document(request: Request) -> Response:
     if denied := await run_in_threadpool(auth.require, request, "search"):
         return denied
     document_id = request.path_params["id"]
-    if not document_id or len(document_id) > 1024:
+    if not document_id or len(document_id) > 1024 or "\x00" in document_id:
         return _error(400, "invalid document id")
+    if any("\x00" in v for v in request.query_params.values()):
+        return _error(400, "values must not contain NUL characters")
     unknown = sorted(set(request.query_params) - {"as_user", "include_restricted"})
     if unknown:
         return _error(400, f"unknown parameter(s): {', '.join(unknown)}")

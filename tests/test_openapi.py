@@ -82,3 +82,4 @@ def test_malformed_requests_from_the_schema_get_4xx_not_5xx(services, receiver):
     check()
     assert not failures, "\n".join(failures[:10])
 
+

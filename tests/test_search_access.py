@@ -400,3 +400,20 @@ class TestIdentifiersRankFirst:
         response = httpx.post(f"{receiver.url}/api/search", headers=ADMIN,
                               json={"q": "SUBS-613", "scope": "acme/api"}).json()["results"]
         assert "api:sub-13" not in [r["document_id"] for r in response]
+
+
+class TestNulCharacters:
+    """Found by the schema-driven fuzz: Postgres text cannot hold U+0000, which made a 500."""
+
+    def test_nul_in_any_value_is_a_400(self, services, receiver):
+        cases = [("POST", "/api/keys", {"role": "admin", "name": "a\x00b"}),
+                 ("POST", "/api/keys", {"role": "search", "principal": "a\x00@example.com"}),
+                 ("POST", "/api/search", {"q": "x\x00"}),
+                 ("POST", "/api/search", {"q": "x", "metadata": {"team": "r\x00"}}),
+                 ("POST", "/api/search", {"q": "x", "scope": ["S\x00"]}),
+                 ("POST", "/api/scopes/slack/access", {"keys": ["C\x00"], "public": True})]
+        for method, path, body in cases:
+            response = httpx.request(method, f"{receiver.url}{path}", json=body, headers=ADMIN)
+            assert response.status_code == 400, (path, body, response.text)
+        assert httpx.get(f"{receiver.url}/api/documents/a%00b", headers=ADMIN).status_code == 400
+        assert httpx.delete(f"{receiver.url}/api/keys/a%00b", headers=ADMIN).status_code == 404
