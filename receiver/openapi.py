@@ -181,6 +181,10 @@ def spec() -> dict[str, Any]:
         "/": {"get": _op("The dashboard page", {"200": {"description": "HTML",
                                                         "content": {"text/html": {"schema": {"type": "string"}}}}},
                          tags=["status"])},
+        "/search": {"get": _op("A search page for people (asks for a search key)",
+                               {"200": {"description": "HTML",
+                                        "content": {"text/html": {"schema": {"type": "string"}}}}},
+                               tags=["search"])},
         "/openapi.json": {"get": _op("This document", {"200": ok("OpenAPI 3.1")}, tags=["meta"])},
         "/api/search": {
             "get": _op("Search (simple form); unknown parameters are a 400",

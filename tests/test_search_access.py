@@ -70,7 +70,7 @@ class TestKeys:
 
         listed = [(m, p) for m, p, _ in ADMIN_REQUESTS]
         public = {"/healthz", "/readyz", "/api/status", "/metrics", "/api/search", "/webhooks/{source}",
-                  "/api/documents/{id:path}", "/", "/dashboard", "/openapi.json", "/mcp"}
+                  "/api/documents/{id:path}", "/", "/search", "/openapi.json", "/mcp"}
         for route in create_app(services.settings).routes:
             path = getattr(route, "path", "")
             for method in sorted((getattr(route, "methods", None) or {"GET"}) - {"HEAD"}):
@@ -417,3 +417,21 @@ class TestNulCharacters:
             assert response.status_code == 400, (path, body, response.text)
         assert httpx.get(f"{receiver.url}/api/documents/a%00b", headers=ADMIN).status_code == 400
         assert httpx.delete(f"{receiver.url}/api/keys/a%00b", headers=ADMIN).status_code == 404
+
+
+class TestSearchPage:
+    def test_search_page_is_self_contained_asks_for_a_key_and_renders_text_only(self, services, receiver):
+        import base64
+        import hashlib
+        import re
+
+        response = httpx.get(f"{receiver.url}/search")
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+        html, csp = response.text, response.headers["content-security-policy"]
+        [script] = re.findall(r"<script>(.*?)</script>", html, re.DOTALL)
+        digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+        assert f"'sha256-{digest}'" in csp and "connect-src 'self'" in csp and "default-src 'none'" in csp
+        assert 'type="password"' in html and "sessionStorage" in html  # the key: asked for, kept per tab
+        assert '"Authorization": "Bearer " + key' in script and 'fetch("api/search"' in script
+        assert "innerHTML" not in html and "textContent" in script  # results as text, never markup
+        assert not re.search(r"(src|href)=\"(https?:)?//", html)  # nothing from elsewhere
