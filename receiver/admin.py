@@ -1,5 +1,5 @@
-"""Admin API (every route needs ``X-Admin-Key``): scopes, backfills, runs, dead letters, and the
-webhook verification token.
+"""Admin API (every route needs an admin key: ``Authorization: Bearer`` or ``X-Admin-Key``): scopes,
+backfills, runs, dead letters, and the webhook verification token.
 
 Backfills requested here are queued as ``runs`` rows and executed by the reconciler process
 (the receiver only answers), so a receiver restart never loses one.
@@ -182,10 +182,11 @@ async def verification_token(request: Request, source: str) -> Response:
 
 
 def admin_only(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-    """Refuse the request unless it carries the admin key (401), or none is set (403)."""
+    """Refuse the request unless it carries an admin key: 401 without a live key, 403 for a
+    search key or when no key can exist (receiver.auth; the lookup runs off the event loop)."""
 
     async def guarded(request: Request) -> Response:
-        if denied := _helpers().check_admin(request):
+        if denied := await run_in_threadpool(_helpers().check_admin, request):
             return denied
         return await handler(request)
 
