@@ -1,6 +1,6 @@
 """``python -m benchmarks [NAME ...] [--quick]``: run benchmarks, print figures, write JSON.
 
-Names: backfill, webhook-ack, search, pipeline-skip (default: all, in that order).
+Names: backfill, webhook-ack, search, pipeline-skip, retrieval (default: all, in that order).
 Results go to ``benchmarks/results/<name>.json`` (git-ignored). Figures only: nothing here
 asserts on a timing.
 """
@@ -25,6 +25,7 @@ BENCHMARKS = {
     "webhook-ack": "benchmarks.webhook_ack",
     "search": "benchmarks.search",
     "pipeline-skip": "benchmarks.pipeline_skip",
+    "retrieval": "benchmarks.retrieval",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -35,7 +35,8 @@ BASE_ENV = {
     "LOG_LEVEL": "WARNING",
 }
 
-TABLES = ("scopes", "documents", "runs", "run_items", "deliveries", "heartbeats", "source_stats", "kv")
+TABLES = ("scopes", "documents", "runs", "run_items", "deliveries", "heartbeats", "source_stats", "kv",
+          "api_keys")
 
 
 def free_port() -> int:

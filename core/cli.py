@@ -6,6 +6,10 @@
     vector-sync verify [SOURCE] [--scope KEY] [--repair] [--json]
                                       the drift audit (exit 0 clean, 1 drift, 3 incomplete)
     vector-sync scopes list|activate|deactivate SOURCE [KEY ...]
+    vector-sync scopes access SOURCE KEY --restrict a@x,b@y | --public | --inherit
+    vector-sync keys create|list|revoke   API keys (admin, or search bound to a principal)
+    vector-sync search "query" [--source S] [--scope K] [--as-user EMAIL] [--top-k N] [--json]
+    vector-sync mcp                   MCP server over stdio (key: VECTOR_SYNC_API_KEY)
     vector-sync dead-letters list|replay
     vector-sync sandbox ...           the simulators (same as python -m sandbox)
     vector-sync migrate               apply database migrations and exit
@@ -167,6 +171,8 @@ def cmd_scopes(args: argparse.Namespace) -> int:
             fail(f"scopes {args.action} needs SOURCE and at least one KEY")
         if args.source not in SOURCE_NAMES:
             fail(f"unknown source {args.source!r}; one of {', '.join(SOURCE_NAMES)}")
+        if args.action == "access":
+            return scope_access(services, args)
         done = scopes.set_active(services.pool, args.source, args.keys, args.action == "activate")
         missing = sorted(set(args.keys) - set(done))
         for key in done:
@@ -180,6 +186,159 @@ def cmd_scopes(args: argparse.Namespace) -> int:
         if missing:
             print(f"unknown scope(s): {', '.join(missing)} (see 'vector-sync scopes list')", file=sys.stderr)
             return 1
+        return 0
+
+    return with_services(run)
+
+
+def scope_access(services: Any, args: argparse.Namespace) -> int:
+    """Operator-set access for scopes, then a re-sync so the index follows."""
+    from core import access, queue
+    from core.documents import Ref, split_doc_id
+    from core import state
+
+    modes = [m for m in ("restrict", "public", "inherit") if getattr(args, m)]
+    if len(modes) != 1:
+        fail("scopes access needs exactly one of --restrict EMAIL[,EMAIL...], --public or --inherit")
+    access_type = {"restrict": "restricted", "public": "public", "inherit": None}[modes[0]]
+    members = [m for m in (args.restrict or "").split(",") if m.strip()]
+    try:
+        done = access.set_scope_access(services.pool, args.source, args.keys, access_type, members)
+    except ValueError as exc:
+        fail(str(exc))
+    refs = [Ref(source=args.source, id=split_doc_id(d)[1], scope=key)
+            for key in done for d in state.live_document_ids(services.pool, args.source, key)]
+    if refs:
+        queue.enqueue(services.broker, refs)
+    for key in done:
+        what = access_type or "inherited from the source"
+        listed = f" to {', '.join(sorted({m.strip().lower() for m in members}))}" if members else ""
+        print(f"{args.source} {key}: {what}{listed}; re-syncing {len(refs)} document(s)")
+    missing = sorted(set(args.keys) - set(done))
+    if missing:
+        print(f"unknown scope(s): {', '.join(missing)} (see 'vector-sync scopes list')", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from core import apikeys
+
+    def run(services: Any, settings: Settings) -> int:
+        if args.action == "create":
+            if not args.role:
+                fail("keys create needs --role admin|search")
+            try:
+                key, token = apikeys.create_key(services.pool, args.role, args.principal,
+                                                trusted=args.trusted, name=args.name or "")
+            except ValueError as exc:
+                fail(str(exc))
+            if args.json:
+                print(json.dumps({"id": key.id, "role": key.role, "principal": key.principal,
+                                  "trusted": key.trusted, "name": key.name, "token": token}))
+            else:
+                who = key.principal or "no principal"
+                print(f"created {key.role} key {key.id} ({who}{', trusted' if key.trusted else ''})")
+                print(f"token (shown once, store it now): {token}")
+            return 0
+        if args.action == "list":
+            rows = apikeys.list_keys(services.pool, include_revoked=args.all)
+            if args.json:
+                print(json.dumps(rows, indent=2))
+                return 0
+            for row in rows:
+                state_ = f"revoked {row['revoked_at']}" if row["revoked_at"] else f"last used {row['last_used_at'] or 'never'}"
+                print(f"{row['id']}  {row['role']:<6} {row['principal'] or '-':<30} "
+                      f"{'trusted ' if row['trusted'] else ''}{row['name']}  {state_}")
+            print(f"{len(rows)} key(s)")
+            return 0
+        if not args.id:
+            fail("keys revoke needs the key ID (see 'vector-sync keys list')")
+        if not apikeys.revoke(services.pool, args.id):
+            print(f"no live key {args.id!r}", file=sys.stderr)
+            return 1
+        print(f"revoked {args.id}")
+        return 0
+
+    return with_services(run)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """The same search as the API (core.search), as the local operator: public documents, or
+    what --as-user may read, or everything with --include-restricted."""
+    import asyncio
+
+    from core import access, search
+    from core.embeddings import build_embedder
+
+    def run(services: Any, settings: Settings) -> int:
+        data: dict[str, Any] = {"q": args.query, "top_k": args.top_k, "mode": args.mode,
+                                "include_restricted": args.include_restricted}
+        if args.source:
+            data["source"] = args.source
+        if args.scope:
+            data["scope"] = args.scope
+        if args.as_user:
+            data["as_user"] = args.as_user
+        try:
+            query = search.parse(data)
+            view = access.view_for(None, query.as_user, query.include_restricted)
+        except ValueError as exc:
+            fail(str(exc))
+
+        async def go() -> dict[str, Any]:
+            embedder = build_embedder(settings)
+            try:
+                return await search.search(services, embedder, settings, query, view)
+            finally:
+                await embedder.aclose()
+
+        try:
+            body = asyncio.run(go())
+        except VectorSyncError as exc:
+            fail(f"search failed: {exc}", 1)
+        if args.json:
+            print(json.dumps(body, indent=2, default=str))
+            return 0
+        for n, hit in enumerate(body["results"], start=1):
+            flags = " ".join(f for f, on in (("restricted", hit["access_type"] != "public"),
+                                             ("STALE", hit["stale"])) if on)
+            print(f"{n:>2}. {hit['title'][:90]}  [{hit['source']}/{hit['scope']}] {flags}".rstrip())
+            print(f"    {hit['url'] or hit['document_id']}  score {hit['score']:.4f}  as of {hit['as_of'] or '?'}")
+        if not body["results"]:
+            print(f"no results ({body['access']})")
+        return 0
+
+    return with_services(run)
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    """The MCP server over stdio, as the key in VECTOR_SYNC_API_KEY (resolved on every call)."""
+    import os
+
+    from core import apikeys
+    from core.embeddings import build_embedder
+    from core.mcp_tools import build_server
+
+    token = os.environ.get("VECTOR_SYNC_API_KEY", "").strip()
+    if not token:
+        fail("VECTOR_SYNC_API_KEY is not set: vector-sync mcp needs a search key (vector-sync keys create)")
+
+    def run(services: Any, settings: Settings) -> int:
+        env_admin = str(settings.admin_api_key) or None
+        if apikeys.resolve(services.pool, token, env_admin) is None:
+            fail("VECTOR_SYNC_API_KEY is not a live API key")
+
+        async def key_of(ctx: Any) -> Any:
+            import asyncio
+
+            key = await asyncio.to_thread(apikeys.resolve, services.pool, token, env_admin)
+            if key is None:
+                raise PermissionError("VECTOR_SYNC_API_KEY was revoked")
+            return key
+
+        embedder = build_embedder(settings)
+        build_server(services, settings, embedder, key_of).run("stdio")
         return 0
 
     return with_services(run)
@@ -307,11 +466,36 @@ def parser() -> argparse.ArgumentParser:
     sandbox.add_argument("rest", nargs=argparse.REMAINDER)
     sandbox.set_defaults(fn=cmd_sandbox)
     scopes = sub.add_parser("scopes", help="list, activate or deactivate scopes")
-    scopes.add_argument("action", choices=["list", "activate", "deactivate"])
+    scopes.add_argument("action", choices=["list", "activate", "deactivate", "access"])
     scopes.add_argument("source", nargs="?")
     scopes.add_argument("keys", nargs="*")
     scopes.add_argument("--purge", action="store_true", help="with deactivate: delete the scope's documents")
+    scopes.add_argument("--restrict", metavar="EMAILS", help="with access: only these principals (comma-separated)")
+    scopes.add_argument("--public", action="store_true", help="with access: the whole workspace")
+    scopes.add_argument("--inherit", action="store_true", help="with access: back to what the source says")
     scopes.set_defaults(fn=cmd_scopes)
+    keys = sub.add_parser("keys", help="create, list or revoke API keys")
+    keys.add_argument("action", choices=["create", "list", "revoke"])
+    keys.add_argument("id", nargs="?", help="with revoke: the key id")
+    keys.add_argument("--role", choices=["admin", "search"], help="with create")
+    keys.add_argument("--principal", help="with create: the email the key searches as")
+    keys.add_argument("--trusted", action="store_true", help="with create: may search on behalf of a user (as_user)")
+    keys.add_argument("--name", help="with create: a label")
+    keys.add_argument("--all", action="store_true", help="with list: include revoked keys")
+    keys.add_argument("--json", action="store_true", help="print JSON")
+    keys.set_defaults(fn=cmd_keys)
+    find = sub.add_parser("search", help="search the index (the same search as the API)")
+    find.add_argument("query")
+    find.add_argument("--source", action="append", help="only this source (repeatable)")
+    find.add_argument("--scope", action="append", help="only this scope key (repeatable)")
+    find.add_argument("--as-user", help="search as this email sees it (restricted documents it may read)")
+    find.add_argument("--include-restricted", action="store_true", help="everything, whoever may read it")
+    find.add_argument("--top-k", type=int, default=10)
+    find.add_argument("--mode", choices=["hybrid", "vector"], default="hybrid")
+    find.add_argument("--json", action="store_true", help="print JSON (the API's body)")
+    find.set_defaults(fn=cmd_search)
+    sub.add_parser("mcp", help="MCP server over stdio (search, get_document) as VECTOR_SYNC_API_KEY").set_defaults(
+        fn=cmd_mcp)
     dead = sub.add_parser("dead-letters", help="list or replay jobs that exhausted their retries")
     dead.add_argument("action", choices=["list", "replay"])
     dead.add_argument("ids", nargs="*", help="message ids to replay (default: all)")

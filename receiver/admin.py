@@ -1,5 +1,6 @@
-"""Admin API (every route needs ``X-Admin-Key``): scopes, backfills, runs, dead letters, the
-webhook verification token, and the drift audit (``POST /api/admin/verify``).
+"""Admin API (every route needs an admin key: ``Authorization: Bearer`` or ``X-Admin-Key``): scopes,
+backfills, runs, dead letters, the webhook verification token, and the drift audit
+(``POST /api/admin/verify``).
 
 Backfills requested here are queued as ``runs`` rows and executed by the reconciler process
 (the receiver only answers), so a receiver restart never loses one.
@@ -228,10 +229,11 @@ async def start_verify(request: Request) -> Response:
 
 
 def admin_only(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-    """Refuse the request unless it carries the admin key (401), or none is set (403)."""
+    """Refuse the request unless it carries an admin key: 401 without a live key, 403 for a
+    search key or when no key can exist (receiver.auth; the lookup runs off the event loop)."""
 
     async def guarded(request: Request) -> Response:
-        if denied := _helpers().check_admin(request):
+        if denied := await run_in_threadpool(_helpers().check_admin, request):
             return denied
         return await handler(request)
 

@@ -22,6 +22,7 @@ from core.heartbeat import Heartbeat
 from core.logs import configure_logging
 from core.runtime import SourceSet, open_services
 from core.settings import Settings
+from receiver import mcp_http
 from receiver.routes import routes
 
 log = logging.getLogger("vector_sync.receiver")
@@ -39,7 +40,8 @@ def create_app(settings: Settings) -> Starlette:
         app.state.query_embedder = build_embedder(settings)
         log.info("receiver ready", extra={"sources": ",".join(settings.configured_sources()) or "none"})
         try:
-            yield
+            async with mcp_http.lifespan(app):  # the MCP server at /mcp
+                yield
         finally:
             heartbeat.stop()
             await app.state.sources.aclose()

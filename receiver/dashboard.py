@@ -23,9 +23,9 @@ _BLOCK = re.compile(r"<(script|style)>(.*?)</\1>", re.DOTALL)
 
 
 @functools.cache
-def _page() -> tuple[str, str]:
-    """The page and its Content-Security-Policy (hashes of its inline script and style)."""
-    html = (resources.files("receiver") / "static" / "dashboard.html").read_text(encoding="utf-8")
+def _page(name: str = "dashboard.html") -> tuple[str, str]:
+    """A page and its Content-Security-Policy (hashes of its inline script and style)."""
+    html = (resources.files("receiver") / "static" / name).read_text(encoding="utf-8")
     hashes: dict[str, list[str]] = {"script": [], "style": []}
     for tag, body in _BLOCK.findall(html):
         digest = base64.b64encode(hashlib.sha256(body.encode("utf-8")).digest()).decode()
@@ -52,5 +52,15 @@ async def page(request: Request) -> Response:
     })
 
 
+async def search_page(request: Request) -> Response:
+    """A search box (asks for a search key; see receiver/static/search.html)."""
+    html, csp = _page("search.html")
+    return HTMLResponse(html, headers={
+        "Content-Security-Policy": csp,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+    })
+
+
 def routes() -> list[BaseRoute]:
-    return [Route("/", page)]
+    return [Route("/", page), Route("/search", search_page)]

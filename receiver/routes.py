@@ -1,8 +1,7 @@
-"""HTTP routes: health, the push API and search, signed webhooks, status and metrics."""
+"""HTTP routes: health, the push API, signed webhooks, status and metrics (search: receiver.search)."""
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import time
@@ -17,17 +16,16 @@ from starlette.routing import BaseRoute, Route
 
 from core import queue, state
 from core.documents import Document, Ref
-from core.errors import InvalidWebhook, NotConfigured, VectorSyncError
+from core.errors import InvalidWebhook, NotConfigured
 from core.runtime import Services
 from core.settings import SOURCE_NAMES, Settings
 from core.status import build_status, render_metrics
-from receiver import admin, dashboard
+from receiver import admin, auth, dashboard, mcp_http, openapi, search
 
 log = logging.getLogger("vector_sync.receiver")
 
 #: Push API limits.
 MAX_ID_LENGTH = 512
-MAX_TOP_K = 100
 
 
 def error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -45,14 +43,8 @@ def settings_of(request: Request) -> Settings:
 
 
 def check_admin(request: Request) -> JSONResponse | None:
-    """None when the request carries the admin key; else the 401/403 to answer."""
-    key = settings_of(request).admin_api_key
-    if not key:
-        return error(403, "admin endpoints are disabled: ADMIN_API_KEY is not set")
-    given = request.headers.get("x-admin-key", "")
-    if not given or not hmac.compare_digest(given.encode(), str(key).encode()):
-        return error(401, "missing or wrong X-Admin-Key header")
-    return None
+    """None when the request carries an admin key; else the 401/403 to answer (receiver.auth)."""
+    return auth.require(request, "admin")
 
 
 async def read_body(request: Request, limit: int) -> bytes | JSONResponse:
@@ -186,55 +178,6 @@ async def delete_document(request: Request) -> Response:
     return JSONResponse({"document_id": ref.document_id, "status": "delete enqueued"}, 202)
 
 
-async def search(request: Request) -> Response:
-    if denied := check_admin(request):
-        return denied
-    q = request.query_params.get("q", "").strip()
-    if not q:
-        return error(400, "query parameter 'q' is required")
-    try:
-        top_k = int(request.query_params.get("top_k", "10"))
-    except ValueError:
-        return error(400, "'top_k' must be a whole number")
-    if not 1 <= top_k <= MAX_TOP_K:
-        return error(400, f"'top_k' must be between 1 and {MAX_TOP_K}")
-    source = request.query_params.get("source", "").strip()
-    sources = [s.strip() for s in source.split(",") if s.strip()]
-    known = {*SOURCE_NAMES, "api"}
-    if unknown := [s for s in sources if s not in known]:
-        return error(400, f"unknown source {unknown[0]!r}; one of {', '.join(sorted(known))}")
-    embedder = request.app.state.query_embedder
-    try:
-        [vector] = await embedder.embed([q])
-    except VectorSyncError as exc:
-        return error(503, f"embedding failed: {exc}")
-    flt = {"source": {"$in": sources}} if sources else None
-    # Several chunks of one document may match: ask for more, keep each document's best.
-    matches = await run_in_threadpool(services(request).index.query, vector, top_k * 4, flt)
-    results: dict[str, dict[str, Any]] = {}
-    for match in matches:
-        meta = match.metadata
-        document_id = str(meta.get("document_id", match.id.rsplit("#", 1)[0]))
-        if document_id in results:
-            continue
-        results[document_id] = {
-            "document_id": document_id,
-            "score": round(match.score, 6),
-            "title": meta.get("title", ""),
-            "text": meta.get("text", ""),
-            "url": meta.get("url", ""),
-            "source": meta.get("source", ""),
-            "scope": meta.get("scope", ""),
-            "author": meta.get("author", ""),
-            "updated_at": meta.get("updated_at"),
-            "chunk": meta.get("chunk"),
-            "vector_id": match.id,
-        }
-        if len(results) == top_k:
-            break
-    return JSONResponse({"query": q, "results": list(results.values())})
-
-
 # --- webhooks -------------------------------------------------------------------------------
 
 
@@ -328,8 +271,11 @@ def routes() -> list[BaseRoute]:
         Route("/metrics", metrics),
         Route("/api/documents", push_document, methods=["POST"]),
         Route("/api/documents/{id:path}", delete_document, methods=["DELETE"]),
-        Route("/api/search", search),
+        *search.routes(),
         Route("/webhooks/{source}", webhook, methods=["POST"]),
+        *auth.routes(),  # before admin: /api/scopes/{source}/access
         *admin.routes(),
         *dashboard.routes(),
+        *openapi.routes(),
+        *mcp_http.routes(),
     ]

@@ -485,6 +485,8 @@ class SlackSimulator(Simulator):
             "deleted": False, "is_bot": is_bot, "tz": "Europe/London",
             "profile": {"display_name": name, "real_name": real_name, "team": TEAM_ID},
         }
+        if not is_bot:  # what users.info shows an app with the users:read.email scope
+            self.users[uid]["profile"]["email"] = f"{name}@example.com"
 
     def _new_channel_id(self) -> str:
         while True:

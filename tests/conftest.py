@@ -90,7 +90,7 @@ def settings(infra: dict[str, str]) -> Settings:
 
 
 TABLES = ("scopes", "documents", "runs", "run_items", "deliveries", "heartbeats", "source_stats", "kv",
-          "source_facts")
+          "source_facts", "api_keys")
 
 
 def reset_state(svc: Services) -> None:

@@ -53,7 +53,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from core import state
+from core import access, state
 from core.documents import (
     Document,
     Gone,
@@ -201,6 +201,7 @@ class Pipeline:
             latest[ref.document_id] = ref
         items = await self._resolve(list(latest.values()), outcome)
         items = self._validate(items, outcome)
+        items = await self._apply_access(items, outcome)
         for _ in range(MAX_ROUNDS):
             if not items:
                 break
@@ -265,6 +266,19 @@ class Pipeline:
             if previous is None or item.seen_at >= previous.seen_at:
                 valid[item.document_id] = item
         return list(valid.values())
+
+    async def _apply_access(self, items: list[Item], outcome: Outcome) -> list[Item]:
+        """Operator-set access per scope (``vector-sync scopes access``) overrides the source's."""
+        docs = {item.document_id: item.truth for item in items}
+        try:
+            applied = await asyncio.to_thread(access.apply_overrides, self.pool, docs)
+        except Exception as exc:  # noqa: BLE001 - Postgres unreachable: every document waits
+            for item in items:
+                outcome.fail(item.ref, "record", exc)
+            return []
+        for item in items:
+            item.truth = applied[item.document_id]
+        return items
 
     # --- stages 3 to 5 -----------------------------------------------------------------
     async def _round(self, items: list[Item], outcome: Outcome) -> list[Item]:

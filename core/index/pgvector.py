@@ -19,6 +19,9 @@ from core.index import Match, Vector
 #: Rows per INSERT statement: large enough to amortise round trips, small enough for memory.
 BATCH = 500
 
+#: Reciprocal-rank fusion constant (Cormack et al. 2009): damps the weight of the very top ranks.
+RRF_K = 60
+
 
 def vector_literal(values: list[float]) -> str:
     return "[" + ",".join(f"{v:.7g}" for v in values) + "]"
@@ -52,6 +55,18 @@ class PgvectorIndex:
             )
             conn.execute(
                 f"CREATE INDEX IF NOT EXISTS {self.table}_doc ON {self.table} (document_id)"
+            )
+            # Full-text search over the title and chunk text, for hybrid retrieval: the
+            # 'simple' configuration keeps identifiers (SUBS-652, acme/api) and names as typed,
+            # without stemming or stop words.
+            conn.execute(
+                f"""ALTER TABLE {self.table} ADD COLUMN IF NOT EXISTS tsv tsvector
+                    GENERATED ALWAYS AS (to_tsvector('simple'::regconfig,
+                        coalesce(metadata ->> 'title', '') || ' ' || coalesce(metadata ->> 'text', '')))
+                    STORED"""
+            )
+            conn.execute(
+                f"CREATE INDEX IF NOT EXISTS {self.table}_tsv ON {self.table} USING gin (tsv)"
             )
 
     def upsert(self, vectors: list[Vector]) -> int:
@@ -148,6 +163,48 @@ class PgvectorIndex:
                 rows = conn.execute(sql, args).fetchall()
         return [Match(id=r[0], score=float(r[1]), metadata=r[2]) for r in rows]
 
+    def text_query(
+        self, text: str, top_k: int, filter: Mapping[str, Any] | None = None
+    ) -> list[Match]:
+        """The ``top_k`` chunks that best match ``text`` by full-text search (any of its words;
+        the whole phrase in order ranks far higher), under the same filter as :meth:`query`.
+        Scores are Postgres text ranks, not cosine similarities."""
+        where, params = _where(filter or {})
+        where = f"{where} AND tsv @@ q.any_word" if where else "WHERE tsv @@ q.any_word"
+        # The query's own lexemes (the same parser as the column), OR-ed: a chunk matching more
+        # of them ranks higher; NULL (no words at all) matches nothing.
+        sql = f"""WITH q AS (
+                      SELECT (SELECT string_agg(quote_literal(w), ' | ')
+                              FROM unnest(tsvector_to_array(to_tsvector('simple'::regconfig, %s))) AS w
+                             )::tsquery AS any_word,
+                             phraseto_tsquery('simple'::regconfig, %s) AS phrase)
+                  SELECT id, ts_rank(tsv, q.any_word)
+                             + CASE WHEN tsv @@ q.phrase THEN 1.0 ELSE 0.0 END AS score, metadata
+                  FROM {self.table}, q {where}
+                  ORDER BY score DESC, id LIMIT %s"""
+        with self.pool.connection() as conn:
+            rows = conn.execute(sql, (text, text, *params, top_k)).fetchall()
+        return [Match(id=r[0], score=float(r[1]), metadata=r[2]) for r in rows]
+
+    def hybrid_query(
+        self, vector: list[float], text: str, top_k: int, filter: Mapping[str, Any] | None = None,
+        *, depth: int | None = None,
+    ) -> list[Match]:
+        """Vector similarity and full-text search fused by reciprocal rank (k = 60): each list
+        contributes 1 / (60 + rank). A chunk both lists rank high comes first; an exact
+        identifier that embeddings blur still surfaces through the text list."""
+        depth = depth or max(top_k, 50)
+        by_vector = self.query(vector, depth, filter)
+        by_text = self.text_query(text, depth, filter)
+        fused: dict[str, float] = {}
+        found: dict[str, Match] = {}
+        for ranked in (by_vector, by_text):
+            for rank, match in enumerate(ranked, start=1):
+                fused[match.id] = fused.get(match.id, 0.0) + 1.0 / (RRF_K + rank)
+                found.setdefault(match.id, match)
+        order = sorted(fused, key=lambda vid: (-fused[vid], vid))[:top_k]
+        return [Match(id=vid, score=fused[vid], metadata=found[vid].metadata) for vid in order]
+
     def list_ids(self, prefix: str) -> list[str]:
         like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         with self.pool.connection() as conn:
@@ -166,25 +223,54 @@ class PgvectorIndex:
 
 
 def _where(filter: Mapping[str, Any]) -> tuple[str, list[Any]]:
-    """Pinecone-style equality / $in filters as JSONB containment."""
+    """A Pinecone-language filter as SQL over the JSONB metadata.
+
+    Supported: field equality (``{"f": v}``, ``$eq``), ``$in``, ``$gt``/``$gte``/``$lt``/``$lte``
+    on numbers, and ``$and``/``$or`` of such clauses. As in Pinecone, a list field matches
+    ``$eq``/``$in`` when any of its elements does.
+    """
+    sql, params = _clause(filter)
+    return ("WHERE " + sql) if filter else "", params
+
+
+_RANGE = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+
+
+def _clause(filter: Mapping[str, Any]) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
     for key, condition in filter.items():
-        if isinstance(condition, Mapping):
-            if "$eq" in condition:
-                values = [condition["$eq"]]
-            elif "$in" in condition:
-                values = list(condition["$in"])
-            else:
-                raise ValueError(f"unsupported filter on {key!r}: {condition!r}")
-        else:
-            values = [condition]
-        if not values:
-            clauses.append("false")
+        if key in ("$and", "$or"):
+            if not isinstance(condition, list) or not condition:
+                raise ValueError(f"{key} needs a non-empty list of filters")
+            parts = [_clause(part) for part in condition]
+            joiner = " AND " if key == "$and" else " OR "
+            clauses.append("(" + joiner.join(sql for sql, _ in parts) + ")")
+            params.extend(p for _, ps in parts for p in ps)
             continue
-        ors = []
-        for value in values:
-            ors.append("metadata @> %s::jsonb")
-            params.append(json.dumps({key: value}))
-        clauses.append("(" + " OR ".join(ors) + ")")
-    return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
+        if key.startswith("$"):
+            raise ValueError(f"unsupported filter operator {key!r}")
+        ops = condition if isinstance(condition, Mapping) else {"$eq": condition}
+        for op, arg in ops.items():
+            if op in ("$eq", "$in"):
+                values = [arg] if op == "$eq" else list(arg)
+                if not values:
+                    clauses.append("false")
+                    continue
+                ors = []
+                for value in values:
+                    # A scalar, or a list holding it (JSONB containment: an array never contains
+                    # a bare scalar below the top level, so both shapes are asked for).
+                    ors.append("metadata @> %s::jsonb OR metadata @> %s::jsonb")
+                    params += [json.dumps({key: value}), json.dumps({key: [value]})]
+                clauses.append("(" + " OR ".join(ors) + ")")
+            elif op in _RANGE:
+                if isinstance(arg, bool) or not isinstance(arg, int | float):
+                    raise ValueError(f"{op} on {key!r} needs a number")
+                clauses.append(
+                    f"(jsonb_typeof(metadata -> %s) = 'number' AND (metadata ->> %s)::float8 {_RANGE[op]} %s)"
+                )
+                params += [key, key, float(arg)]
+            else:
+                raise ValueError(f"unsupported filter on {key!r}: {op!r}")
+    return (" AND ".join(clauses) if clauses else "true"), params

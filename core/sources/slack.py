@@ -328,6 +328,7 @@ class SlackSource:
         self._channels: dict[str, tuple[float, dict[str, Any]]] = {}
         self._members: dict[str, tuple[float, list[str]]] = {}
         self._names: dict[str, tuple[float, str]] = {}
+        self._emails: dict[str, tuple[float, str]] = {}
 
     # --- Web API ------------------------------------------------------------------------
     async def _call(self, method: str, verb: str = "GET", **params: Any) -> dict[str, Any]:
@@ -418,7 +419,28 @@ class SlackSource:
             return await self._call(method, channel=channel_id, **params)
 
     async def _access(self, info: Mapping[str, Any]) -> list[str]:
-        return await self.members(str(info["id"])) if info.get("is_private") else []
+        """A private channel's members as emails (the principals search filters on)."""
+        return await self.emails(await self.members(str(info["id"]))) if info.get("is_private") else []
+
+    async def emails(self, ids: Iterable[str]) -> list[str]:
+        """Members' emails from users.info (``profile.email``, needs the ``users:read.email``
+        scope), cached. A member without a visible email keeps its user id: it matches no
+        principal, so the document is shown to fewer people, never to more."""
+        now = time.monotonic()
+        out: list[str] = []
+        for uid in sorted(set(ids)):
+            cached = self._emails.get(uid)
+            if cached is None or now - cached[0] >= CACHE_TTL:
+                try:
+                    user = (await self._call("users.info", user=uid))["user"]
+                    email = str((user.get("profile") or {}).get("email") or "").strip().lower()
+                    cached = (now, email or uid)
+                except SlackApiError as exc:
+                    log.info("slack: no email for %s (%s)", uid, exc.code)
+                    cached = (now, uid)
+                self._emails[uid] = cached
+            out.append(cached[1])
+        return sorted(set(out))
 
     # --- Source protocol ----------------------------------------------------------------
     async def scopes(self) -> list[Scope]:

@@ -185,7 +185,9 @@ class System:
 
     # --- what got indexed -------------------------------------------------------------------
     def search(self, q: str, source: str | None = None, top_k: int = 10) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {"q": q, "top_k": top_k}
+        # As the operator checking the index: every document, restricted ones included (a
+        # Fireflies transcript is restricted to its participants).
+        params: dict[str, Any] = {"q": q, "top_k": top_k, "include_restricted": "true"}
         if source:
             params["source"] = source
         response = httpx.get(f"{self.receiver.url}/api/search", params=params, headers=HEADERS, timeout=30)
