@@ -17,6 +17,7 @@ import psycopg_pool
 import redis
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -60,6 +61,13 @@ def create_app(settings: Settings) -> Starlette:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse({"error": "internal error; see the receiver's log"}, 500)
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        # The router's own 404 and 405, as JSON with an "error" like every other refusal.
+        assert isinstance(exc, HTTPException)
+        message = {404: "not found", 405: f"method {request.method} not allowed here"}.get(
+            exc.status_code, str(exc.detail))
+        return JSONResponse({"error": message}, exc.status_code, headers=exc.headers)
+
     async def database_down(request: Request, exc: Exception) -> Response:
         # Postgres unreachable, restarting or out of connections: the sender should retry.
         log.error("database unavailable on %s %s: %s: %s", request.method, request.url.path,
@@ -76,6 +84,7 @@ def create_app(settings: Settings) -> Starlette:
         middleware=[Middleware(_NoCache), Middleware(_RefuseNul)],
         exception_handlers={
             Exception: server_error,
+            HTTPException: http_error,
             # OperationalError covers lost connections, AdminShutdown and PoolTimeout;
             # InterfaceError a connection the pool handed out closed.
             psycopg.OperationalError: database_down,

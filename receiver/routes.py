@@ -196,6 +196,9 @@ def parse_document(body: Any, now: float) -> Document | str:
         return "'id' must be a non-empty string"
     if len(api_id(doc_id)) > MAX_ID_LENGTH:
         return f"'id' must be at most {MAX_ID_LENGTH} characters"
+    if any(part in (".", "..") for part in api_id(doc_id).split("/")):
+        # URL clients resolve dot segments, so DELETE /api/documents/{id} could never name it.
+        return "'id' must not have '.' or '..' as a '/'-separated part"
     if not isinstance(title, str):
         return "'title' must be a string"
     if not isinstance(text, str):

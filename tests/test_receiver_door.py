@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from core import state
-from tests.conftest import ADMIN_KEY, BASE_ENV, make_settings, wait_for
+from tests.conftest import BASE_ENV, ReceiverHandle, make_settings
 from tests.door import ADMIN, DOOR_ENV, PUSHING, is_clean_4xx, post_webhook
 from tests.test_status import cli
 
@@ -23,9 +24,13 @@ DEEP = b"[" * 100_000 + b"]" * 100_000
 DEEP_OBJECT = b'{"a":' * 5_000 + b"1" + b"}" * 5_000
 
 
-@pytest.fixture
-def door(infra: dict[str, str], services: Any, receiver_factory: Any) -> Any:
-    return receiver_factory(make_settings(infra, **DOOR_ENV))
+@pytest.fixture(scope="module")
+def door(infra: dict[str, str]) -> Iterator[ReceiverHandle]:
+    """One receiver for the module (a start costs a second or more on a loaded machine); tests
+    that read or write state also take ``services``, which empties the tables first."""
+    handle = ReceiverHandle(make_settings(infra, **DOOR_ENV))
+    yield handle
+    handle.stop()
 
 
 def assert_refused(response: httpx.Response, status: int = 400, says: str = "") -> None:
@@ -110,14 +115,14 @@ def test_an_invalid_notion_timestamp_is_a_400(door: Any, stamp: str) -> None:
 
 
 class TestNul:
-    def test_nul_in_delivery_ids(self, door: Any) -> None:
+    def test_nul_in_delivery_ids(self, door: Any, services: Any) -> None:
         slack = {"type": "event_callback", "event_id": "Ev\x001",
                  "event": {"type": "message", "channel": "C1", "ts": "1700000000.000100", "text": "hi"}}
         assert_refused(post_webhook(door.url, "slack", json.dumps(slack).encode()), 400, "NUL")
         notion = {"id": "e\x00", "type": "page.created", "entity": {"id": "p1", "type": "page"}}
         assert_refused(post_webhook(door.url, "notion", json.dumps(notion).encode()), 400, "NUL")
 
-    def test_nul_in_ref_ids_and_scope_keys(self, door: Any) -> None:
+    def test_nul_in_ref_ids_and_scope_keys(self, door: Any, services: Any) -> None:
         jira = {"webhookEvent": "jira:issue_updated", "issue": {"id": "1\x00", "fields": {}}}
         assert_refused(post_webhook(door.url, "jira", json.dumps(jira).encode()), 400, "NUL")
         deleted = {"webhookEvent": "project_deleted", "project": {"key": "P\x00"}}
@@ -125,7 +130,7 @@ class TestNul:
         scopes = httpx.post(f"{door.url}/api/scopes/jira/activate", json={"keys": ["P\x00"]}, headers=ADMIN)
         assert_refused(scopes, 400, "NUL")
 
-    def test_a_nul_in_content_only_does_not_refuse_a_webhook(self, door: Any) -> None:
+    def test_a_nul_in_content_only_does_not_refuse_a_webhook(self, door: Any, services: Any) -> None:
         # Webhooks are notifications: text is not stored from them, so a NUL in it is harmless.
         slack = {"type": "event_callback", "event_id": "EvText",
                  "event": {"type": "message", "channel": "C1", "ts": "1700000000.000100", "text": "a\x00b"}}
