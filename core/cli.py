@@ -11,6 +11,7 @@
     vector-sync search "query" [--source S] [--scope K] [--as-user EMAIL] [--top-k N] [--json]
     vector-sync mcp                   MCP server over stdio (key: VECTOR_SYNC_API_KEY)
     vector-sync dead-letters list|replay
+    vector-sync notion-token clear    forget a recorded Notion verification token
     vector-sync sandbox ...           the simulators (same as python -m sandbox)
     vector-sync migrate               apply database migrations and exit
 
@@ -363,6 +364,22 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     return with_services(run)
 
 
+def cmd_notion_token(args: argparse.Namespace) -> int:
+    from core import state
+
+    def run(services: Any, settings: Settings) -> int:
+        if state.kv_delete(services.pool, "notion.verification_token"):
+            print("cleared the recorded notion verification token; the next verification request is recorded")
+        else:
+            print("no notion verification token was recorded; nothing to clear")
+        if settings.source("notion").secret("NOTION_WEBHOOK_TOKEN"):
+            print("note: NOTION_WEBHOOK_TOKEN is set, so unsigned verification requests are refused; "
+                  "unset it and restart to verify a new subscription")
+        return 0
+
+    return with_services(run)
+
+
 def cmd_backfill(args: argparse.Namespace) -> int:
     from reconciler.backfill import backfill_command
 
@@ -500,6 +517,9 @@ def parser() -> argparse.ArgumentParser:
     dead.add_argument("action", choices=["list", "replay"])
     dead.add_argument("ids", nargs="*", help="message ids to replay (default: all)")
     dead.set_defaults(fn=cmd_dead_letters)
+    token = sub.add_parser("notion-token", help="clear a recorded Notion webhook verification token")
+    token.add_argument("action", choices=["clear"])
+    token.set_defaults(fn=cmd_notion_token)
     backfill = sub.add_parser("backfill", help="load history scope by scope, resumably")
     backfill.add_argument("source", choices=SOURCE_NAMES)
     backfill.add_argument("--scope", action="append", default=[], help="scope key (repeatable; default all active)")

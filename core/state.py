@@ -428,6 +428,12 @@ def kv_set(pool: ConnectionPool, key: str, value: Any, *, only_if_absent: bool =
         return cur.rowcount == 1
 
 
+def kv_delete(pool: ConnectionPool, key: str) -> bool:
+    """Forget ``key``; True if it was there."""
+    with pool.connection() as conn:
+        return conn.execute("DELETE FROM kv WHERE key = %s", (key,)).rowcount == 1
+
+
 @contextmanager
 def dict_cursor(pool: ConnectionPool) -> Iterator[psycopg.Cursor[dict[str, Any]]]:
     with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:

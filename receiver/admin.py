@@ -8,7 +8,6 @@ Backfills requested here are queued as ``runs`` rows and executed by the reconci
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -18,11 +17,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from core import queue, scopes, state
+from core import jsonsafe, queue, scopes, state
 from core.documents import Ref
 from core.runtime import Services
 from core.settings import SOURCE_NAMES
 from core.runs import Conflict, create_run, load_run, verification
+
+#: Bounds on admin request bodies: scope keys are short ids; a run id is a Postgres bigint.
+MAX_KEYS = 1000
+MAX_KEY_CHARS = 512
+MAX_DAYS = 36500
+MAX_RUN_ID = 2**63 - 1
 
 
 def apply_scope_events(services: Services, source: str, events: list[tuple[str, str]]) -> list[Ref]:
@@ -48,9 +53,9 @@ async def _json_body(request: Request) -> dict[str, Any] | Response:
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
-    except ValueError:
-        return routes.error(400, "body is not valid JSON")
+        body = jsonsafe.loads(raw)  # NUL and lone surrogates refused: keys and ids are stored
+    except jsonsafe.BadJSON as exc:
+        return routes.error(400, str(exc))
     if not isinstance(body, dict):
         return routes.error(400, "body must be a JSON object")
     return body
@@ -80,6 +85,8 @@ async def change_scopes(request: Request, source: str) -> Response:
     keys = body.get("keys")
     if not isinstance(keys, list) or not keys or not all(isinstance(k, str) and k for k in keys):
         return routes.error(400, "'keys' must be a non-empty list of scope keys")
+    if problem := _check_keys(keys, "keys"):
+        return routes.error(400, problem)
     action = request.path_params["action"]
     if action not in ("activate", "deactivate"):
         return routes.error(404, f"no scope action {action!r}; activate or deactivate")
@@ -112,8 +119,10 @@ async def start_backfill(request: Request, source: str) -> Response:
     days = body.get("days")
     if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
         return routes.error(400, "'scopes' must be a list of scope keys")
-    if days is not None and (not isinstance(days, int) or isinstance(days, bool) or days < 1):
-        return routes.error(400, "'days' must be a whole number of days, at least 1")
+    if problem := _check_keys(keys, "scopes"):
+        return routes.error(400, problem)
+    if days is not None and (not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= MAX_DAYS):
+        return routes.error(400, f"'days' must be a whole number of days, 1 to {MAX_DAYS}")
     try:
         run_id = await run_in_threadpool(
             create_run, routes.services(request).pool, source, keys, days, status="queued"
@@ -129,6 +138,8 @@ async def get_run(request: Request) -> Response:
         run_id = int(request.path_params["id"])
     except ValueError:
         return routes.error(400, "run id must be a number")
+    if not 1 <= run_id <= MAX_RUN_ID:
+        return routes.error(404, f"no run {run_id}")
     pool = routes.services(request).pool
     run = await run_in_threadpool(load_run, pool, run_id)
     if run is None:
@@ -143,6 +154,10 @@ async def list_runs(request: Request) -> Response:
     routes = _helpers()
     source = request.query_params.get("source") or None
     kind = request.query_params.get("kind") or None
+    if source is not None and source not in SOURCE_NAMES:
+        return routes.error(400, f"unknown source {source[:40]!r}; one of {', '.join(SOURCE_NAMES)}")
+    if kind is not None and len(kind) > 64:
+        return routes.error(400, "'kind' is at most 64 characters")
     with state.dict_cursor(routes.services(request).pool) as cur:
         cur.execute(
             """SELECT id, kind, source, scope, status, counters, error, started_at, progress_at,
@@ -170,6 +185,8 @@ async def replay_dead_letters(request: Request) -> Response:
     ids = body.get("message_ids")
     if ids is not None and (not isinstance(ids, list) or not all(isinstance(i, str) for i in ids)):
         return routes.error(400, "'message_ids' must be a list of strings")
+    if ids is not None and (problem := _check_keys(ids, "message_ids")):
+        return routes.error(400, problem)
     count = await run_in_threadpool(queue.replay_dead_letters, routes.services(request).broker, ids)
     return JSONResponse({"replayed": count})
 
@@ -228,6 +245,25 @@ async def start_verify(request: Request) -> Response:
     return JSONResponse(verify.summary(reports))
 
 
+async def clear_verification_token(request: Request, source: str) -> Response:
+    """Forget a recorded verification token (one planted by an unsigned request, or one for an
+    old subscription), so that the next verification request is recorded. Once the source's
+    token is configured, unsigned verification requests are refused whatever is recorded."""
+    routes = _helpers()
+    cleared = await run_in_threadpool(state.kv_delete, routes.services(request).pool, f"{source}.verification_token")
+    return JSONResponse({"source": source, "cleared": cleared,
+                         "note": "the next verification request will be recorded" if cleared
+                         else f"no {source} verification token was recorded"})
+
+
+def _check_keys(keys: list[str], name: str) -> str | None:
+    if len(keys) > MAX_KEYS:
+        return f"'{name}' may hold at most {MAX_KEYS} entries"
+    if any(len(k) > MAX_KEY_CHARS for k in keys):
+        return f"each of '{name}' is at most {MAX_KEY_CHARS} characters"
+    return None
+
+
 def admin_only(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
     """Refuse the request unless it carries an admin key: 401 without a live key, 403 for a
     search key or when no key can exist (receiver.auth; the lookup runs off the event loop)."""
@@ -261,7 +297,9 @@ def routes() -> list[BaseRoute]:
         Route("/api/runs/{id}", admin_only(get_run)),
         Route("/api/dead-letters", admin_only(dead_letters)),
         Route("/api/dead-letters/replay", admin_only(replay_dead_letters), methods=["POST"]),
-        Route("/api/admin/verification-token/{source}", admin_only(per_source(verification_token))),
+        Route("/api/admin/verification-token/{source}", admin_only(per_source(verification_token)), methods=["GET"]),
+        Route("/api/admin/verification-token/{source}", admin_only(per_source(clear_verification_token)),
+              methods=["DELETE"]),
         Route("/api/admin/verify", admin_only(start_verify), methods=["POST"]),
         Route("/api/admin/runs/{id}", admin_only(get_run)),
     ]

@@ -10,8 +10,14 @@ import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator
+from urllib.parse import parse_qsl
+
+import psycopg
+import psycopg_pool
+import redis
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -23,15 +29,20 @@ from core.logs import configure_logging
 from core.runtime import SourceSet, open_services
 from core.settings import Settings
 from receiver import mcp_http
-from receiver.routes import routes
+from receiver.routes import error, routes, unavailable
 
 log = logging.getLogger("vector_sync.receiver")
+
+#: How long a request waits for a database connection before it answers 503 (the pool's
+#: default, 30 s, outlasts every sender's timeout: GitHub gives up after 10 s).
+DB_WAIT_S = 8.0
 
 
 def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         services = open_services(settings, pool_size=10)
+        services.pool.timeout = min(services.pool.timeout, DB_WAIT_S)
         heartbeat = Heartbeat(services.pool, "web", settings.heartbeat_interval,
                               redis=services.broker.client).start()
         app.state.services = services
@@ -53,12 +64,62 @@ def create_app(settings: Settings) -> Starlette:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse({"error": "internal error; see the receiver's log"}, 500)
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        # The router's own 404 and 405, as JSON with an "error" like every other refusal.
+        assert isinstance(exc, HTTPException)
+        message = {404: "not found", 405: f"method {request.method} not allowed here"}.get(
+            exc.status_code, str(exc.detail))
+        return JSONResponse({"error": message}, exc.status_code, headers=exc.headers)
+
+    async def database_down(request: Request, exc: Exception) -> Response:
+        # Postgres unreachable, restarting or out of connections: the sender should retry.
+        log.error("database unavailable on %s %s: %s: %s", request.method, request.url.path,
+                  type(exc).__name__, exc)
+        return unavailable("database")
+
+    async def redis_down(request: Request, exc: Exception) -> Response:
+        log.error("redis unavailable on %s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        return unavailable("queue")
+
     return Starlette(
         routes=routes(),
         lifespan=lifespan,
-        middleware=[Middleware(_NoCache)],
-        exception_handlers={Exception: server_error},
+        middleware=[Middleware(_NoCache), Middleware(_RefuseNul)],
+        exception_handlers={
+            Exception: server_error,
+            HTTPException: http_error,
+            # OperationalError covers lost connections, AdminShutdown and PoolTimeout;
+            # InterfaceError a connection the pool handed out closed.
+            psycopg.OperationalError: database_down,
+            psycopg.InterfaceError: database_down,
+            psycopg_pool.PoolTimeout: database_down,
+            redis.RedisError: redis_down,
+        },
     )
+
+
+class _RefuseNul:
+    """A NUL character in the path or a query parameter is refused with a 400 before any route
+    sees it: Postgres cannot store or compare it, so it could only end in a 500."""
+
+    def __init__(self, app: object) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+        if scope["type"] == "http":
+            problem = None
+            if "\x00" in scope.get("path", ""):
+                problem = "the path contains a NUL character (%00)"
+            else:
+                query = scope.get("query_string", b"").decode("latin-1")
+                for key, value in parse_qsl(query, keep_blank_values=True):
+                    if "\x00" in key or "\x00" in value:
+                        problem = f"query parameter {key.replace(chr(0), '')[:40]!r} contains a NUL character (%00)"
+                        break
+            if problem:
+                await error(400, problem)(scope, receive, send)  # type: ignore[arg-type]
+                return
+        await self.app(scope, receive, send)  # type: ignore[operator]
 
 
 class _NoCache:

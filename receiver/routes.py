@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -14,11 +15,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from core import queue, state
+from core import jsonsafe, queue, state
 from core.documents import Document, Ref
-from core.errors import InvalidWebhook, NotConfigured
+from core.errors import InvalidWebhook, MalformedWebhook, NotConfigured, VectorSyncError
 from core.runtime import Services
 from core.settings import SOURCE_NAMES, Settings
+from core.sources.webhooks import check_result
 from core.status import build_status, render_metrics
 from receiver import admin, auth, dashboard, mcp_http, openapi, search
 
@@ -26,10 +28,34 @@ log = logging.getLogger("vector_sync.receiver")
 
 #: Push API limits.
 MAX_ID_LENGTH = 512
+MAX_METADATA_KEYS = 64
+MAX_METADATA_KEY_CHARS = 256
+#: The pushed metadata as JSON, at most this many bytes (the vector index keeps 40 KB per
+#: vector for metadata *and* the chunk text).
+MAX_METADATA_BYTES = 16 * 1024
+MAX_METADATA_LIST = 256
+#: ``updated_at`` must be epoch seconds in [1990-01-01, now + one day].
+EARLIEST_UPDATED_AT = 631152000.0
+FUTURE_TOLERANCE_S = 86400.0
+#: Seconds a sender is asked to wait when Postgres or Redis is down.
+RETRY_AFTER_S = 10
 
 
 def error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status)
+
+
+def unavailable(what: str) -> JSONResponse:
+    """503 + Retry-After: the sender should try again; nothing was accepted."""
+    response = error(503, f"{what} unavailable; retry later")
+    response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
+
+
+def loggable(message: str, limit: int = 500) -> str:
+    """``message`` as text Postgres can store (it may quote hostile input), at most ``limit``."""
+    clean = message.replace("\x00", "\\0").encode("utf-8", "backslashreplace").decode("utf-8")
+    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
 
 
 def services(request: Request) -> Services:
@@ -70,7 +96,7 @@ async def enqueue(request: Request, refs: list[Ref]) -> JSONResponse | None:
         await run_in_threadpool(queue.enqueue, services(request).broker, refs)
     except redis.RedisError as exc:
         log.error("enqueue failed: %s", exc)
-        return error(503, "queue unavailable; retry later")
+        return unavailable("queue")
     return None
 
 
@@ -105,15 +131,66 @@ async def readyz(request: Request) -> Response:
 # --- push API and search --------------------------------------------------------------------
 
 
+def api_id(raw: str) -> str:
+    """The stable id of a pushed document as both push and delete read it: surrounding
+    whitespace and one ``api:`` prefix (the document id's) dropped, so every id the push
+    accepted can be deleted by the id or by the document id."""
+    raw = raw.strip()
+    return raw[len("api:"):].strip() if raw.startswith("api:") else raw
+
+
+def check_updated_at(value: Any, now: float) -> str | None:
+    """None when ``value`` is epoch seconds we can order by; else the message saying why not."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return "'updated_at' must be epoch seconds (a number)"
+    if not math.isfinite(value):
+        return "'updated_at' must be a finite number of epoch seconds"
+    latest = now + FUTURE_TOLERANCE_S
+    if value > latest:
+        if EARLIEST_UPDATED_AT <= value / 1000 <= latest:
+            return "'updated_at' looks like milliseconds; send seconds"
+        if EARLIEST_UPDATED_AT <= value / 1_000_000 <= latest:
+            return "'updated_at' looks like microseconds; send seconds"
+        return "'updated_at' lies more than a day in the future; send epoch seconds"
+    if value < EARLIEST_UPDATED_AT:
+        return "'updated_at' is before 1990; send epoch seconds"
+    return None
+
+
+def _check_metadata(metadata: Mapping[str, Any]) -> str | None:
+    if len(metadata) > MAX_METADATA_KEYS:
+        return f"'metadata' may have at most {MAX_METADATA_KEYS} keys"
+    for key, value in metadata.items():
+        if not key or len(key) > MAX_METADATA_KEY_CHARS:
+            return f"metadata keys must be 1 to {MAX_METADATA_KEY_CHARS} characters"
+        if isinstance(value, list):
+            if len(value) > MAX_METADATA_LIST or not all(isinstance(v, str) for v in value):
+                return f"metadata '{key[:40]}': lists must hold at most {MAX_METADATA_LIST} strings only"
+        elif isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**63:
+            return f"metadata '{key[:40]}': whole numbers must fit in 64 bits"
+        elif not isinstance(value, str | int | float | bool):
+            return f"metadata '{key[:40]}': values must be strings, numbers, booleans or lists of strings"
+    if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
+        return f"'metadata' is over {MAX_METADATA_BYTES} bytes as JSON"
+    return None
+
+
 def parse_document(body: Any, now: float) -> Document | str:
-    """A pushed document, or the message saying what is wrong with it."""
+    """A pushed document, or the message saying what is wrong with it.
+
+    Everything accepted here can be stored: the body was read by ``jsonsafe.loads`` (no NUL,
+    no lone surrogate, no NaN or infinity anywhere in it) and each field is checked below.
+    """
     if not isinstance(body, Mapping):
         return "body must be a JSON object"
     doc_id, title, text = body.get("id"), body.get("title"), body.get("text")
-    if not isinstance(doc_id, str) or not doc_id.strip():
+    if not isinstance(doc_id, str) or not api_id(doc_id):
         return "'id' must be a non-empty string"
-    if len(doc_id) > MAX_ID_LENGTH:
+    if len(api_id(doc_id)) > MAX_ID_LENGTH:
         return f"'id' must be at most {MAX_ID_LENGTH} characters"
+    if any(part in (".", "..") for part in api_id(doc_id).split("/")):
+        # URL clients resolve dot segments, so DELETE /api/documents/{id} could never name it.
+        return "'id' must not have '.' or '..' as a '/'-separated part"
     if not isinstance(title, str):
         return "'title' must be a string"
     if not isinstance(text, str):
@@ -128,20 +205,21 @@ def parse_document(body: Any, now: float) -> Document | str:
     metadata = body.get("metadata") or {}
     if not isinstance(metadata, Mapping):
         return "'metadata' must be an object"
-    for key, value in metadata.items():
-        if isinstance(value, list):
-            if not all(isinstance(v, str) for v in value):
-                return f"metadata '{key}': lists must hold strings only"
-        elif not isinstance(value, str | int | float | bool):
-            return f"metadata '{key}': values must be strings, numbers, booleans or lists of strings"
+    if problem := _check_metadata(metadata):
+        return problem
+    scope = metadata.get("scope", "")
+    if not isinstance(scope, str) or len(scope) > MAX_ID_LENGTH:
+        return f"metadata 'scope' must be a string of at most {MAX_ID_LENGTH} characters"
     updated_at = body.get("updated_at", now)
-    if not isinstance(updated_at, int | float) or isinstance(updated_at, bool):
-        return "'updated_at' must be epoch seconds"
+    if problem := check_updated_at(updated_at, now):
+        return problem
     author = body.get("author", "")
+    if author is None:
+        author = ""
     if not isinstance(author, str):
         return "'author' must be a string"
     return Document(
-        source="api", id=doc_id.strip(), scope=str(metadata.get("scope", "")), title=title,
+        source="api", id=api_id(doc_id), scope=scope, title=title,
         text=text, updated_at=float(updated_at), url=url, author=author, metadata=dict(metadata),
     )
 
@@ -153,9 +231,9 @@ async def push_document(request: Request) -> Response:
     if isinstance(raw, Response):
         return raw
     try:
-        body = json.loads(raw)
-    except ValueError:
-        return error(400, "body is not valid JSON")
+        body = jsonsafe.loads(raw)
+    except jsonsafe.BadJSON as exc:
+        return error(400, str(exc))
     doc = parse_document(body, time.time())
     if isinstance(doc, str):
         return error(400, doc)
@@ -168,11 +246,15 @@ async def push_document(request: Request) -> Response:
 async def delete_document(request: Request) -> Response:
     if denied := check_admin(request):
         return denied
-    doc_id = request.path_params["id"]
-    doc_id = doc_id[len("api:"):] if doc_id.startswith("api:") else doc_id
-    if not doc_id or len(doc_id) > MAX_ID_LENGTH:
+    doc_id = api_id(request.path_params["id"])
+    if not doc_id or len(doc_id) > MAX_ID_LENGTH or jsonsafe.storable(doc_id):
         return error(400, "invalid document id")
-    ref = Ref(source="api", id=doc_id, op="delete", event_at=time.time())
+    ref = Ref(source="api", id=doc_id, op="delete")
+    # The delete orders after every version pushed before it, even one whose updated_at is
+    # ahead of our clock (the push accepts up to a day ahead): an API delete always deletes.
+    rows = await run_in_threadpool(state.get_documents, services(request).pool, [ref.document_id])
+    stored = rows[ref.document_id].source_updated_at if ref.document_id in rows else None
+    ref = Ref(source="api", id=doc_id, op="delete", event_at=max(time.time(), stored or 0.0))
     if failed := await enqueue(request, [ref]):
         return failed
     return JSONResponse({"document_id": ref.document_id, "status": "delete enqueued"}, 202)
@@ -189,26 +271,26 @@ async def webhook(request: Request) -> Response:
     if isinstance(raw, Response):
         return raw
     svc = services(request)
+    # Before any parser (Notion's unsigned handshake included) sees the body.
+    if jsonsafe.depth(raw) > jsonsafe.MAX_DEPTH:
+        return await refuse(request, name, MalformedWebhook(f"body nests deeper than {jsonsafe.MAX_DEPTH} levels"))
     headers = {k.lower(): v for k, v in request.headers.items()}
     try:
         source = request.app.state.sources.get(name)
-    except NotConfigured as exc:
-        await run_in_threadpool(state.record_webhook, svc.pool, name, rejected=str(exc))
-        return error(403, f"refused: {exc}")
-    handshake = getattr(source, "handshake", None)
-    if handshake is not None:
-        token = handshake(headers, raw)
+        handshake = getattr(source, "handshake", None)
+        token = handshake(headers, raw) if handshake is not None else None
         if token:
             return await record_handshake(request, name, token)
-    try:
         source.verify(headers, raw)
-        result = source.parse(headers, raw)
+        result = check_result(source.parse(headers, raw), name)
     except NotConfigured as exc:
-        await run_in_threadpool(state.record_webhook, svc.pool, name, rejected=str(exc))
-        return error(403, f"refused: {exc}")
+        return await refuse(request, name, exc, 403)
     except InvalidWebhook as exc:
-        await run_in_threadpool(state.record_webhook, svc.pool, name, rejected=str(exc))
-        return error(exc.status, str(exc))
+        return await refuse(request, name, exc)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        # A parser bug on some shape nobody foresaw: still the sender's input, so a 400.
+        log.warning("%s webhook parser failed on a verified body: %s: %s", name, type(exc).__name__, exc)
+        return await refuse(request, name, MalformedWebhook(f"{name}: malformed payload ({type(exc).__name__})"))
     if result.reply is not None:
         status, body, content_type = result.reply
         return Response(body, status, media_type=content_type)
@@ -216,15 +298,38 @@ async def webhook(request: Request) -> Response:
         first = await run_in_threadpool(state.claim_delivery, svc.pool, name, result.delivery_id)
         if not first:
             return JSONResponse({"status": "duplicate", "delivery_id": result.delivery_id})
-    refs = list(result.refs)
-    if result.scope_events:
-        refs += await run_in_threadpool(admin.apply_scope_events, svc, name, result.scope_events)
-    if refs and (failed := await enqueue(request, refs)):
-        if result.delivery_id:  # let the sender's retry through
-            await run_in_threadpool(state.release_delivery, svc.pool, name, result.delivery_id)
-        return failed
-    await run_in_threadpool(state.record_webhook, svc.pool, name)
+    try:
+        refs = list(result.refs)
+        if result.scope_events:
+            refs += await run_in_threadpool(admin.apply_scope_events, svc, name, result.scope_events)
+        if refs and (failed := await enqueue(request, refs)):
+            await release(request, name, result.delivery_id)  # let the sender's retry through
+            return failed
+        await run_in_threadpool(state.record_webhook, svc.pool, name)
+    except BaseException:
+        await release(request, name, result.delivery_id)
+        raise
     return JSONResponse({"status": "accepted", "enqueued": len(refs), "note": result.note or None})
+
+
+async def release(request: Request, name: str, delivery_id: str | None) -> None:
+    """Forget a claimed delivery whose handling failed, so the sender's retry is not taken for
+    a duplicate. Best effort: with Postgres down too, the claim stays (and the reconciler
+    catches the change)."""
+    if not delivery_id:
+        return
+    try:
+        await run_in_threadpool(state.release_delivery, services(request).pool, name, delivery_id)
+    except Exception as exc:
+        log.error("could not release %s delivery %s: %s", name, delivery_id, exc)
+
+
+async def refuse(request: Request, name: str, exc: Exception, status: int | None = None) -> Response:
+    """Count the rejection (its message quotes the sender's input, so it is made storable)."""
+    message = loggable(str(exc))
+    await run_in_threadpool(state.record_webhook, services(request).pool, name, rejected=message)
+    code = status or getattr(exc, "status", 400)
+    return error(code, f"refused: {message}" if code == 403 else message)
 
 
 async def record_handshake(request: Request, name: str, token: str) -> Response:
@@ -233,7 +338,8 @@ async def record_handshake(request: Request, name: str, token: str) -> Response:
         state.kv_set, svc.pool, f"{name}.verification_token", token, only_if_absent=True
     )
     if not stored:
-        return error(409, f"{name} verification token already recorded; configure it and restart")
+        return error(409, f"{name} verification token already recorded; configure it and restart, "
+                          f"or clear it with 'vector-sync {name}-token clear' to record a new one")
     log.warning(
         "%s webhook verification token received: paste it into %s and set %s_WEBHOOK_TOKEN; "
         "it is shown by 'vector-sync status' and GET /api/admin/verification-token/%s",

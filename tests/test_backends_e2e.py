@@ -37,7 +37,7 @@ def test_push_search_shrink_and_delete_on_openai_and_pinecone(services, cloud, c
     assert isinstance(index, PineconeIndex)
     assert worker.pipeline.embedder.model == "text-embedding-3-small"
     for n in range(3):
-        doc = {"id": f"e2e-{n}", "title": f"Release notes {n}", "text": paragraphs(4, f"topic{n}"), "updated_at": 1}
+        doc = {"id": f"e2e-{n}", "title": f"Release notes {n}", "text": paragraphs(4, f"topic{n}"), "updated_at": 1700000001}
         assert httpx.post(f"{receiver.url}/api/documents", json=doc, headers=HEADERS).status_code == 202
     worker.drain()
     ids = index.list_ids("api:e2e-0#")
@@ -47,12 +47,12 @@ def test_push_search_shrink_and_delete_on_openai_and_pinecone(services, cloud, c
     # Unchanged: no embedding request, no write.
     embeds, writes = worker.pipeline.embedder.requests, index.writes
     httpx.post(f"{receiver.url}/api/documents", headers=HEADERS,
-               json={"id": "e2e-0", "title": "Release notes 0", "text": paragraphs(4, "topic0"), "updated_at": 1})
+               json={"id": "e2e-0", "title": "Release notes 0", "text": paragraphs(4, "topic0"), "updated_at": 1700000001})
     worker.drain()
     assert (worker.pipeline.embedder.requests, index.writes) == (embeds, writes)
     # Shorter: the surplus chunks leave Pinecone.
     httpx.post(f"{receiver.url}/api/documents", headers=HEADERS,
-               json={"id": "e2e-0", "title": "Release notes 0", "text": "just one line now", "updated_at": 2})
+               json={"id": "e2e-0", "title": "Release notes 0", "text": "just one line now", "updated_at": 1700000002})
     worker.drain()
     assert index.list_ids("api:e2e-0#") == ["api:e2e-0#0"]
     # Deleted: every chunk leaves Pinecone.

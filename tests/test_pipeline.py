@@ -52,7 +52,7 @@ class TestPushAndSearch:
         assert "monthly invoices" in results[0]["text"]
 
     def test_unchanged_push_makes_no_embedding_call_and_no_upsert(self, services, receiver, worker):
-        doc = {"id": "same", "title": "Same", "text": "Nothing changes here.", "updated_at": 1000}
+        doc = {"id": "same", "title": "Same", "text": "Nothing changes here.", "updated_at": 1700001000}
         push(receiver, doc)
         worker.drain()
         pipeline = worker.pipeline
@@ -68,13 +68,13 @@ class TestPushAndSearch:
         assert unchanged == 1
 
     def test_edit_reembeds_and_shorter_edit_removes_surplus_chunks(self, services, receiver, worker):
-        push(receiver, {"id": "doc", "title": "Long", "text": long_text(7, "alpha"), "updated_at": 1})
+        push(receiver, {"id": "doc", "title": "Long", "text": long_text(7, "alpha"), "updated_at": 1700000001})
         worker.drain()
         first = chunk_ids(services, "api:doc")
         assert len(first) >= 5
         embeds = worker.pipeline.embedder.requests
         # An edit to a shorter text re-embeds and drops the chunks it no longer has.
-        push(receiver, {"id": "doc", "title": "Long", "text": long_text(2, "beta"), "updated_at": 2})
+        push(receiver, {"id": "doc", "title": "Long", "text": long_text(2, "beta"), "updated_at": 1700000002})
         worker.drain()
         assert worker.pipeline.embedder.requests > embeds
         second = chunk_ids(services, "api:doc")
@@ -85,18 +85,18 @@ class TestPushAndSearch:
         assert search(receiver, "beta1word5")[0]["document_id"] == "api:doc"
 
     def test_metadata_only_change_does_not_reembed(self, services, receiver, worker):
-        push(receiver, {"id": "m", "title": "T", "text": "body text", "metadata": {"status": "open"}, "updated_at": 1})
+        push(receiver, {"id": "m", "title": "T", "text": "body text", "metadata": {"status": "open"}, "updated_at": 1700000001})
         worker.drain()
         embeds = worker.pipeline.embedder.requests
-        push(receiver, {"id": "m", "title": "T", "text": "body text", "metadata": {"status": "done"}, "updated_at": 2})
+        push(receiver, {"id": "m", "title": "T", "text": "body text", "metadata": {"status": "done"}, "updated_at": 1700000002})
         worker.drain()
         assert worker.pipeline.embedder.requests == embeds
         assert services.index.fetch(["api:m#0"])["api:m#0"]["status"] == "done"
 
     def test_older_version_never_overwrites_newer(self, services, receiver, worker):
-        push(receiver, {"id": "o", "title": "T", "text": "newest words", "updated_at": 200})
+        push(receiver, {"id": "o", "title": "T", "text": "newest words", "updated_at": 1700000200})
         worker.drain()
-        push(receiver, {"id": "o", "title": "T", "text": "ancient words", "updated_at": 100})
+        push(receiver, {"id": "o", "title": "T", "text": "ancient words", "updated_at": 1700000100})
         worker.drain()
         assert services.index.fetch(["api:o#0"])["api:o#0"]["text"] == "newest words"
 
@@ -238,12 +238,12 @@ class TestEmbeddingRecipe:
         from tests.conftest import make_settings
 
         first = worker_factory()
-        push(receiver, {"id": "r", "title": "Recipe", "text": long_text(4, "delta"), "updated_at": 1})
+        push(receiver, {"id": "r", "title": "Recipe", "text": long_text(4, "delta"), "updated_at": 1700000001})
         first.drain()
         before = len(chunk_ids(services, "api:r"))
         first.stop()
         second = worker_factory(make_settings(infra, CHUNK_TOKENS="128"))
-        push(receiver, {"id": "r", "title": "Recipe", "text": long_text(4, "delta"), "updated_at": 1})
+        push(receiver, {"id": "r", "title": "Recipe", "text": long_text(4, "delta"), "updated_at": 1700000001})
         second.drain()
         assert second.pipeline.embedder.requests == 1
         assert len(chunk_ids(services, "api:r")) > before

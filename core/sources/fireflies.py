@@ -37,7 +37,8 @@ from core.facts import FactStore
 from core.http import Limiter, SourceHTTP
 from core.settings import SourceSettings, parse_duration
 from core.sources.base import Page, Scope, SourceContext, WebhookResult
-from core.sources.webhooks import check_sha256_signature
+from core.sources.webhooks import check_sha256_signature, load_object, number
+from core.sources.webhooks import text as text_field
 
 log = logging.getLogger(__name__)
 
@@ -237,23 +238,19 @@ def parse_event(body: bytes) -> WebhookResult:
 
     Fireflies sends no delivery id, so one is derived from (event, meeting id, timestamp).
     """
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        raise MalformedWebhook("Fireflies webhook body is not JSON") from None
-    if not isinstance(payload, dict):
-        raise MalformedWebhook("Fireflies webhook body is not an object")
+    payload = load_object(body, "Fireflies")
     if "event" in payload:
-        event, meeting, stamp = payload["event"], payload.get("meeting_id"), payload.get("timestamp")
+        event = text_field(payload, "event", NAME)
+        meeting, stamp = text_field(payload, "meeting_id", NAME), number(payload, "timestamp", NAME)
     elif "eventType" in payload:
-        event, meeting, stamp = payload["eventType"], payload.get("meetingId"), None
+        event, meeting, stamp = text_field(payload, "eventType", NAME), text_field(payload, "meetingId", NAME), None
     else:
         raise MalformedWebhook("Fireflies webhook has neither 'event' nor 'eventType'")
     if event not in SYNC_EVENTS and event not in V1_EVENTS:
         return WebhookResult(note=f"ignored Fireflies event {event!r}")
-    if not isinstance(meeting, str) or not meeting:
+    if not meeting:
         raise MalformedWebhook(f"Fireflies {event!r} webhook has no meeting id")
-    event_at = stamp / 1000 if isinstance(stamp, (int, float)) else None
+    event_at = stamp / 1000 if stamp is not None else None
     delivery = f"{event}:{meeting}:{stamp if stamp is not None else 'v1'}"
     return WebhookResult(refs=[Ref(NAME, meeting, SCOPE.key, event_at=event_at)],
                          delivery_id=delivery)

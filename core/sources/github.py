@@ -32,7 +32,9 @@ from core.errors import MalformedWebhook, NotConfigured, PermanentSourceError
 from core.http import Limiter, SourceHTTP, retry_after
 from core.settings import SourceSettings
 from core.sources.base import Page, Scope, WebhookResult
-from core.sources.webhooks import check_sha256_signature, header
+from core.sources.webhooks import (
+    check_sha256_signature, header, items, iso_time, load_object, obj, text,
+)
 
 SOURCE = "github"
 PER_PAGE = 100
@@ -318,17 +320,13 @@ def verify_signature(secret: str, headers: Mapping[str, str], body: bytes) -> No
 
 def _payload(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
     """The JSON payload, whether sent as JSON or form-encoded (``payload=<json>``)."""
-    try:
-        if "x-www-form-urlencoded" in header(headers, "Content-Type") or body.startswith(b"payload="):
+    if "x-www-form-urlencoded" in header(headers, "Content-Type") or body.startswith(b"payload="):
+        try:
             raw = parse_qs(body.decode(), strict_parsing=True)["payload"][0]
-        else:
-            raw = body.decode()
-        payload = json.loads(raw)
-    except (ValueError, KeyError, UnicodeDecodeError) as exc:
-        raise MalformedWebhook(f"GitHub webhook body is not JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise MalformedWebhook("GitHub webhook body is not a JSON object")
-    return payload
+        except (ValueError, KeyError, UnicodeDecodeError) as exc:
+            raise MalformedWebhook(f"GitHub webhook form body has no payload: {exc}") from None
+        return load_object(raw.encode("utf-8", "surrogatepass"), "GitHub")
+    return load_object(body, "GitHub")
 
 
 def parse_webhook(headers: Mapping[str, str], body: bytes) -> WebhookResult:
@@ -340,68 +338,98 @@ def parse_webhook(headers: Mapping[str, str], body: bytes) -> WebhookResult:
     payload = _payload(headers, body)
     if event == "ping":
         return WebhookResult(delivery_id=delivery, reply=(200, b'{"ok":true}', "application/json"),
-                             note=f"ping from hook {payload.get('hook_id')}")
-    full_name = (payload.get("repository") or {}).get("full_name")
-    if not full_name:
+                             note=f"ping from hook {str(payload.get('hook_id'))[:40]}")
+    full_name = text(obj(payload, "repository", SOURCE), "full_name", SOURCE, "repository.full_name")
+    if not full_name.strip():
         return WebhookResult(delivery_id=delivery, note=f"{event} without a repository ignored")
     repo = repo_key(full_name)
+    handler = _HANDLERS.get(event)
+    if handler is None:
+        return WebhookResult(delivery_id=delivery, note=f"event {event!r} is not synced")
     try:
-        handler = _HANDLERS.get(event)
-        if handler is None:
-            return WebhookResult(delivery_id=delivery, note=f"event {event!r} is not synced")
         result = handler(repo, payload)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:  # a guard: the readers below name fields
         raise MalformedWebhook(f"GitHub {event} payload is missing {exc}") from None
     return dataclasses.replace(result, delivery_id=delivery)
 
 
-def _item_sync(repo: str, item: Mapping[str, Any], kind: str, event_at: float | None) -> Ref:
-    return Ref(SOURCE, f"{repo}/{kind}/{int(item['number'])}", repo, event_at=event_at)
+def _number(item: Mapping[str, Any], path: str) -> int:
+    """An issue or pull request number: a positive whole number."""
+    value = item.get("number")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 10**12:
+        raise MalformedWebhook(f"github: '{path}.number' must be a positive whole number")
+    return value
+
+
+def _required(payload: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = obj(payload, key, SOURCE)
+    if not value:
+        raise MalformedWebhook(f"github: payload is missing '{key}'")
+    return value
+
+
+def _item_sync(repo: str, item: Mapping[str, Any], kind: str, event_at: float | None, path: str) -> Ref:
+    return Ref(SOURCE, f"{repo}/{kind}/{_number(item, path)}", repo, event_at=event_at)
 
 
 def _on_issues(repo: str, payload: dict[str, Any]) -> WebhookResult:
-    action, issue = payload.get("action", ""), payload["issue"]
+    action, issue = text(payload, "action", SOURCE), _required(payload, "issue")
     kind = "pulls" if issue.get("pull_request") else "issues"
     if action == "deleted":
-        return WebhookResult([Ref(SOURCE, f"{repo}/{kind}/{int(issue['number'])}", repo, op="delete")])
+        return WebhookResult([Ref(SOURCE, f"{repo}/{kind}/{_number(issue, 'issue')}", repo, op="delete")])
     if action == "transferred":
-        refs = [Ref(SOURCE, f"{repo}/issues/{int(issue['number'])}", repo, op="delete")]
-        changes = payload.get("changes") or {}
-        new_issue, new_repo = changes.get("new_issue"), (changes.get("new_repository") or {}).get("full_name")
-        if new_issue and new_repo:  # the issue lives on under its new repo's id
+        refs = [Ref(SOURCE, f"{repo}/issues/{_number(issue, 'issue')}", repo, op="delete")]
+        changes = obj(payload, "changes", SOURCE)
+        new_issue = obj(changes, "new_issue", SOURCE, "changes.new_issue")
+        new_repo = text(obj(changes, "new_repository", SOURCE, "changes.new_repository"), "full_name", SOURCE,
+                        "changes.new_repository.full_name")
+        if new_issue and new_repo.strip():  # the issue lives on under its new repo's id
             target = repo_key(new_repo)
-            refs.append(_item_sync(target, new_issue, "issues", epoch(new_issue.get("updated_at")) or None))
+            at = iso_time(new_issue, "updated_at", SOURCE, "changes.new_issue.updated_at") or None
+            refs.append(_item_sync(target, new_issue, "issues", at, "changes.new_issue"))
         return WebhookResult(refs)
-    return WebhookResult([_item_sync(repo, issue, kind, epoch(issue.get("updated_at")) or None)])
+    at = iso_time(issue, "updated_at", SOURCE, "issue.updated_at") or None
+    return WebhookResult([_item_sync(repo, issue, kind, at, "issue")])
 
 
 def _on_comment(repo: str, payload: dict[str, Any]) -> WebhookResult:
-    issue, comment = payload["issue"], payload.get("comment") or {}
+    issue, comment = _required(payload, "issue"), obj(payload, "comment", SOURCE)
     kind = "pulls" if issue.get("pull_request") else "issues"
     # A deletion's payload predates it; no event time, so the worker always re-fetches.
-    at = None if payload.get("action") == "deleted" else epoch(comment.get("updated_at")) or None
-    return WebhookResult([_item_sync(repo, issue, kind, at)])
+    deleted = text(payload, "action", SOURCE) == "deleted"
+    at = None if deleted else iso_time(comment, "updated_at", SOURCE, "comment.updated_at") or None
+    return WebhookResult([_item_sync(repo, issue, kind, at, "issue")])
 
 
 def _on_pull(repo: str, payload: dict[str, Any]) -> WebhookResult:
-    pull = payload["pull_request"]
-    return WebhookResult([_item_sync(repo, pull, "pulls", epoch(pull.get("updated_at")) or None)])
+    pull = _required(payload, "pull_request")
+    at = iso_time(pull, "updated_at", SOURCE, "pull_request.updated_at") or None
+    return WebhookResult([_item_sync(repo, pull, "pulls", at, "pull_request")])
 
 
 def _on_push(repo: str, payload: dict[str, Any]) -> WebhookResult:
+    ref = text(payload, "ref", SOURCE)
     if payload.get("deleted"):
-        return WebhookResult(note=f"branch deletion {payload.get('ref')} in {repo}: nothing to sync")
-    default = (payload.get("repository") or {}).get("default_branch") or "main"
-    if payload.get("ref") != f"refs/heads/{default}":
+        return WebhookResult(note=f"branch deletion {ref} in {repo}: nothing to sync")
+    default = text(obj(payload, "repository", SOURCE), "default_branch", SOURCE,
+                   "repository.default_branch") or "main"
+    if ref != f"refs/heads/{default}":
         # Only the default branch is indexed, matching what live_ids lists for pruning.
-        return WebhookResult(note=f"push to {payload.get('ref')} in {repo} ignored (not {default})")
-    refs = [Ref(SOURCE, f"{repo}/commits/{c['id']}", repo, event_at=epoch(c.get("timestamp")) or None)
-            for c in payload.get("commits") or []]
+        return WebhookResult(note=f"push to {ref} in {repo} ignored (not {default})")
+    refs = []
+    for n, commit in enumerate(items(payload, "commits", SOURCE)):
+        if not isinstance(commit, Mapping):
+            raise MalformedWebhook(f"github: 'commits[{n}]' must be an object")
+        sha = text(commit, "id", SOURCE, f"commits[{n}].id")
+        if not sha:
+            raise MalformedWebhook(f"github: 'commits[{n}].id' is missing")
+        at = iso_time(commit, "timestamp", SOURCE, f"commits[{n}].timestamp") or None
+        refs.append(Ref(SOURCE, f"{repo}/commits/{sha}", repo, event_at=at))
     return WebhookResult(refs)
 
 
 def _on_repository(repo: str, payload: dict[str, Any]) -> WebhookResult:
-    action = payload.get("action", "")
+    action = text(payload, "action", SOURCE)
     if action in ("archived", "unarchived", "deleted"):
         return WebhookResult(scope_events=[(action, repo)])
     return WebhookResult(note=f"repository.{action} for {repo} ignored")

@@ -11,7 +11,6 @@ raw body>``; ``X-Atlassian-Webhook-Identifier`` is stable across retries (the de
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -30,7 +29,7 @@ from core.errors import (
 from core.http import Limiter, SourceHTTP
 from core.settings import SourceSettings
 from core.sources.base import Page, Scope, SourceContext, WebhookResult
-from core.sources.webhooks import check_sha256_signature, header
+from core.sources.webhooks import check_sha256_signature, header, ident, load_object, number, obj, text
 
 NAME = "jira"
 log = logging.getLogger(__name__)
@@ -342,28 +341,31 @@ class JiraSource:
         check_sha256_signature(headers, body, secret=secret, header_name="X-Hub-Signature", source=NAME)
 
     def parse(self, headers: Mapping[str, str], body: bytes) -> WebhookResult:
-        payload = _load(body)
+        payload = load_object(body, NAME)
         delivery = header(headers, "X-Atlassian-Webhook-Identifier") or None
-        event = str(payload.get("webhookEvent") or "")
-        stamp = payload.get("timestamp")
-        event_at = stamp / 1000 if isinstance(stamp, (int, float)) else None
+        event = text(payload, "webhookEvent", NAME)
+        stamp = number(payload, "timestamp", NAME)
+        event_at = stamp / 1000 if stamp is not None else None
         if event in SCOPE_EVENTS:
-            key = str((payload.get("project") or {}).get("key") or "")
+            key = text(obj(payload, "project", NAME), "key", NAME, "project.key")
             if not key:
                 raise MalformedWebhook(f"{event} without project.key")
             return WebhookResult(delivery_id=delivery, scope_events=[(SCOPE_EVENTS[event], key)])
         if event not in SYNC_EVENTS and event != "jira:issue_deleted":
             return WebhookResult(delivery_id=delivery, note=f"ignored Jira event {event or '(none)'}")
-        issue = payload.get("issue")
-        if event.startswith("comment_") and not (isinstance(issue, Mapping) and issue.get("id")):
+        issue = obj(payload, "issue", NAME)
+        issue_id = ident(issue, "id", NAME, "issue.id")
+        if event.startswith("comment_") and not issue_id:
             # A comment event names its issue in comment.self too (…/issue/{id}/comment/{id}),
             # e.g. a comment_deleted cascading from a deleted issue.
-            issue = _issue_of_comment(payload.get("comment"))
-        if not isinstance(issue, Mapping) or not issue.get("id"):
+            issue = _issue_of_comment(obj(payload, "comment", NAME)) or {}
+            issue_id = ident(issue, "id", NAME, "issue.id")
+        if not issue_id:
             raise MalformedWebhook(f"{event} without issue.id")
-        project = ((issue.get("fields") or {}).get("project") or {}).get("key") or ""
+        fields = obj(issue, "fields", NAME, "issue.fields")
+        project = text(obj(fields, "project", NAME, "issue.fields.project"), "key", NAME, "issue.fields.project.key")
         op = "delete" if event == "jira:issue_deleted" else "sync"
-        ref = Ref(NAME, str(issue["id"]), str(project), op, event_at)
+        ref = Ref(NAME, issue_id, project, op, event_at)
         return WebhookResult(refs=[ref], delivery_id=delivery)
 
 
@@ -374,16 +376,6 @@ def _issue_of_comment(comment: Any) -> dict[str, Any] | None:
     """``{"id": …}`` of the issue a comment's ``self`` URL names, or None."""
     found = _COMMENT_SELF.search(str(comment.get("self") or "")) if isinstance(comment, Mapping) else None
     return {"id": found.group(1)} if found else None
-
-
-def _load(body: bytes) -> dict[str, Any]:
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedWebhook(f"Jira webhook body is not JSON: {exc}") from exc
-    if not isinstance(payload, dict):
-        raise MalformedWebhook("Jira webhook body is not a JSON object")
-    return payload
 
 
 def build(settings: SourceSettings, client: httpx.AsyncClient, limiter: Limiter | None = None,

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,7 +32,9 @@ from core.errors import (
 from core.http import Limiter, SourceHTTP
 from core.settings import SourceSettings
 from core.sources.base import Page, Scope, SourceContext, WebhookResult
-from core.sources.webhooks import check_sha256_signature, header
+from core.sources.webhooks import (
+    check_sha256_signature, header, ident, iso_time, load_object, obj, storable_id, text,
+)
 
 NAME = "notion"
 SCOPE = Scope(NAME, "workspace", "Notion workspace")
@@ -226,14 +227,14 @@ def page_to_document(page: Mapping[str, Any], blocks: list[BlockNode],
 
 def event_to_result(event: Mapping[str, Any]) -> WebhookResult:
     """A verified Notion event envelope → refs (pure)."""
-    try:
-        delivery_id = str(event["id"])
-        kind = str(event["type"])
-        entity = event["entity"]
-        entity_id, entity_type = str(entity["id"]), str(entity["type"])
-    except (KeyError, TypeError) as exc:
-        raise MalformedWebhook(f"notion: event lacks {exc}") from None
-    event_at = parse_time(event.get("timestamp")) or None
+    delivery_id, kind = ident(event, "id", NAME), text(event, "type", NAME)
+    entity = obj(event, "entity", NAME)
+    entity_id, entity_type = ident(entity, "id", NAME, "entity.id"), text(entity, "type", NAME, "entity.type")
+    for name, value in (("'id'", delivery_id), ("'type'", kind), ("'entity'", entity),
+                        ("'entity.id'", entity_id), ("'entity.type'", entity_type)):
+        if not value:
+            raise MalformedWebhook(f"notion: event lacks {name}")
+    event_at = iso_time(event, "timestamp", NAME) or None
     if entity_type != "page":
         # database.*, data_source.*, comment.*: we index pages only. A schema change renames
         # property lines, which the reconciler's next pass does not see: noted for the logs.
@@ -363,17 +364,26 @@ class NotionSource:
 
     # --- webhooks -------------------------------------------------------------------------
     def handshake(self, headers: Mapping[str, str], body: bytes) -> str | None:
-        """The verification token from Notion's unsigned first POST, else None."""
+        """The verification token from Notion's unsigned first POST, else None.
+
+        Once NOTION_WEBHOOK_TOKEN is configured the subscription is verified, and an unsigned
+        verification request is refused (NotConfigured: 403) rather than recorded, so nobody
+        can plant a token; to verify a new subscription the operator unsets it first.
+        """
         if header(headers, "x-notion-signature"):
             return None
         try:
-            data = json.loads(body)
-        except ValueError:
+            data = load_object(body, NAME)
+        except MalformedWebhook:
             return None
-        token = data.get("verification_token") if isinstance(data, dict) else None
-        if isinstance(token, str) and token and "type" not in data:
-            return token
-        return None
+        token = data.get("verification_token")
+        if not (isinstance(token, str) and token and "type" not in data):
+            return None
+        if self.settings.secret("NOTION_WEBHOOK_TOKEN"):
+            raise NotConfigured("notion: NOTION_WEBHOOK_TOKEN is already set, so unsigned verification "
+                                "requests are refused; unset it and restart to verify a new subscription")
+        storable_id(token, NAME, "verification_token")
+        return token
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> None:
         token = self.settings.secret("NOTION_WEBHOOK_TOKEN")
@@ -382,13 +392,7 @@ class NotionSource:
         check_sha256_signature(headers, body, secret=token, header_name="X-Notion-Signature", source=NAME)
 
     def parse(self, headers: Mapping[str, str], body: bytes) -> WebhookResult:
-        try:
-            event = json.loads(body)
-        except ValueError:
-            raise MalformedWebhook("notion: body is not JSON") from None
-        if not isinstance(event, dict):
-            raise MalformedWebhook("notion: body is not a JSON object")
-        return event_to_result(event)
+        return event_to_result(load_object(body, NAME))
 
 
 def _error_code(response: httpx.Response) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
-import json
 import logging
 import math
 import re
@@ -47,7 +46,7 @@ from core.facts import FactStore
 from core.http import Limiter, SourceHTTP
 from core.settings import SourceSettings, parse_duration
 from core.sources.base import Page, Scope, SourceContext, WebhookResult
-from core.sources.webhooks import header, hmac_sha256
+from core.sources.webhooks import header, hmac_sha256, load_object, obj, text
 
 log = logging.getLogger(__name__)
 
@@ -236,13 +235,8 @@ def verify_signature(
 
 def parse_event(body: bytes) -> WebhookResult:
     """A verified Events API request → refs to sync or delete, a handshake reply, or a note."""
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        raise MalformedWebhook("slack: body is not JSON") from None
-    if not isinstance(payload, dict):
-        raise MalformedWebhook("slack: body is not a JSON object")
-    kind = payload.get("type")
+    payload = load_object(body, NAME)
+    kind = text(payload, "type", NAME)
     if kind == "url_verification":
         challenge = payload.get("challenge")
         if not isinstance(challenge, str):
@@ -266,7 +260,7 @@ _SCOPE_EVENTS = {
 
 
 def _event_result(event: dict[str, Any], event_time: Any) -> WebhookResult:
-    kind = event.get("type")
+    kind = text(event, "type", NAME, "event.type")
     channel = event.get("channel")
     if kind in _SCOPE_EVENTS:
         if not isinstance(channel, str):
@@ -283,8 +277,8 @@ def _event_result(event: dict[str, Any], event_time: Any) -> WebhookResult:
 
 
 def _message_result(channel: str, event: dict[str, Any], fallback: float | None) -> WebhookResult:
-    subtype = event.get("subtype")
-    at = ts_seconds(event.get("event_ts") or event.get("ts")) or fallback
+    subtype = text(event, "subtype", NAME, "event.subtype")
+    at = ts_seconds(text(event, "event_ts", NAME, "event.event_ts") or text(event, "ts", NAME, "event.ts")) or fallback
 
     def sync(thread_ts: Any) -> WebhookResult:
         if not isinstance(thread_ts, str) or not thread_ts:
@@ -292,11 +286,11 @@ def _message_result(channel: str, event: dict[str, Any], fallback: float | None)
         return WebhookResult(refs=[Ref(NAME, f"{channel}:{thread_ts}", channel, "sync", at)])
 
     if subtype == "message_changed":
-        message = event.get("message") or {}
+        message = obj(event, "message", NAME, "event.message")
         return sync(message.get("thread_ts") or message.get("ts"))
     if subtype == "message_deleted":
         deleted = event.get("deleted_ts")
-        previous = event.get("previous_message") or {}
+        previous = obj(event, "previous_message", NAME, "event.previous_message")
         thread = previous.get("thread_ts")
         if thread and thread != deleted:
             return sync(thread)  # a reply went: the thread document shrinks

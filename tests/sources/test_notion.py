@@ -183,10 +183,14 @@ def sign(token: str, body: bytes) -> str:
 
 
 def test_handshake_returns_the_verification_token(server: SandboxServer) -> None:
-    source = source_for(server.env())
+    # Before NOTION_WEBHOOK_TOKEN is configured, the unsigned handshake is recorded ...
+    source = source_for({**server.env(), "NOTION_WEBHOOK_TOKEN": ""})
     assert isinstance(source, Source)
     body = json.dumps({"verification_token": "secret_abc"}).encode()
     assert source.handshake({"content-type": "application/json"}, body) == "secret_abc"
+    # ... after it, an unsigned handshake is refused: nobody can plant a token.
+    with pytest.raises(NotConfigured, match="NOTION_WEBHOOK_TOKEN"):
+        source_for(server.env()).handshake({}, body)
     assert source.handshake({"X-Notion-Signature": "sha256=00"}, body) is None  # signed: not a handshake
     assert source.handshake({}, json.dumps(envelope("page.created")).encode()) is None
     assert source.handshake({}, b"not json") is None
