@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 from psycopg_pool import ConnectionPool
 
 from core.apikeys import ApiKey, normalise_principal
 from core.documents import Document
+from core.status import scope_row_state
 
 
 class AccessDenied(Exception):
@@ -185,10 +186,8 @@ def stale_scopes(
     stale: set[tuple[str, str]] = set()
     for source, key, active, success, error_at in rows:
         limit = stale_after.get(source)
-        if (
-            not active
-            or (error_at is not None and (success is None or error_at > success))
-            or (success is not None and limit is not None and success < now - timedelta(seconds=limit))
-        ):
+        state_ = scope_row_state(active, success, error_at, float("inf") if limit is None else limit, now)
+        # A scope never synced (documents pushed by webhooks before its first pass) is not stale.
+        if state_ in ("disabled", "failing", "stale"):
             stale.add((source, key))
     return stale

@@ -473,16 +473,34 @@ def _drift_text(audit: dict[str, Any]) -> str:
             f"{audit['orphan_vectors']} orphan vectors")
 
 
+def scope_row_state(active: bool, last_success: datetime | None, last_error_at: datetime | None,
+                    stale_after: float, now: datetime) -> str:
+    """What a scope's own row says: ``disabled`` (deactivated), ``failing`` (its last pass
+    failed), ``never synced``, ``stale`` (last success older than ``stale_after``) or
+    ``fresh``. Status adds what only it reads (failed prunes, failing documents, audits); search
+    marks a result ``stale`` from this alone, so both tell one story."""
+    if not active:
+        return "disabled"
+    if last_error_at is not None and (last_success is None or last_error_at > last_success):
+        return "failing"
+    if last_success is None:
+        return "never synced"
+    if (now - last_success).total_seconds() > stale_after:
+        return "stale"
+    return "fresh"
+
+
 def _scope_status(row: Any, src_stale_after: float, docs: tuple[int, int, int, int] | None,
                   first_failing: dict[str, Any] | None, now: datetime) -> dict[str, Any]:
     (_, key, name, active, success, attempt, error, error_at, failed_runs, failing_since,
      prune_status, prune_error, prune_at) = row
     live, _, with_errors, failing_docs = docs or (0, 0, 0, 0)
     label = f"scope {key}" + (f" ({name})" if name and name != key else "")
-    if not active:
+    base = scope_row_state(active, success, error_at, src_stale_after, now)
+    if base == "disabled":
         state_, reason = "disabled", f"{label} is deactivated" + (
             f"; {_plural(live, 'document')} still searchable, no longer maintained" if live else "")
-    elif error_at is not None and (success is None or error_at > success):
+    elif base == "failing":
         since = failing_since or error_at
         times = max(_int(failed_runs), 1)
         state_ = "failing"
@@ -494,9 +512,9 @@ def _scope_status(row: Any, src_stale_after: float, docs: tuple[int, int, int, i
     elif failing_docs and first_failing:
         state_ = "failing"
         reason = f"{label}: {_failing_docs_text(failing_docs, first_failing, now)}"
-    elif success is None:
+    elif base == "never synced":
         state_, reason = "never synced", f"{label} never synced"
-    elif (now - success).total_seconds() > src_stale_after:
+    elif base == "stale":
         state_ = "stale"
         reason = (f"{label}: last successful pass {_ago(success, now)} "
                   f"(stale after {duration(src_stale_after)})")

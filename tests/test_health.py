@@ -442,3 +442,25 @@ def test_a_summary_audit_names_the_scopes_that_drift(services, gh_settings, all_
     github = build_status(services, gh_settings)["sources"]["github"]
     assert github["audit"]["drifting_scopes"] == ["acme/api"]
     assert "found drift in acme/api" in github["reason"]
+
+
+def test_search_marks_stale_exactly_the_scopes_status_calls_disabled_failing_or_stale(services, gh_settings, all_well):
+    """One rule for a scope's own row: what search flags as ``stale`` on a result is what the
+    status page calls disabled, failing or stale (a scope never synced is not flagged)."""
+    from core import access
+
+    stale_after = gh_settings.source("github").stale_after
+    with services.pool.connection() as conn:
+        conn.execute(
+            """INSERT INTO scopes (source, key, name, active, last_success_at, last_error, last_error_at) VALUES
+               ('github', 'acme/off', 'acme/off', false, now(), NULL, NULL),
+               ('github', 'acme/bad', 'acme/bad', true, now() - interval '2 minutes', '500', now()),
+               ('github', 'acme/old', 'acme/old', true, now() - make_interval(secs => %s), NULL, NULL),
+               ('github', 'acme/new', 'acme/new', true, NULL, NULL, NULL)""",
+            (stale_after + 60,),
+        )
+    states = {s["key"]: s["state"] for s in build_status(services, gh_settings)["sources"]["github"]["scope_list"]}
+    assert states == {"acme/api": "fresh", "acme/off": "disabled", "acme/bad": "failing",
+                      "acme/old": "stale", "acme/new": "never synced"}
+    flagged = access.stale_scopes(services.pool, {"github": stale_after}, [("github", k) for k in states])
+    assert {k for _, k in flagged} == {k for k, v in states.items() if v in ("disabled", "failing", "stale")}
