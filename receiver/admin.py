@@ -17,11 +17,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from core import jsonsafe, queue, scopes, state
+from core import queue, scopes, state
 from core.documents import Ref
 from core.runtime import Services
 from core.settings import SOURCE_NAMES
 from core.runs import Conflict, create_run, load_run, verification
+from receiver import bodies
 
 #: Bounds on admin request bodies: scope keys are short ids; a run id is a Postgres bigint.
 MAX_KEYS = 1000
@@ -46,19 +47,7 @@ def _jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 async def _json_body(request: Request) -> dict[str, Any] | Response:
-    routes = _helpers()
-    raw = await routes.read_body(request, 64 * 1024)
-    if isinstance(raw, Response):
-        return raw
-    if not raw.strip():
-        return {}
-    try:
-        body = jsonsafe.loads(raw)  # NUL and lone surrogates refused: keys and ids are stored
-    except jsonsafe.BadJSON as exc:
-        return routes.error(400, str(exc))
-    if not isinstance(body, dict):
-        return routes.error(400, "body must be a JSON object")
-    return body
+    return await bodies.json_object(request)
 
 
 def _source_or_error(request: Request) -> str | Response:

@@ -8,7 +8,6 @@ very next request, on every receiver.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -20,6 +19,7 @@ from core import access, apikeys, queue, state
 from core.apikeys import ApiKey
 from core.documents import Ref, split_doc_id
 from core.settings import SOURCE_NAMES
+from receiver import bodies
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -76,18 +76,7 @@ def caller(request: Request) -> ApiKey:
 
 
 async def _body(request: Request) -> dict[str, Any] | JSONResponse:
-    raw = await request.body()
-    if len(raw) > 64 * 1024:
-        return _error(413, "body over 65536 bytes")
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return _error(400, "body is not valid JSON")
-    if not isinstance(body, dict):
-        return _error(400, "body must be a JSON object")
-    return body
+    return await bodies.json_object(request)
 
 
 def _unknown_fields(body: dict[str, Any], allowed: set[str]) -> JSONResponse | None:

@@ -304,6 +304,10 @@ def spec() -> dict[str, Any]:
             "get": _op("A webhook verification token received from a source (Notion)",
                        {"200": ok("The token"), **_errors(401, 403, 404)}, security=ADMIN,
                        parameters=[SOURCE], tags=["admin"]),
+            "delete": _op("Forget a recorded verification token (one planted by an unsigned request), "
+                          "so the genuine handshake is recorded",
+                          {"200": ok("Cleared, or nothing was recorded"), **_errors(401, 403, 404)},
+                          security=ADMIN, parameters=[SOURCE], tags=["admin"]),
         },
     }
     return {

@@ -11,7 +11,7 @@ from typing import Any
 
 import redis
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
@@ -22,6 +22,7 @@ from core.runtime import Services
 from core.settings import SOURCE_NAMES, Settings
 from core.sources.webhooks import check_result
 from core.status import build_status, render_metrics
+from receiver.bodies import read_body
 from receiver import admin, auth, dashboard, mcp_http, openapi, search
 
 log = logging.getLogger("vector_sync.receiver")
@@ -71,23 +72,6 @@ def settings_of(request: Request) -> Settings:
 def check_admin(request: Request) -> JSONResponse | None:
     """None when the request carries an admin key; else the 401/403 to answer (receiver.auth)."""
     return auth.require(request, "admin")
-
-
-async def read_body(request: Request, limit: int) -> bytes | JSONResponse:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        return error(413, f"body over {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                return error(413, f"body over {limit} bytes")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        return error(400, "client disconnected")
-    return b"".join(chunks)
 
 
 async def enqueue(request: Request, refs: list[Ref]) -> JSONResponse | None:

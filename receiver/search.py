@@ -4,7 +4,6 @@ use the same code); this module turns HTTP into those calls."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -14,7 +13,7 @@ from starlette.routing import BaseRoute, Route
 
 from core import access, search as core_search
 from core.errors import VectorSyncError
-from receiver import auth
+from receiver import auth, bodies
 
 MAX_BODY = 64 * 1024
 
@@ -24,19 +23,7 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 async def _json(request: Request) -> dict[str, Any] | JSONResponse:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY:
-        return _error(413, f"body over {MAX_BODY} bytes")
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        return _error(413, f"body over {MAX_BODY} bytes")
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return _error(400, "body is not valid JSON")
-    if not isinstance(body, dict):
-        return _error(400, "body must be a JSON object")
-    return body
+    return await bodies.json_object(request, MAX_BODY)
 
 
 async def search(request: Request) -> Response:

@@ -21,6 +21,8 @@ from tests.door import ADMIN, DOOR_ENV, PUSHING, is_clean_4xx, post_webhook
 from tests.test_status import cli
 
 DEEP = b"[" * 100_000 + b"]" * 100_000
+#: Deep enough for Python's recursive parser to fail, small enough for a 64 KiB admin body.
+DEEP_SMALL = b"[" * 10_000 + b"]" * 10_000
 DEEP_OBJECT = b'{"a":' * 5_000 + b"1" + b"}" * 5_000
 
 
@@ -57,8 +59,17 @@ class TestDeepNesting:
 
     def test_push_and_admin_bodies_too(self, door: Any) -> None:
         assert_refused(httpx.post(f"{door.url}/api/documents", content=DEEP, headers=ADMIN), 400, "deeper than")
-        for path in ("/api/scopes/jira/activate", "/api/backfill/jira", "/api/dead-letters/replay"):
+        for path in ("/api/scopes/jira/activate", "/api/backfill/jira", "/api/dead-letters/replay",
+                     "/api/search", "/api/keys", "/api/scopes/jira/access", "/api/admin/verify"):
             assert_refused(httpx.post(f"{door.url}{path}", content=DEEP_OBJECT, headers=ADMIN), 400, "deeper than")
+            assert_refused(httpx.post(f"{door.url}{path}", content=DEEP_SMALL, headers=ADMIN), 400, "deeper than")
+
+    def test_json_bodies_refuse_what_cannot_be_stored_or_compared(self, door: Any) -> None:
+        # Every JSON body goes through the one safe loader: NaN and NUL are refused at the door.
+        for path in ("/api/search", "/api/keys", "/api/scopes/jira/access"):
+            assert_refused(httpx.post(f"{door.url}{path}", content=b'{"q": NaN, "role": NaN}', headers=ADMIN), 400)
+            assert_refused(httpx.post(f"{door.url}{path}", content=b'{"q": "a\\u0000b", "name": "a\\u0000b"}',
+                                      headers=ADMIN), 400)
 
 
 # --- wrong types reach each parser ----------------------------------------------------------
