@@ -321,7 +321,12 @@ def cmd_mcp(args: argparse.Namespace) -> int:
     from core.embeddings import build_embedder
     from core.mcp_tools import build_server
 
-    token = os.environ.get("VECTOR_SYNC_API_KEY", "").strip()
+    from core.settings import read_secret_files
+
+    try:  # VECTOR_SYNC_API_KEY_FILE too, as for every secret
+        token = read_secret_files(os.environ).get("VECTOR_SYNC_API_KEY", "").strip()
+    except SettingsError as exc:
+        fail(str(exc))
     if not token:
         fail("VECTOR_SYNC_API_KEY is not set: vector-sync mcp needs a search key (vector-sync keys create)")
 

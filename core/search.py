@@ -214,15 +214,13 @@ def stale_after(settings: Settings) -> dict[str, float]:
     return {name: settings.source(name).stale_after for name in SOURCE_NAMES}
 
 
-async def search(services: Any, embedder: Any, settings: Settings, query: SearchQuery,
-                 view: AccessView, *, identifiers: bool = True) -> dict[str, Any]:
-    """Run one search; the body every surface returns (``{"query", "results", ...}``).
-    ``identifiers=False`` drops the exact-identifier lane (the benchmark measures without it)."""
-    [vector] = await embedder.embed([query.q])
-    flt = access.combine(query.index_filter(), access.access_filter(view))
-    index = services.index
-    # Several chunks of one document may match: ask for more, keep each document's best.
-    wanted = min(query.top_k * 4, 400)
+#: Chunks asked of the index for one search at most (top_k documents, several chunks each).
+MAX_CANDIDATES = 2000
+
+
+async def _candidates(index: Any, vector: list[float], query: SearchQuery, flt: Any, wanted: int,
+                      identifiers: bool) -> list[Any]:
+    """Up to ``wanted`` matching chunks, best first (hybrid: text and vector fused)."""
     hybrid = query.mode == "hybrid" and hasattr(index, "hybrid_query")  # pgvector: text + vector
     if hybrid:
         matches = await asyncio.to_thread(index.hybrid_query, vector, query.q, wanted, flt)
@@ -235,14 +233,34 @@ async def search(services: Any, embedder: Any, settings: Settings, query: Search
         exact = []
         for ident in identifier_filters(query.q):
             exact += await asyncio.to_thread(index.query, vector, 3, access.combine(flt, ident))
-        matches = exact + [m for m in matches if m.id not in {e.id for e in exact}]
-    best: dict[str, Any] = {}
-    for match in matches:
-        document_id = str(match.metadata.get("document_id", match.id.rsplit("#", 1)[0]))
-        if document_id not in best:
-            best[document_id] = match
-            if len(best) == query.top_k:
-                break
+        seen = {e.id for e in exact}
+        matches = exact + [m for m in matches if m.id not in seen]
+    return list(matches)
+
+
+async def search(services: Any, embedder: Any, settings: Settings, query: SearchQuery,
+                 view: AccessView, *, identifiers: bool = True) -> dict[str, Any]:
+    """Run one search; the body every surface returns (``{"query", "results", ...}``).
+    ``identifiers=False`` drops the exact-identifier lane (the benchmark measures without it)."""
+    [vector] = await embedder.embed([query.q])
+    flt = access.combine(query.index_filter(), access.access_filter(view))
+    index = services.index
+    # Several chunks of one document may match: ask for more, keep each document's best; when
+    # long documents (a transcript has a chunk per speaker turn) fill the candidates with fewer
+    # than top_k documents, ask again for more rather than answer short.
+    wanted = min(query.top_k * 4, MAX_CANDIDATES)
+    while True:
+        matches = await _candidates(index, vector, query, flt, wanted, identifiers)
+        best: dict[str, Any] = {}
+        for match in matches:
+            document_id = str(match.metadata.get("document_id", match.id.rsplit("#", 1)[0]))
+            if document_id not in best:
+                best[document_id] = match
+                if len(best) == query.top_k:
+                    break
+        if len(best) == query.top_k or len(matches) < wanted or wanted >= MAX_CANDIDATES:
+            break
+        wanted = min(wanted * 4, MAX_CANDIDATES)
     rows = await asyncio.to_thread(_document_rows, services.pool, list(best))
     pairs = {(str(m.metadata.get("source", "")), str(m.metadata.get("scope", ""))) for m in best.values()}
     stale = await asyncio.to_thread(access.stale_scopes, services.pool, stale_after(settings), pairs)
@@ -268,7 +286,8 @@ async def search(services: Any, embedder: Any, settings: Settings, query: Search
             "chunk": meta.get("chunk"),
             "vector_id": match.id,
         })
-    return {"query": query.q, "mode": query.mode, "text_search": hybrid, "access": view.describe(),
+    text_search = query.mode == "hybrid" and hasattr(index, "hybrid_query")
+    return {"query": query.q, "mode": query.mode, "text_search": text_search, "access": view.describe(),
             "results": results}
 
 

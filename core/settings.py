@@ -174,7 +174,7 @@ class Settings:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = _Env(_read_secret_files(os.environ if environ is None else environ))
+        env = _Env(read_secret_files(os.environ if environ is None else environ))
         sources = {}
         for name in SOURCE_NAMES:
             raw = {var: env.str(var, "") for var in SOURCE_CREDENTIALS[name]}
@@ -254,7 +254,7 @@ class Settings:
         return self.sandbox == "on"
 
 
-def _read_secret_files(environ: Mapping[str, str]) -> Mapping[str, str]:
+def read_secret_files(environ: Mapping[str, str]) -> Mapping[str, str]:
     """``NAME_FILE`` for every secret ``NAME``: the environment with ``NAME`` set to that file's
     contents, trailing newline stripped (container and Kubernetes secrets arrive as files).
 

@@ -26,7 +26,7 @@ def push_documents(receiver, worker) -> None:
         ("Onboarding checklist", "Laptops, accounts and the first week's plan for new hires."),
         ("Incident review: queue outage", "Redis ran out of memory; the workers stalled for an hour."),
     ]):
-        body = {"id": f"mcp-{n}", "title": title, "text": text, "updated_at": 1000 + n,
+        body = {"id": f"mcp-{n}", "title": title, "text": text, "updated_at": 1_700_000_000 + n,
                 "metadata": {"key": title.split(":")[0]} if title.startswith("SUBS") else {}}
         assert httpx.post(f"{receiver.url}/api/documents", json=body, headers=ADMIN).status_code == 202
     worker.drain()

@@ -441,3 +441,23 @@ class TestSearchPage:
         assert '"Authorization": "Bearer " + key' in script and 'fetch("api/search"' in script
         assert "innerHTML" not in html and "textContent" in script  # results as text, never markup
         assert not re.search(r"(src|href)=\"(https?:)?//", html)  # nothing from elsewhere
+
+
+class TestLongDocuments:
+    def test_a_long_document_does_not_crowd_the_others_out_of_top_k(self, services, receiver, worker):
+        """Found merging: a transcript has a chunk per speaker turn, so the top_k × 4 chunks asked
+        of the index could all be one document's and a search answered fewer documents than
+        top_k although more matched. The search asks again for more."""
+        long = "\n\n".join(f"Turn {n}: the ledger ledger ledger migration, part {n}. " + "filler " * 150
+                           for n in range(40))
+        docs = [{"id": "long", "title": "Ledger ledger ledger", "text": long}]
+        docs += [{"id": f"short-{n}", "title": f"Note {n}", "text": f"One mention of the ledger, number {n}."}
+                 for n in range(3)]
+        for body in docs:
+            assert httpx.post(f"{receiver.url}/api/documents", json={**body, "updated_at": 1_700_000_000},
+                              headers=ADMIN).status_code == 202
+        worker.drain()
+        assert len(services.index.list_ids("api:long#")) > 16  # more than top_k × 4 chunks
+        for mode in ("vector", "hybrid"):
+            got = search(receiver, ADMIN, q="ledger ledger ledger", top_k="4", mode=mode).json()["results"]
+            assert sorted(r["document_id"] for r in got) == ["api:long", "api:short-0", "api:short-1", "api:short-2"], mode

@@ -11,6 +11,7 @@ import pytest
 from core import state
 from core.errors import SettingsError
 from core.settings import Secret, Settings, parse_duration, parse_rate
+from tests.conftest import BASE_ENV
 
 
 class TestFromEnviron:
@@ -75,6 +76,9 @@ SECRET_SETTINGS = (
     "SLACK_SIGNING_SECRET", "GITHUB_TOKEN", "GITHUB_WEBHOOK_SECRET", "NOTION_TOKEN",
     "NOTION_WEBHOOK_TOKEN", "TEMPO_API_TOKEN", "FIREFLIES_API_KEY", "FIREFLIES_WEBHOOK_SECRET",
 )
+#: Secrets a command reads itself, not Settings (``vector-sync mcp``'s key), through the same
+#: ``read_secret_files``: tested in TestCommandLine.
+COMMAND_SECRETS = ("VECTOR_SYNC_API_KEY",)
 
 #: A value each secret setting accepts (the URLs are checked for their scheme).
 SAMPLE_VALUES = {
@@ -175,7 +179,8 @@ class TestSecretFiles:
                 # The Jira row lists site, account and token: only the token is secret.
                 documented |= {n for n in names if len(names) == 1 or n.endswith("_TOKEN")}
         assert documented  # the marker is still used
-        assert documented <= set(SECRET_SETTINGS), documented - set(SECRET_SETTINGS)
+        known = {*SECRET_SETTINGS, *COMMAND_SECRETS}
+        assert documented <= known, documented - known
 
 
 class TestCommandLine:
@@ -191,6 +196,18 @@ class TestCommandLine:
         assert result.returncode == 2
         assert result.stderr.strip() == "vector-sync: PORT must be a whole number, not 'abc'"
         assert "Traceback" not in result.stderr
+
+    def test_the_mcp_key_is_read_from_its_file_too(self, infra, tmp_path):
+        key_file = tmp_path / "mcp-key"
+        key_file.write_text("vsk_not-a-live-key\n")
+        env = {**BASE_ENV, **infra}
+        read = self.run_cli("mcp", **env, VECTOR_SYNC_API_KEY_FILE=str(key_file))
+        assert read.returncode == 2 and "VECTOR_SYNC_API_KEY is not a live API key" in read.stderr, read.stderr
+        both = self.run_cli("mcp", **env, VECTOR_SYNC_API_KEY="x", VECTOR_SYNC_API_KEY_FILE=str(key_file))
+        assert both.returncode == 2 and "are both set" in both.stderr and "not-a-live" not in both.stderr
+        missing = self.run_cli("mcp", **env, VECTOR_SYNC_API_KEY_FILE=str(tmp_path / "absent"))
+        assert missing.returncode == 2 and "VECTOR_SYNC_API_KEY_FILE: cannot read" in missing.stderr
+        assert "Traceback" not in read.stderr + both.stderr + missing.stderr
 
     def test_processes_refuse_to_start_without_urls_naming_them(self):
         env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
@@ -250,7 +267,7 @@ class TestSecretFilesInProcesses:
 
         import httpx
 
-        from tests.conftest import ADMIN_KEY, wait_for
+        from tests.conftest import BASE_ENV, ADMIN_KEY, wait_for
         from tests.test_up import Up, fresh_home
 
         secrets = {"DATABASE_URL": infra["DATABASE_URL"], "REDIS_URL": infra["REDIS_URL"],
