@@ -17,7 +17,7 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 
 from core.apikeys import ApiKey, normalise_principal
-from core.documents import Document
+from core.documents import Document, Ref, split_doc_id
 from core.status import scope_row_state
 
 
@@ -157,6 +157,33 @@ def apply_overrides(pool: ConnectionPool, docs: Mapping[str, Any]) -> dict[str, 
         k: apply_override(d, overrides.get((d.source, d.scope))) if isinstance(d, Document) else d
         for k, d in docs.items()
     }
+
+
+# --- the source's own access per scope, kept current ----------------------------------------
+
+
+def scope_resync_refs(pool: ConnectionPool, source: str, key: str) -> list[Ref]:
+    """Sync refs for every indexed document of a scope: its access changed, so the index must
+    follow (the worker re-reads each; an unchanged text is a metadata-only update)."""
+    from core import state
+
+    return [Ref(source=source, id=split_doc_id(d)[1], scope=key)
+            for d in state.live_document_ids(pool, source, key)]
+
+
+def note_source_access(pool: ConnectionPool, source: str, key: str, current: Iterable[str]) -> list[Ref]:
+    """Record the access the source reports for a scope now (e.g. a private Slack channel's
+    members); when it differs from what was recorded last (or nothing was), return refs that
+    re-sync the scope's documents. This repairs a missed membership event on the next pass."""
+    members = sorted({str(m).lower() for m in current})
+    with pool.connection() as conn:
+        row = conn.execute(
+            """UPDATE scopes SET source_access = %s
+               WHERE source = %s AND key = %s AND source_access IS DISTINCT FROM %s
+               RETURNING key""",
+            (members, source, key, members),
+        ).fetchone()
+    return scope_resync_refs(pool, source, key) if row is not None else []
 
 
 # --- is a result's scope stale? ---------------------------------------------------------------
