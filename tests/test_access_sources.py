@@ -5,13 +5,21 @@ their collaborators. Real receiver, worker, Postgres, Redis and simulators over 
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 
 import httpx
 import pytest
 
+from core.runtime import SourceSet
+from reconciler.reconcile import Reconciler
+from sandbox.server import SandboxServer, create_simulators
+from tests.conftest import BASE_ENV, FAST_BUDGETS, make_settings
 from tests.test_search_access import (  # noqa: F401  (fixtures)
+    ADMIN,
     bearer,
+    cli,
     leadership_hits,
     new_key,
     reconcile,
@@ -82,3 +90,151 @@ class TestSlackMembership:
             conn.execute("UPDATE scopes SET next_due_at = now() WHERE source = 'slack'")
         reconcile(slack_settings, services)
         wait_until(lambda: not sees(receiver, leaver_key, synced), "the refresh to drop the removed member")
+
+
+# --- GitHub private repositories ------------------------------------------------------------
+
+PRIVATE, PUBLIC = "acme/api", "acme/web"
+
+
+@pytest.fixture(scope="module")
+def github_sandbox():
+    sims = create_simulators(["github"], profile="small", seed=11)
+    sims["github"].knobs.rate_limit = 0
+    server = SandboxServer(sims).start()
+    yield server
+    server.stop()
+
+
+def reconcile_github(settings, services) -> None:
+    async def go() -> None:
+        sources = SourceSet(settings, services.pool)
+        try:
+            reconciler = Reconciler(settings, services, sources, "test")
+            await reconciler.discover(["github"], force=True)
+            await reconciler.tick()
+        finally:
+            await sources.aclose()
+
+    asyncio.run(go())
+
+
+@pytest.fixture
+def github_synced(github_sandbox, infra, services, receiver_factory, worker_factory):
+    """acme/api private (alice-dev with a public email, bob-ops without; carol-pm not a
+    collaborator), acme/web public; reconciled into the index."""
+    sim = github_sandbox.sims["github"]
+    repo = sim.repos[PRIVATE]
+    repo.private, repo.collaborators_listable = True, True
+    repo.collaborators = {"alice-dev": "write", "bob-ops": "admin"}
+    sim.emails.update({"alice-dev": "alice@acme.test", "bob-ops": None, "carol-pm": "carol@acme.test"})
+    env = {**github_sandbox.env(), **FAST_BUDGETS}
+    settings = make_settings(infra, **env)
+    worker = worker_factory(settings)
+    receiver = receiver_factory(settings)
+    return {"sim": sim, "settings": settings, "worker": worker, "receiver": receiver, "env": env}
+
+
+def repo_hits(receiver, headers, repo: str, sim) -> list[dict]:
+    titles = [i.title for i in sim.repos[repo].issues.values()]
+    found: list[dict] = []
+    for q in titles[:3]:
+        response = search(receiver, headers, q=q, top_k=20)
+        assert response.status_code == 200, response.text
+        found += [r for r in response.json()["results"] if r["scope"] == repo]
+    return found
+
+
+def sync_github(github_synced, services) -> None:
+    with services.pool.connection() as conn:
+        conn.execute("UPDATE scopes SET next_due_at = now() WHERE source = 'github'")
+    reconcile_github(github_synced["settings"], services)
+    github_synced["worker"].drain(180)
+
+
+class TestGitHubPrivateRepos:
+    def test_private_repo_only_for_collaborators_public_for_all(self, github_synced, services):
+        receiver, sim = github_synced["receiver"], github_synced["sim"]
+        sync_github(github_synced, services)
+        alice = new_key(receiver, role="search", principal="alice@acme.test")
+        carol = new_key(receiver, role="search", principal="carol@acme.test")
+        private = repo_hits(receiver, bearer(alice), PRIVATE, sim)
+        assert private and all(r["access_type"] == "restricted" for r in private)
+        assert repo_hits(receiver, bearer(carol), PRIVATE, sim) == []
+        for key in (alice, carol):
+            public = repo_hits(receiver, bearer(key), PUBLIC, sim)
+            assert public and all(r["access_type"] == "public" for r in public)
+        # bob-ops shows no email: kept as github:bob-ops, which no email key matches.
+        [doc_id] = {r["document_id"] for r in private[:1]}
+        shown = httpx.get(f"{receiver.url}/api/documents/{doc_id}", params={"include_restricted": "true"},
+                          headers=ADMIN)
+        assert shown.status_code == 200, shown.text
+        assert sorted(shown.json()["access_list"]) == ["alice@acme.test", "github:bob-ops"]
+
+    def test_unlistable_private_repo_is_closed_until_the_operator_sets_access(
+            self, github_synced, services, infra):
+        receiver, sim = github_synced["receiver"], github_synced["sim"]
+        sim.repos[PRIVATE].collaborators_listable = False
+        try:
+            sync_github(github_synced, services)
+            alice = new_key(receiver, role="search", principal="alice@acme.test")
+            dana = new_key(receiver, role="search", principal="dana@acme.test")
+            assert repo_hits(receiver, bearer(alice), PRIVATE, sim) == []
+            assert repo_hits(receiver, bearer(dana), PRIVATE, sim) == []
+            hidden = repo_hits(receiver, {**ADMIN}, PRIVATE, sim)
+            assert hidden == []  # not public: the admin sees it only with include_restricted
+            everything = search(receiver, ADMIN, q=sim.repos[PRIVATE].issues[1].title, top_k=20,
+                                include_restricted="true").json()["results"]
+            assert any(r["scope"] == PRIVATE and r["access_type"] == "restricted" for r in everything)
+
+            done = cli({**BASE_ENV, **infra, **github_synced["env"]},
+                       "scopes", "access", "github", PRIVATE, "--restrict", "dana@acme.test")
+            assert done.returncode == 0, done.stderr
+            github_synced["worker"].drain(180)
+            wait_until(lambda: bool(repo_hits(receiver, bearer(dana), PRIVATE, sim)),
+                       "the operator's access to open the repository to dana")
+            assert repo_hits(receiver, bearer(alice), PRIVATE, sim) == []
+        finally:
+            sim.repos[PRIVATE].collaborators_listable = True
+
+    def test_collaborator_pagination_and_refusals_in_the_simulator(self, github_sandbox):
+        sim = github_sandbox.sims["github"]
+        repo = sim.repos[PRIVATE]
+        repo.collaborators = {f"user{n:03d}": "read" for n in range(35)}
+        base, token = github_sandbox.url("github"), {"Authorization": f"Bearer {sim.token}"}
+        try:
+            first = httpx.get(f"{base}/repos/{PRIVATE}/collaborators?per_page=30", headers=token)
+            assert first.status_code == 200 and len(first.json()) == 30 and 'rel="next"' in first.headers["link"]
+            second = httpx.get(first.links["next"]["url"], headers=token)
+            assert len(second.json()) == 5
+            repo.collaborators_listable = False
+            refused = httpx.get(f"{base}/repos/{PRIVATE}/collaborators", headers=token)
+            assert refused.status_code == 403 and "push access" in refused.json()["message"]
+            repo.collaborators_status = 404
+            assert httpx.get(f"{base}/repos/{PRIVATE}/collaborators", headers=token).status_code == 404
+        finally:
+            repo.collaborators_listable, repo.collaborators_status = True, 403
+
+
+class TestMembershipEventsParse:
+    def test_slack_member_events_in_a_private_channel_resync_it(self):
+        from core.sources.slack import parse_event
+
+        for kind in ("member_joined_channel", "member_left_channel"):
+            body = {"type": "event_callback", "event_id": "Ev1", "event_time": 1_700_000_000,
+                    "event": {"type": kind, "user": "U1", "channel": "G1", "channel_type": "G", "team": "T1"}}
+            result = parse_event(json.dumps(body).encode())
+            assert result.scope_events == [("access", "G1")] and result.delivery_id == "Ev1"
+            body["event"]["channel_type"] = "C"  # a public channel: readable by the workspace anyway
+            assert parse_event(json.dumps(body).encode()).scope_events == []
+
+    def test_github_member_and_visibility_events_resync_the_repo(self):
+        from core.sources.github import parse_webhook
+
+        for event, action in (("member", "added"), ("member", "removed"), ("repository", "privatized"),
+                              ("repository", "publicized")):
+            body = json.dumps({"action": action, "repository": {"full_name": "Acme/API"},
+                               "member": {"login": "alice-dev"}}).encode()
+            result = parse_webhook({"X-GitHub-Event": event, "X-GitHub-Delivery": "d1",
+                                    "Content-Type": "application/json"}, body)
+            assert result.scope_events == [("access", "acme/api")], (event, action)
