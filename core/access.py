@@ -171,19 +171,26 @@ def scope_resync_refs(pool: ConnectionPool, source: str, key: str) -> list[Ref]:
             for d in state.live_document_ids(pool, source, key)]
 
 
-def note_source_access(pool: ConnectionPool, source: str, key: str, current: Iterable[str]) -> list[Ref]:
-    """Record the access the source reports for a scope now (e.g. a private Slack channel's
-    members); when it differs from what was recorded last (or nothing was), return refs that
-    re-sync the scope's documents. This repairs a missed membership event on the next pass."""
+def source_access_refs(pool: ConnectionPool, source: str, key: str, current: Iterable[str]) -> list[Ref] | None:
+    """Compare the access the source reports for a scope now (e.g. a private Slack channel's
+    members) with what was recorded last: None when unchanged, else refs re-syncing the scope's
+    documents (nothing recorded yet counts as changed). The caller enqueues them, then
+    :func:`record_source_access`, so a failed enqueue is retried on the next pass. This repairs
+    a missed membership event."""
     members = sorted({str(m).lower() for m in current})
     with pool.connection() as conn:
-        row = conn.execute(
-            """UPDATE scopes SET source_access = %s
-               WHERE source = %s AND key = %s AND source_access IS DISTINCT FROM %s
-               RETURNING key""",
-            (members, source, key, members),
-        ).fetchone()
-    return scope_resync_refs(pool, source, key) if row is not None else []
+        row = conn.execute("SELECT source_access FROM scopes WHERE source = %s AND key = %s",
+                           (source, key)).fetchone()
+    if row is None or (row[0] is not None and sorted(row[0]) == members):
+        return None
+    return scope_resync_refs(pool, source, key)
+
+
+def record_source_access(pool: ConnectionPool, source: str, key: str, current: Iterable[str]) -> None:
+    members = sorted({str(m).lower() for m in current})
+    with pool.connection() as conn:
+        conn.execute("UPDATE scopes SET source_access = %s WHERE source = %s AND key = %s",
+                     (members, source, key))
 
 
 # --- is a result's scope stale? ---------------------------------------------------------------

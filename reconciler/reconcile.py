@@ -266,12 +266,15 @@ class Reconciler:
         members = await current(scope)
         if members is None:
             return
-        refs = await asyncio.to_thread(access.note_source_access, self.pool, scope.source, scope.key, members)
+        refs = await asyncio.to_thread(access.source_access_refs, self.pool, scope.source, scope.key, members)
+        if refs is None:
+            return
         if refs:
             await asyncio.to_thread(queue.enqueue, self.services.broker, refs)
             counters["access_resync"] = len(refs)
             log.info("scope access changed: re-syncing its documents",
                      extra={"source": scope.source, "scope": scope.key, "count": len(refs)})
+        await asyncio.to_thread(access.record_source_access, self.pool, scope.source, scope.key, members)
 
     async def prune_scope(self, item: ClaimedScope) -> dict[str, Any]:
         source = self.sources.get(item.source)
