@@ -238,3 +238,56 @@ class TestMembershipEventsParse:
             result = parse_webhook({"X-GitHub-Event": event, "X-GitHub-Delivery": "d1",
                                     "Content-Type": "application/json"}, body)
             assert result.scope_events == [("access", "acme/api")], (event, action)
+
+
+class TestGitHubRepoAccess:
+    """The connector against the simulator directly: every page of collaborators, emails
+    cached, and an unlistable private repo closed (with one warning), never public."""
+
+    def run(self, github_sandbox, body):
+        from core.settings import Settings
+        from core.sources.github import build
+
+        async def main():
+            async with httpx.AsyncClient(timeout=10) as client:
+                return await body(build(Settings.from_environ(github_sandbox.env()).source("github"), client))
+
+        return asyncio.run(main())
+
+    def test_pages_emails_and_refusals(self, github_sandbox, caplog):
+        sim = github_sandbox.sims["github"]
+        repo = sim.repos[PRIVATE]
+        saved = (repo.private, dict(repo.collaborators), repo.collaborators_listable, repo.collaborators_status)
+        repo.private = True
+        repo.collaborators = {f"dev{n:03d}": "read" for n in range(150)}  # two pages of 100
+        sim.emails.update({"dev000": "Dev0@Acme.test", "dev149": "dev149@acme.test"})
+        try:
+            async def twice(source):
+                first = await source.repo_access(PRIVATE, fresh=True)
+                before = sim.requests
+                second = await source.repo_access(PRIVATE, fresh=True)
+                return first, second, sim.requests - before
+
+            (kind, listed), again, calls = self.run(github_sandbox, twice)
+            assert kind == "restricted" and len(listed) == 150
+            assert "dev0@acme.test" in listed and "dev149@acme.test" in listed and "github:dev050" in listed
+            assert again == (kind, listed) and calls == 3  # repo + 2 collaborator pages; emails cached
+
+            repo.collaborators_listable = False
+            for status in (403, 404):
+                repo.collaborators_status = status
+
+                async def closed(source):
+                    return await source.repo_access(PRIVATE), await source.repo_access(PRIVATE, fresh=True)
+
+                caplog.clear()
+                with caplog.at_level("WARNING", logger="core.sources.github"):
+                    first, second = self.run(github_sandbox, closed)
+                assert first == second == ("restricted", ())
+                warnings = [r.getMessage() for r in caplog.records if "could not be listed" in r.getMessage()]
+                assert len(warnings) == 1 and PRIVATE in warnings[0] and "scopes access" in warnings[0]
+
+            repo.private = False
+            assert self.run(github_sandbox, lambda s: s.repo_access(PRIVATE)) == ("public", ())
+        finally:
+            repo.private, repo.collaborators, repo.collaborators_listable, repo.collaborators_status = saved

@@ -188,6 +188,7 @@ class GitHubSource:
         )
         self._access: dict[str, tuple[float, tuple[str, tuple[str, ...]]]] = {}
         self._emails: dict[str, tuple[float, str]] = {}
+        self._unlisted: set[str] = set()
 
     # --- reconciler side ----------------------------------------------------------------------
     async def scopes(self) -> list[Scope]:
@@ -273,9 +274,13 @@ class GitHubSource:
         else:
             logins = await self._collaborators(repo)
             if logins is None:
-                log.warning("github: %s is private and its access could not be listed (collaborators "
-                            "refused for this token); indexed restricted to admins until an operator "
-                            "sets it: vector-sync scopes access github %s --restrict EMAILS", repo, repo)
+                # Once per process and repo: the operator's override (which wins in the
+                # pipeline) is the fix, and the connector cannot see it.
+                if repo not in self._unlisted:
+                    self._unlisted.add(repo)
+                    log.warning("github: %s is private and its access could not be listed (collaborators "
+                                "refused for this token); indexed restricted to admins until an operator "
+                                "sets it: vector-sync scopes access github %s --restrict EMAILS", repo, repo)
                 answer = ("restricted", ())
             else:
                 answer = ("restricted", tuple(sorted({await self._email(login) for login in logins})))
