@@ -17,7 +17,7 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 
 from core.apikeys import ApiKey, normalise_principal
-from core.documents import Document
+from core.documents import Document, Ref, split_doc_id
 from core.status import scope_row_state
 
 
@@ -157,6 +157,40 @@ def apply_overrides(pool: ConnectionPool, docs: Mapping[str, Any]) -> dict[str, 
         k: apply_override(d, overrides.get((d.source, d.scope))) if isinstance(d, Document) else d
         for k, d in docs.items()
     }
+
+
+# --- the source's own access per scope, kept current ----------------------------------------
+
+
+def scope_resync_refs(pool: ConnectionPool, source: str, key: str) -> list[Ref]:
+    """Sync refs for every indexed document of a scope: its access changed, so the index must
+    follow (the worker re-reads each; an unchanged text is a metadata-only update)."""
+    from core import state
+
+    return [Ref(source=source, id=split_doc_id(d)[1], scope=key)
+            for d in state.live_document_ids(pool, source, key)]
+
+
+def source_access_refs(pool: ConnectionPool, source: str, key: str, current: Iterable[str]) -> list[Ref] | None:
+    """Compare the access the source reports for a scope now (e.g. a private Slack channel's
+    members) with what was recorded last: None when unchanged, else refs re-syncing the scope's
+    documents (nothing recorded yet counts as changed). The caller enqueues them, then
+    :func:`record_source_access`, so a failed enqueue is retried on the next pass. This repairs
+    a missed membership event."""
+    members = sorted({str(m).lower() for m in current})
+    with pool.connection() as conn:
+        row = conn.execute("SELECT source_access FROM scopes WHERE source = %s AND key = %s",
+                           (source, key)).fetchone()
+    if row is None or (row[0] is not None and sorted(row[0]) == members):
+        return None
+    return scope_resync_refs(pool, source, key)
+
+
+def record_source_access(pool: ConnectionPool, source: str, key: str, current: Iterable[str]) -> None:
+    members = sorted({str(m).lower() for m in current})
+    with pool.connection() as conn:
+        conn.execute("UPDATE scopes SET source_access = %s WHERE source = %s AND key = %s",
+                     (members, source, key))
 
 
 # --- is a result's scope stale? ---------------------------------------------------------------

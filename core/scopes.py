@@ -79,7 +79,8 @@ def purge_refs(pool: ConnectionPool, source: str, key: str) -> list[Ref]:
 
 
 def apply_events(pool: ConnectionPool, source: str, events: list[tuple[str, str]]) -> list[Ref]:
-    """Lifecycle events from webhooks: archived/unarchived toggle polling; deleted purges."""
+    """Lifecycle events from webhooks: archived/unarchived toggle polling; deleted purges;
+    access re-syncs the scope's documents."""
     refs: list[Ref] = []
     for kind, key in events:
         if kind == "archived":
@@ -90,4 +91,10 @@ def apply_events(pool: ConnectionPool, source: str, events: list[tuple[str, str]
         elif kind == "deleted":
             set_active(pool, source, [key], False)
             refs.extend(purge_refs(pool, source, key))
+        elif kind == "access":
+            # Who may read the scope changed (a private Slack channel's membership): re-sync
+            # its documents so their access metadata follows.
+            from core.access import scope_resync_refs
+
+            refs.extend(scope_resync_refs(pool, source, key))
     return refs

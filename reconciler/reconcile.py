@@ -31,7 +31,7 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from core import queue, scopes, state
+from core import access, queue, scopes, state
 from core.runs import finish_run, progress_run, start_run
 from core.documents import Ref, doc_id
 from core.errors import VectorSyncError
@@ -231,6 +231,7 @@ class Reconciler:
                 counters["refs"] += len(refs)
                 await asyncio.to_thread(self._save_checkpoint, item, page.checkpoint, since, high)
                 await asyncio.to_thread(progress_run, self.pool, run_id, counters)
+            await self._refresh_access(source, scope, counters)
         except asyncio.CancelledError:
             # Stopping: hand the scope back at once (its checkpoint is kept) instead of holding
             # the lease, and close the run as abandoned. Synchronous: the task is being cancelled.
@@ -254,6 +255,26 @@ class Reconciler:
         log.info("reconciled", extra={"source": item.source, "scope": item.key,
                                       "pages": counters["pages"], "refs": counters["refs"]})
         return counters
+
+    async def _refresh_access(self, source: Any, scope: Scope, counters: dict[str, Any]) -> None:
+        """Membership refresh (issue 11): a source that reports a scope's own access (a private
+        Slack channel's members) has it compared with what was recorded; a change re-syncs the
+        scope's documents, so a missed membership event is repaired each pass."""
+        current = getattr(source, "scope_access", None)
+        if current is None:
+            return
+        members = await current(scope)
+        if members is None:
+            return
+        refs = await asyncio.to_thread(access.source_access_refs, self.pool, scope.source, scope.key, members)
+        if refs is None:
+            return
+        if refs:
+            await asyncio.to_thread(queue.enqueue, self.services.broker, refs)
+            counters["access_resync"] = len(refs)
+            log.info("scope access changed: re-syncing its documents",
+                     extra={"source": scope.source, "scope": scope.key, "count": len(refs)})
+        await asyncio.to_thread(access.record_source_access, self.pool, scope.source, scope.key, members)
 
     async def prune_scope(self, item: ClaimedScope) -> dict[str, Any]:
         source = self.sources.get(item.source)

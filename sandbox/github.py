@@ -154,6 +154,13 @@ class Repo:
     commits: list[Commit] = field(default_factory=list)  # oldest first; the last is HEAD
     by_sha: dict[str, Commit] = field(default_factory=dict)
     default_branch: str = "main"
+    #: Visibility, and who may read a private repository (login → role name); with
+    #: ``collaborators_listable`` False the token may not list them (403, as for a token
+    #: without push access), with ``collaborators_status`` choosing 403 or 404.
+    private: bool = False
+    collaborators: dict[str, str] = field(default_factory=dict)
+    collaborators_listable: bool = True
+    collaborators_status: int = 403
 
     @property
     def full_name(self) -> str:
@@ -215,6 +222,8 @@ class GitHubSimulator(Simulator):
         self.budgets: dict[str, RateWindow] = {}
         self.content_type = "json"  # the hook's content_type: "json" or "form"
         self.requests = 0
+        #: Public profile emails by login (GET /users/{login} ``email``; None when hidden).
+        self.emails: dict[str, str | None] = {}
 
     # --- configuration ----------------------------------------------------------------------
     def env(self, base_url: str) -> dict[str, str]:
@@ -304,6 +313,8 @@ class GitHubSimulator(Simulator):
             Route(f"{prefix}/pulls/{{number:int}}", api(self.get_pull), methods=["GET"]),
             Route(f"{prefix}/commits", api(self.list_commits), methods=["GET"]),
             Route(f"{prefix}/commits/{{sha}}", api(self.get_commit), methods=["GET"]),
+            Route(f"{prefix}/collaborators", api(self.list_collaborators), methods=["GET"]),
+            Route("/users/{login}", api(self.get_user), methods=["GET"]),
             Route("/{path:path}", api(self.not_found),
                   methods=["GET", "POST", "PATCH", "PUT", "DELETE"]),
         ]
@@ -406,6 +417,30 @@ class GitHubSimulator(Simulator):
     async def get_repo(self, request: Request) -> Response:
         repo = self._repo(request)
         return error(404, "Not Found") if repo is None else JSONResponse(self.repo_json(repo))
+
+    async def list_collaborators(self, request: Request) -> Response:
+        """GET /repos/{owner}/{repo}/collaborators: paged; refused (403 "Must have push
+        access...", or 404) when the token may not list them."""
+        repo = self._repo(request)
+        if repo is None:
+            return error(404, "Not Found")
+        if not repo.collaborators_listable:
+            if repo.collaborators_status == 404:
+                return error(404, "Not Found")
+            return error(403, "Must have push access to view repository collaborators.")
+        people = [{**self.user_json(login), "role_name": role,
+                   "permissions": {"pull": True, "triage": role != "read", "push": role in ("write", "maintain", "admin"),
+                                   "maintain": role in ("maintain", "admin"), "admin": role == "admin"}}
+                  for login, role in sorted(repo.collaborators.items())]
+        return self._paged(request, people)
+
+    async def get_user(self, request: Request) -> Response:
+        """GET /users/{login}: ``email`` is the public profile email (null when hidden)."""
+        login = request.path_params["login"]
+        known = set(_USERS) | set(self.emails) | {c for r in self.repos.values() for c in r.collaborators}
+        if login not in known:
+            return error(404, "Not Found")
+        return JSONResponse({**self.user_json(login), "name": login, "email": self.emails.get(login)})
 
     async def list_issues(self, request: Request) -> Response:
         repo = self._repo(request)
@@ -587,7 +622,7 @@ class GitHubSimulator(Simulator):
         pushed = repo.commits[-1].date if repo.commits else repo.created_at
         return {
             "id": repo.id, "node_id": f"R_{repo.id}", "name": repo.name, "full_name": repo.full_name,
-            "private": True, "visibility": "private",
+            "private": repo.private, "visibility": "private" if repo.private else "public",
             "owner": {**self.user_json(repo.owner), "type": "Organization"},
             "html_url": f"https://github.com/{repo.full_name}", "url": api, "archived": repo.archived,
             "disabled": False, "default_branch": repo.default_branch, "created_at": iso(repo.created_at),
@@ -705,6 +740,8 @@ class GitHubSimulator(Simulator):
             Route("/deliveries/{guid}/redeliver", self.c_redeliver, methods=["POST"]),
             Route(p, self.c_delete_repo, methods=["DELETE"]),
             Route(f"{p}/archive", self.c_archive, methods=["POST"]),
+            Route(f"{p}/access", self.c_access, methods=["PUT"]),
+            Route("/users/{login}", self.c_user, methods=["PUT"]),
             Route(f"{p}/issues", self.c_create_issue, methods=["POST"]),
             Route(f"{p}/issues/comments/{{cid:int}}", self.c_edit_comment, methods=["PATCH", "DELETE"]),
             Route(f"{p}/issues/{{number:int}}", self.c_edit_issue, methods=["PATCH"]),
@@ -794,6 +831,33 @@ class GitHubSimulator(Simulator):
         repo.archived = archived
         action = "archived" if archived else "unarchived"
         return JSONResponse({"archived": archived, "delivery": self.emit("repository", {"action": action}, repo)})
+
+    async def c_access(self, request: Request) -> Response:
+        """``{"private"?, "collaborators"?: {login: role} | [login], "listable"?, "status"?}``."""
+        repo = self._c_repo(request)
+        if repo is None:
+            return JSONResponse({"error": "no such repo"}, 404)
+        body = await self._body(request)
+        if "private" in body:
+            repo.private = bool(body["private"])
+        people = body.get("collaborators")
+        if isinstance(people, list):
+            people = {str(login): "write" for login in people}
+        if isinstance(people, dict):
+            repo.collaborators = {str(k): str(v) for k, v in people.items()}
+        if "listable" in body:
+            repo.collaborators_listable = bool(body["listable"])
+        if body.get("status") in (403, 404):
+            repo.collaborators_status = int(body["status"])
+        return JSONResponse({"private": repo.private, "collaborators": repo.collaborators,
+                             "listable": repo.collaborators_listable})
+
+    async def c_user(self, request: Request) -> Response:
+        """``{"email": "..." | null}``: the user's public profile email."""
+        body = await self._body(request)
+        email = body.get("email")
+        self.emails[request.path_params["login"]] = str(email) if email else None
+        return JSONResponse({"login": request.path_params["login"], "email": self.emails[request.path_params["login"]]})
 
     async def c_create_issue(self, request: Request) -> Response:
         repo = self._c_repo(request)

@@ -15,6 +15,8 @@ Control API (under ``/_sandbox/``; each change fires the Events API webhook Slac
 - ``POST messages`` ``{"channel", "user"?, "text", "thread_ts"?}`` (a reply when thread_ts is set)
 - ``PATCH messages`` ``{"channel", "ts", "text"}`` and ``DELETE messages?channel=&ts=``
 - ``POST channels/{id}/archive``, ``DELETE channels/{id}``
+- ``POST channels/{id}/members`` ``{"user", "inviter"?}`` and ``DELETE channels/{id}/members/{user}``
+  (fire ``member_joined_channel`` / ``member_left_channel``)
 - ``GET channels/{id}/truth`` (every thread as Slack holds it), ``GET truth`` (all channels)
 - ``POST url_verification`` (sends the signed handshake and reports whether it was echoed)
 - ``PUT config`` ``{"retry_delays": [s, s, s], "ack_timeout": s, "event_shape": "full"|"documented"}``
@@ -245,6 +247,8 @@ class SlackSimulator(Simulator):
             Route("/channels", self._c_create_channel, methods=["POST"]),
             Route("/channels/{id}/archive", self._c_archive, methods=["POST"]),
             Route("/channels/{id}", self._c_delete_channel, methods=["DELETE"]),
+            Route("/channels/{id}/members", self._c_add_member, methods=["POST"]),
+            Route("/channels/{id}/members/{user}", self._c_remove_member, methods=["DELETE"]),
             Route("/channels/{id}/truth", self._c_channel_truth, methods=["GET"]),
             Route("/truth", self._c_truth, methods=["GET"]),
             Route("/messages", self._c_post_message, methods=["POST"]),
@@ -638,6 +642,28 @@ class SlackSimulator(Simulator):
         self._fire({"type": kind, "channel": channel.id, "user": user or channel.creator,
                     "event_ts": channel.next_ts()}, channel)
 
+    def add_member(self, channel_id: str, user: str, inviter: str | None = None) -> None:
+        """Slack's conversations.invite: fires ``member_joined_channel``."""
+        channel = self._channel(channel_id)
+        if user not in self.users:
+            raise SlackError("user_not_found")
+        if user in channel.members:
+            raise SlackError("already_in_channel")
+        channel.members.append(user)
+        self._fire({"type": "member_joined_channel", "user": user, "channel": channel.id,
+                    "channel_type": "G" if channel.is_private else "C", "team": TEAM_ID,
+                    "inviter": inviter or channel.creator, "event_ts": channel.next_ts()}, channel)
+
+    def remove_member(self, channel_id: str, user: str) -> None:
+        """Slack's conversations.kick: fires ``member_left_channel``."""
+        channel = self._channel(channel_id)
+        if user not in channel.members:
+            raise SlackError("not_in_channel")
+        channel.members.remove(user)
+        self._fire({"type": "member_left_channel", "user": user, "channel": channel.id,
+                    "channel_type": "G" if channel.is_private else "C", "team": TEAM_ID,
+                    "event_ts": channel.next_ts()}, channel)
+
     def delete_channel(self, channel_id: str) -> None:
         channel = self._channel(channel_id)
         del self.channels[channel_id]
@@ -764,6 +790,23 @@ class SlackSimulator(Simulator):
         except SlackError as exc:
             return _bad(exc.code, 404 if exc.code == "channel_not_found" else 400)
         return JSONResponse(self.channels[request.path_params["id"]].info())
+
+    async def _c_add_member(self, request: Request) -> Response:
+        body = await _json(request)
+        if not isinstance(body.get("user"), str):
+            return _bad("user is required")
+        try:
+            self.add_member(request.path_params["id"], body["user"], inviter=body.get("inviter"))
+        except SlackError as exc:
+            return _bad(exc.code, 404 if exc.code in ("channel_not_found", "user_not_found") else 400)
+        return JSONResponse({"members": list(self.channels[request.path_params["id"]].members)})
+
+    async def _c_remove_member(self, request: Request) -> Response:
+        try:
+            self.remove_member(request.path_params["id"], request.path_params["user"])
+        except SlackError as exc:
+            return _bad(exc.code, 404 if exc.code == "channel_not_found" else 400)
+        return JSONResponse({"members": list(self.channels[request.path_params["id"]].members)})
 
     async def _c_delete_channel(self, request: Request) -> Response:
         try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -36,7 +37,14 @@ from core.sources.webhooks import (
     check_sha256_signature, header, items, iso_time, load_object, obj, text,
 )
 
+log = logging.getLogger(__name__)
+
 SOURCE = "github"
+#: How long a repository's visibility and collaborator list are reused, seconds (a change
+#: reaches the index within this, or at once through the ``member`` webhook and the pass).
+ACCESS_TTL = 60.0
+#: How long a login's public email is reused, seconds.
+EMAIL_TTL = 3600.0
 PER_PAGE = 100
 #: Seconds to wait on a secondary limit that names no time (GitHub: "at least one minute").
 SECONDARY_WAIT = 60.0
@@ -178,6 +186,9 @@ class GitHubSource:
                      "X-GitHub-Api-Version": "2022-11-28", "User-Agent": "vector-sync"},
             limiter=limiter, reset_after=rate_limit_wait,
         )
+        self._access: dict[str, tuple[float, tuple[str, tuple[str, ...]]]] = {}
+        self._emails: dict[str, tuple[float, str]] = {}
+        self._unlisted: set[str] = set()
 
     # --- reconciler side ----------------------------------------------------------------------
     async def scopes(self) -> list[Scope]:
@@ -235,9 +246,82 @@ class GitHubSource:
             return Gone(SOURCE, ref.id)
         item = response.json()
         comments = [c async for c in self._items(f"/repos/{repo}/issues/{key}/comments?per_page={PER_PAGE}")]
-        if kind == "pulls":
-            return pull_to_document(repo, item, comments)
-        return issue_to_document(repo, item, comments)
+        document = pull_to_document(repo, item, comments) if kind == "pulls" else issue_to_document(repo, item, comments)
+        return await self._with_access(repo, document)
+
+    # --- access -------------------------------------------------------------------------------
+    async def _with_access(self, repo: str, document: Document) -> Document:
+        access_type, listed = await self.repo_access(repo)
+        if access_type == "public":
+            return document
+        return dataclasses.replace(document, access_type="restricted", access_list=listed)
+
+    async def repo_access(self, repo: str, fresh: bool = False) -> tuple[str, tuple[str, ...]]:
+        """``("public", ())`` for a public repository; a private one is restricted to its
+        collaborators as emails (a login without a public email stays ``github:{login}``,
+        which matches nobody unless an operator lists it). When the token may not list the
+        collaborators (403/404), restricted to nobody but admins until the operator sets the
+        scope's access (``vector-sync scopes access``): fail closed, never public."""
+        cached = self._access.get(repo)
+        if cached and not fresh and time.monotonic() - cached[0] < ACCESS_TTL:
+            return cached[1]
+        response = await self.http.get(f"/repos/{repo}")
+        if response.status_code != 200:
+            raise PermanentSourceError(SOURCE, f"GET /repos/{repo} answered {response.status_code}",
+                                       response.status_code)
+        if not response.json().get("private"):
+            answer: tuple[str, tuple[str, ...]] = ("public", ())
+        else:
+            logins = await self._collaborators(repo)
+            if logins is None:
+                # Once per process and repo: the operator's override (which wins in the
+                # pipeline) is the fix, and the connector cannot see it.
+                if repo not in self._unlisted:
+                    self._unlisted.add(repo)
+                    log.warning("github: %s is private and its access could not be listed (collaborators "
+                                "refused for this token); indexed restricted to admins until an operator "
+                                "sets it: vector-sync scopes access github %s --restrict EMAILS", repo, repo)
+                answer = ("restricted", ())
+            else:
+                answer = ("restricted", tuple(sorted({await self._email(login) for login in logins})))
+        self._access[repo] = (time.monotonic(), answer)
+        return answer
+
+    async def scope_access(self, scope: Scope) -> list[str] | None:
+        """The membership refresh (each reconcile pass): a private repository's readers, read
+        afresh, for the reconciler to compare with what it recorded; None for a public one."""
+        access_type, listed = await self.repo_access(scope.key, fresh=True)
+        return None if access_type == "public" else list(listed)
+
+    async def _collaborators(self, repo: str) -> list[str] | None:
+        """Every collaborator's login (paged), or None when the token may not list them."""
+        logins: list[str] = []
+        url: str | None = f"/repos/{repo}/collaborators?per_page={PER_PAGE}"
+        while url:
+            try:
+                response = await self.http.get(url)
+            except PermanentSourceError as exc:
+                if exc.status == 403:
+                    return None
+                raise
+            if response.status_code == 404:
+                return None
+            if response.status_code != 200:
+                raise PermanentSourceError(SOURCE, f"GET {url} answered {response.status_code}", response.status_code)
+            logins += [str(c["login"]) for c in response.json() if c.get("login")]
+            url = _next(response)
+        return logins
+
+    async def _email(self, login: str) -> str:
+        """A login's public email, lower-cased (cached); ``github:{login}`` when none is visible."""
+        cached = self._emails.get(login)
+        if cached and time.monotonic() - cached[0] < EMAIL_TTL:
+            return cached[1]
+        response = await self.http.get(f"/users/{login}")
+        email = str(response.json().get("email") or "").strip().lower() if response.status_code == 200 else ""
+        principal = email if "@" in email else f"github:{login.lower()}"
+        self._emails[login] = (time.monotonic(), principal)
+        return principal
 
     async def _fetch_commit(self, ref: Ref, repo: str, sha: str) -> Document | Gone:
         try:
@@ -249,7 +333,7 @@ class GitHubSource:
             raise
         if response.status_code in (404, 410):
             return Gone(SOURCE, ref.id)
-        return commit_to_document(repo, response.json())
+        return await self._with_access(repo, commit_to_document(repo, response.json()))
 
     # --- receiver side ------------------------------------------------------------------------
     def verify(self, headers: Mapping[str, str], body: bytes) -> None:
@@ -432,11 +516,19 @@ def _on_repository(repo: str, payload: dict[str, Any]) -> WebhookResult:
     action = text(payload, "action", SOURCE)
     if action in ("archived", "unarchived", "deleted"):
         return WebhookResult(scope_events=[(action, repo)])
+    if action in ("privatized", "publicized"):
+        return WebhookResult(scope_events=[("access", repo)], note=f"repository.{action}")
     return WebhookResult(note=f"repository.{action} for {repo} ignored")
 
 
+def _on_member(repo: str, payload: dict[str, Any]) -> WebhookResult:
+    """A collaborator added, removed or given another role: who may read the repo changed."""
+    action = text(payload, "action", SOURCE)
+    return WebhookResult(scope_events=[("access", repo)], note=f"member.{action}")
+
+
 _HANDLERS = {"issues": _on_issues, "issue_comment": _on_comment, "pull_request": _on_pull,
-             "push": _on_push, "repository": _on_repository}
+             "push": _on_push, "repository": _on_repository, "member": _on_member}
 
 
 def build(settings: SourceSettings, client: httpx.AsyncClient, limiter: Limiter | None = None,

@@ -266,6 +266,15 @@ def _event_result(event: dict[str, Any], event_time: Any) -> WebhookResult:
         if not isinstance(channel, str):
             raise MalformedWebhook(f"slack: {kind} without a channel id")
         return WebhookResult(scope_events=[(_SCOPE_EVENTS[kind], channel)])
+    if kind in ("member_joined_channel", "member_left_channel"):
+        # Who may read a private channel's threads changed: the receiver re-syncs the channel's
+        # documents (their access metadata). A public channel's documents are readable by the
+        # workspace whoever is in it. Slack's channel_type is "G" for private channels.
+        if not isinstance(channel, str) or not channel:
+            raise MalformedWebhook(f"slack: {kind} without a channel id")
+        if event.get("channel_type") == "C":
+            return WebhookResult(note=f"slack: {kind} in a public channel (access unchanged)")
+        return WebhookResult(scope_events=[("access", channel)], note=f"slack: {kind}")
     if kind != "message":
         return WebhookResult(note=f"slack: ignored {kind} event")
     if not isinstance(channel, str) or not channel:
@@ -368,9 +377,11 @@ class SlackSource:
         self._channels[channel_id] = (time.monotonic(), info)
         return info
 
-    async def members(self, channel_id: str) -> list[str]:
+    async def members(self, channel_id: str, fresh: bool = False) -> list[str]:
+        """A channel's member ids (cached unless ``fresh``: a fetch or a membership refresh
+        must see a change at once, or a removed member would keep reading)."""
         cached = self._members.get(channel_id)
-        if cached and time.monotonic() - cached[0] < CACHE_TTL:
+        if cached and not fresh and time.monotonic() - cached[0] < CACHE_TTL:
             return cached[1]
         members: list[str] = []
         async for page in self._paged("conversations.members", channel=channel_id, limit=1000):
@@ -412,9 +423,20 @@ class SlackSource:
             await self._join(channel_id)
             return await self._call(method, channel=channel_id, **params)
 
-    async def _access(self, info: Mapping[str, Any]) -> list[str]:
+    async def _access(self, info: Mapping[str, Any], fresh: bool = False) -> list[str]:
         """A private channel's members as emails (the principals search filters on)."""
-        return await self.emails(await self.members(str(info["id"]))) if info.get("is_private") else []
+        if not info.get("is_private"):
+            return []
+        return await self.emails(await self.members(str(info["id"]), fresh=fresh))
+
+    async def scope_access(self, scope: Scope) -> list[str] | None:
+        """The membership refresh (each reconcile pass): a private channel's members as emails,
+        read afresh, for the reconciler to compare with what it recorded last; None for a
+        public channel (readable by the workspace)."""
+        info = await self.channel(scope.key)
+        if not info.get("is_private"):
+            return None
+        return await self._access(info, fresh=True)
 
     async def emails(self, ids: Iterable[str]) -> list[str]:
         """Members' emails from users.info (``profile.email``, needs the ``users:read.email``
@@ -462,7 +484,8 @@ class SlackSource:
         self, scope: Scope, since: float | None, checkpoint: str | None
     ) -> AsyncIterator[Page]:
         info = await self.channel(scope.key)
-        members = await self._access(info)
+        # Afresh: documents this listing carries must not undo a membership change.
+        members = await self._access(info, fresh=True)
         # What the last indexed fetch of each thread saw, read once per pass.
         known = await self.facts.recall(NAME, scope.key) if self.facts is not None else None
         oldest = f"{max(0.0, since - self.lookback):.6f}" if since is not None else None
@@ -565,7 +588,8 @@ class SlackSource:
                                           ref.event_at))
             return Gone(NAME, ref.id)
         names = await self.names(user_ids(messages))
-        document = to_document(info, messages, names, await self._access(info))
+        # Members read afresh: a job after a membership change must index the current list.
+        document = to_document(info, messages, names, await self._access(info, fresh=True))
         if document is None:
             return await self._gone(ref)
         if ref.event_at is not None and ref.event_at > document.updated_at:

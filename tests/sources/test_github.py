@@ -255,8 +255,9 @@ def test_primary_limit_waits_for_reset_or_raises_when_too_far(small: dict[str, A
         ctl.put("/knobs", json={"rate_limit": 1})
         ctl.put("/ratelimit", json={"window": 1.5, "reset": True})
         started = time.monotonic()
-        doc, requests = run(small["env"], fetch_one)  # issue + comments: the 2nd waits for reset
-        assert isinstance(doc, Document) and requests == 3 and time.monotonic() - started >= 0.5
+        # issue + comments + the repository (its visibility, issue 11): the 2nd and 3rd wait for reset
+        doc, requests = run(small["env"], fetch_one)
+        assert isinstance(doc, Document) and requests == 5 and time.monotonic() - started >= 0.5
         ctl.put("/ratelimit", json={"window": 3600, "reset": True, "status": 429})
         with pytest.raises(RateLimited) as limited:
             run(small["env"], fetch_one)
@@ -264,7 +265,7 @@ def test_primary_limit_waits_for_reset_or_raises_when_too_far(small: dict[str, A
         ctl.put("/knobs", json={"rate_limit": None})
         ctl.put("/ratelimit", json={"secondary": 1, "retry_after": 1})
         doc, requests = run(small["env"], fetch_one)  # honours retry-after, then succeeds
-        assert isinstance(doc, Document) and requests == 3
+        assert isinstance(doc, Document) and requests == 4
     finally:
         ctl.put("/knobs", json={"rate_limit": None})
         ctl.put("/ratelimit", json={"window": 3600, "reset": True, "status": 403, "secondary": 0})
