@@ -10,8 +10,16 @@ converge (reconciler passes, the queue drained) and then runs the drift audit
 0 orphan vectors, and the source no longer failing.
 
 The faults: a 5xx burst (``fault_rate`` 1.0: every API call answered 500 or 503 + Retry-After),
-dropped webhooks (``webhook_drop_rate`` 1.0: status learns of it from the audit's drift), and
-duplicated and reordered webhooks (deliveries posted again, older after newer). Short and full
+dropped webhooks (``webhook_drop_rate`` 1.0: status learns of it from the audit's drift),
+duplicated and reordered webhooks (deliveries posted again, older after newer), and a poison
+document (the OpenAI simulator refuses any input holding ``reject_marker``; the module embeds
+through it).
+
+What verify says about a poison document: it is **missing** (live at the source, not
+searchable: the audit reports what the index lacks, whatever the cause), and it is not silent:
+``state.failed_documents`` names it with its stage (``embed``) and error, and status makes its
+source ``failing`` ("1 document failing for over ..."). Repair re-enqueues it and it fails
+again, alone; once the document is fixed upstream it converges like any other. Short and full
 forms are the same here (each test takes seconds); the seconds to converge are printed.
 """
 
@@ -40,7 +48,8 @@ from tests.contract.conftest import (  # noqa: F401 - fixtures used by name
 from tests.contract.test_push_sources import GitHubAdapter, Item, JiraAdapter, SlackAdapter
 from tests.faults.conftest import figure, wait_until
 
-EXTRA_ENV = {"JIRA_PROJECTS": ""}
+#: A document failing for over a second makes its source failing (the default is a minute).
+EXTRA_ENV = {"JIRA_PROJECTS": "", "DOCUMENT_FAILING_AFTER": "1"}
 
 ADAPTERS = {"jira": JiraAdapter(), "github": GitHubAdapter(), "slack": SlackAdapter()}
 PUSHING = list(ADAPTERS)
@@ -48,7 +57,7 @@ PUSHING = list(ADAPTERS)
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[SandboxServer]:
-    server = start_sandbox(["jira", "github", "slack", "tempo"])
+    server = start_sandbox(["jira", "github", "slack", "tempo", "openai"])
     server.sims["jira"].retry_delay = 0.05  # type: ignore[attr-defined]
     yield server
     server.stop()
@@ -60,6 +69,7 @@ def faulty(system: System) -> Iterator[System]:
     yield system
     for name in system.sandbox.sims:
         system.knobs(name, fault_rate=0.0, webhook_drop_rate=0.0)
+    system.control("openai", "PUT", "/faults", json={})
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -197,15 +207,14 @@ def test_dropped_webhooks_show_as_drift_then_the_reconciler_repairs(faulty: Syst
     system.settle(source)
     # Nothing failed: the audit is what finds the drift, and status shows it.
     during = audit(system, source, key)
-    assert during["missing"] >= 1 and during["ghost"] >= 1, during
+    assert during["missing"] >= 1 and during["stale"] >= 1 and during["ghost"] >= 1, during
     assert created.document_id in next(r for r in during["reports"] if r["scope"] == key)["samples"]["missing"]
     wait_until(lambda: failing(system, source), 60, f"{source}: status to show the drift")
     lifted = time.monotonic()
     system.knobs(source, webhook_drop_rate=0.0)
     converge(system, source, key)
     assert system.chunk_ids(created.document_id) and not system.chunk_ids(deleted.document_id)
-    if source != "slack":  # a Slack edit is not in the listing's updated_at: webhook or full pass only
-        assert marker in system.chunk_texts(edited.document_id)
+    assert marker in system.chunk_texts(edited.document_id)
     not_failing(system, source)
     figure(f"{source} dropped webhooks -> verify 0/0/0/0", time.monotonic() - lifted)
 
@@ -237,3 +246,45 @@ def test_duplicated_and_reordered_webhooks_end_in_the_latest_state(faulty: Syste
     report = audit(system, source, key)
     assert zero(report), report
     not_failing(system, source)
+
+
+# --- a poison document ------------------------------------------------------------------------------
+
+
+def test_a_poison_document_shows_as_a_failed_document_and_as_missing_not_silent_drift(faulty: System) -> None:
+    from core import state
+
+    system, adapter = faulty, ADAPTERS["jira"]
+    key, (neighbour, *_) = baseline(system, "jira")
+    poison = unique("POISONPILL")
+    system.control("openai", "PUT", "/faults", json={"reject_marker": poison})
+    bad = adapter.create(system, key, "A document the embedder refuses", f"It carries the {poison} marker")
+    fine = unique("neighbour")
+    adapter.edit(system, neighbour, f"Edited next to the poison: {fine} {fine}")
+    system.settle("jira")
+    # The neighbour is indexed; the poison one fails alone, recorded with its stage.
+    assert fine in system.chunk_texts(neighbour.document_id)
+    assert not system.chunk_ids(bad.document_id)
+    failed = {d["document_id"]: d for d in state.failed_documents(system.services.pool, "jira")}
+    assert failed[bad.document_id]["stage"] == "embed", failed
+    # verify: missing (exactly that document), never 0/0/0/0 while it cannot be indexed.
+    report = audit(system, "jira", key)
+    scope_report = next(r for r in report["reports"] if r["scope"] == key)
+    assert scope_report["samples"]["missing"] == [bad.document_id], report
+    assert report["stale"] == report["ghost"] == report["orphan_vectors"] == 0, report
+    def failed_document_shown() -> dict[str, Any] | None:
+        status = failing(system, "jira")
+        shown = status and any(r.startswith("jira") and "document failing" in r for r in status["reasons"])
+        return status if shown else None
+
+    status = wait_until(failed_document_shown, 60, "jira: status to show the failed document")
+    assert status["documents_failing"] >= 1, status
+    # Fixed upstream (the marker edited out), it converges like any other document.
+    lifted = time.monotonic()
+    adapter.edit(system, bad, "The marker is gone now")
+    system.settle("jira")
+    converge(system, "jira", key)
+    assert system.chunk_ids(bad.document_id)
+    assert bad.document_id not in {d["document_id"] for d in state.failed_documents(system.services.pool, "jira")}
+    not_failing(system, "jira")
+    figure("jira poison document fixed upstream -> verify 0/0/0/0", time.monotonic() - lifted)
