@@ -68,7 +68,7 @@ def faulty(system: System) -> Iterator[System]:
     """``system``, with every fault knob lifted again at teardown, pass or fail."""
     yield system
     for name in system.sandbox.sims:
-        system.knobs(name, fault_rate=0.0, webhook_drop_rate=0.0)
+        system.knobs(name, fault_rate=0.0, webhook_drop_rate=0.0, rate_limit=0)
     system.control("openai", "PUT", "/faults", json={})
 
 
@@ -288,3 +288,37 @@ def test_a_poison_document_shows_as_a_failed_document_and_as_missing_not_silent_
     assert bad.document_id not in {d["document_id"] for d in state.failed_documents(system.services.pool, "jira")}
     not_failing(system, "jira")
     figure("jira poison document fixed upstream -> verify 0/0/0/0", time.monotonic() - lifted)
+
+
+# --- 429 with Retry-After ---------------------------------------------------------------------------
+
+
+def test_429s_with_retry_after_are_waited_out_and_the_index_converges(faulty: System) -> None:
+    """Jira at 2 requests a second (our side's budget is 1000/s here): the simulator answers
+    429 + Retry-After; the client waits as told, so webhook fetches and the pass succeed late,
+    not fail. Status does not turn red for a slow-down it waits out (nothing failed); what it
+    must not do is stay failing afterwards, and the audit must come out clean."""
+    system, adapter = faulty, ADAPTERS["jira"]
+    key, (edited, deleted, _) = baseline(system, "jira")
+    sim = system.sandbox.sims["jira"]
+    before = sim.throttled  # type: ignore[attr-defined]
+    system.knobs("jira", rate_limit=2)
+    try:
+        marker = unique("throttled")
+        adapter.edit(system, edited, f"Edited under the rate limit: {marker} {marker}")
+        created = [adapter.create(system, key, f"Made under the rate limit {n}", f"Throttled {marker}")
+                   for n in range(6)]
+        adapter.delete(system, deleted)
+        system.settle("jira")
+        system.reconcile("jira", key, prune=True)
+        assert sim.throttled > before, "the simulator never answered 429"  # type: ignore[attr-defined]
+        report = audit(system, "jira", key)
+    finally:
+        system.knobs("jira", rate_limit=0)
+    lifted = time.monotonic()
+    if not zero(report):
+        converge(system, "jira", key)
+    assert marker in system.chunk_texts(edited.document_id)
+    assert all(system.chunk_ids(c.document_id) for c in created) and not system.chunk_ids(deleted.document_id)
+    not_failing(system, "jira")
+    figure("jira 429 + Retry-After: rate limit lifted -> verify 0/0/0/0", time.monotonic() - lifted)
