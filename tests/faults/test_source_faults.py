@@ -164,12 +164,12 @@ def test_a_5xx_burst_shows_as_failing_then_converges(faulty: System, source: str
     assert status["sources"][source]["state"] == "failing"
     lifted = time.monotonic()
     system.knobs(source, fault_rate=0.0)
-    took, report = converge(system, source, key)
+    _, report = converge(system, source, key)
     assert marker in system.chunk_texts(edited.document_id)
     assert system.chunk_ids(created.document_id) and not system.chunk_ids(deleted.document_id)
     not_failing(system, source)
     figure(f"{source} 5xx burst lifted -> verify 0/0/0/0", time.monotonic() - lifted)
-    assert report["drift"] == 0 and took >= 0
+    assert report["drift"] == 0 and report["reports"], report
 
 
 def test_a_5xx_burst_on_a_polled_source_shows_as_failing_then_converges(faulty: System) -> None:
