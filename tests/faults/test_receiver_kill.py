@@ -1,6 +1,7 @@
 """SIGKILL of the receiver while webhooks are being sent: the sender's retries (Jira retries a
 webhook that got no answer, with growing delays) reach the receiver started again on the same
-port, and the index converges; the drift audit then reports 0/0/0/0.
+port, and the index converges; the drift audit then reports 0/0/0/0. While it is dead, status
+says no web process is alive (``healthy`` false).
 
 Real processes (the Procfile's ``web``, ``worker`` and ``reconciler``) against the session's
 Postgres and Redis and an in-process Jira simulator. The same in both forms (the receiver is
@@ -19,6 +20,7 @@ import httpx
 import pytest
 
 from core.runtime import open_services
+from core.status import build_status
 from sandbox.server import SandboxServer, create_simulators
 from tests.conftest import FAST_BUDGETS, free_port, make_settings
 from tests.faults.conftest import Expectations, Proc, figure, pgvector_texts, wait_until, wait_verified
@@ -102,6 +104,12 @@ def test_a_killed_receivers_webhooks_arrive_by_the_senders_retries(
             expect.present(f"jira:{created[1]}", "rkilleditzq")
             control(jira, "DELETE", f"/issues/{created[2]}")
             expect.gone(f"jira:{created[2]}")
+
+            def shown() -> bool:  # status says so while it lasts (after HEARTBEAT_TIMEOUT)
+                status = build_status(svc, settings)
+                return not status["healthy"] and any("no live web process" in r for r in status["reasons"])
+
+            wait_until(shown, 60, "status to show that no receiver is alive")
             procs("web", env, port)
             wait_until(ready, 90, "the new receiver to serve")
             wait_until(lambda: len(created) >= 20, 60, "webhooks sent after the restart")
