@@ -140,8 +140,9 @@ class Expectations:
     """What the index must hold after a fault: per document id, a marker its indexed text must
     contain, or None for "gone". ``drift(fetch)`` compares with what is indexed, where ``fetch``
     is given the wanted {document id: marker} and returns each document's indexed text (None
-    when not indexed): from the pgvector table (``pgvector_texts``), or a search through the API. The lead's ``vector-sync verify`` checks
-    plug in next to it (a fault test ends with ``assert expectations.drift(...).total == 0``)."""
+    when not indexed): from the pgvector table (``pgvector_texts``), or a search through the API.
+    The drift audit (``audit`` / ``wait_verified`` below, what ``vector-sync verify`` runs)
+    checks the same end state from the sources' side: a fault test ends with both."""
 
     wanted: dict[str, str | None] = field(default_factory=dict)
 
@@ -192,3 +193,52 @@ def pgvector_texts(pool: Any, dimensions: int) -> Fetch:
         return {doc: text for doc, text in rows}
 
     return fetch
+
+
+# --- the drift audit (``vector-sync verify``) -------------------------------------------------
+
+
+def audit(services: Any, settings: Any, source: str | None = None, scope: str | None = None,
+          *, index: bool = True) -> dict[str, Any]:
+    """Run the drift audit as ``vector-sync verify [SOURCE] [--scope KEY] --json`` does
+    (``core.verify.Auditor``), plus the whole-index orphan check when ``index``; its summary."""
+    import asyncio
+
+    from core.runtime import SourceSet
+    from core.verify import INDEX, Auditor, summary
+
+    async def run() -> dict[str, Any]:
+        sources = SourceSet(settings, services.pool)
+        try:
+            auditor = Auditor(services, sources, "faults-test")
+            targets = [t for t in auditor.targets(source, scope) if t[0] != INDEX]
+            return summary(await auditor.run_all(targets + ([(INDEX, None)] if index else [])))
+        finally:
+            await sources.aclose()
+
+    return asyncio.run(run())
+
+
+def clean(report: dict[str, Any]) -> bool:
+    """0 missing, 0 stale, 0 ghost, 0 orphan vectors, and every audit finished."""
+    return (report["failed"] == 0 and report["skipped"] == 0 and report["missing"] == 0
+            and report["stale"] == 0 and report["ghost"] == 0 and report["orphan_vectors"] == 0)
+
+
+def wait_verified(services: Any, settings: Any, source: str | None = None, scope: str | None = None,
+                  timeout: float = 120.0, between: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Audit until clean (``between()`` runs before each try, e.g. a reconcile pass); the last
+    report. AssertionError with it after ``timeout``."""
+    last: list[dict[str, Any]] = []
+
+    def verified() -> bool:
+        if between is not None:
+            between()
+        last[:] = [audit(services, settings, source, scope)]
+        return clean(last[0])
+
+    try:
+        wait_until(verified, timeout, f"verify {source or 'all'} {scope or ''} to report 0/0/0/0", interval=1.0)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {last[0] if last else 'no report'}") from None
+    return last[0]
