@@ -206,6 +206,7 @@ class TestDashboardInChromium:
 
         main = dom.find("main", id="report")
         assert main.attrs["data-loaded"] == "true", "the status report never rendered"
+        assert dom.find("a", id="search-link").attrs["href"] == "/search"  # the search box, a click away
         banner = dom.find("p", id="banner")
         assert "hidden" in banner.attrs and "data-script-error" not in banner.attrs, banner.text()
         verdict = dom.find(id="verdict")
