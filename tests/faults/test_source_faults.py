@@ -201,13 +201,28 @@ def test_dropped_webhooks_show_as_drift_then_the_reconciler_repairs(faulty: Syst
     key, (edited, deleted, _) = baseline(system, source)
     system.knobs(source, webhook_drop_rate=1.0)
     marker = unique("dropped")
+    # GitHub's updated_at has one-second resolution: an edit within the second of the indexed
+    # version cannot be told from it by any timestamp, and verify compares timestamps (the next
+    # pass still re-reads it: the overlap window lists it again and its content hash differs).
+    time.sleep(1.1)
     adapter.edit(system, edited, f"Edited, webhook dropped: {marker} {marker}")
     created = adapter.create(system, key, "Made, webhook dropped", f"Never announced {marker}")
     adapter.delete(system, deleted)
     system.settle(source)
     # Nothing failed: the audit is what finds the drift, and status shows it.
+    with system.services.pool.connection() as conn:
+        audit_started = conn.execute("SELECT now()").fetchone()[0]
     during = audit(system, source, key)
-    assert during["missing"] >= 1 and during["stale"] >= 1 and during["ghost"] >= 1, during
+    assert during["missing"] >= 1 and during["ghost"] >= 1, during
+    if during["stale"] == 0:
+        # Not drift only if the index already held the edit when the audit read it: another job
+        # (a pass's access refresh re-syncs a scope's documents, and lags on a loaded machine)
+        # may have fetched the edited document after the edit, webhook or not.
+        with system.services.pool.connection() as conn:
+            indexed_at = conn.execute("SELECT indexed_at FROM documents WHERE document_id = %s",
+                                      (edited.document_id,)).fetchone()[0]
+        assert indexed_at is not None and indexed_at < audit_started, (during, indexed_at, audit_started)
+        assert marker in system.chunk_texts(edited.document_id), during
     assert created.document_id in next(r for r in during["reports"] if r["scope"] == key)["samples"]["missing"]
     wait_until(lambda: failing(system, source), 60, f"{source}: status to show the drift")
     lifted = time.monotonic()
