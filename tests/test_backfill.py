@@ -91,21 +91,20 @@ class TestCommandLine:
         assert uninterrupted
         reset_state(services)
         jira.bulkfetched.clear()
-        # When a backfill is killed with SIGKILL after its first page:
+        # When a backfill is killed with SIGKILL after its first finished scope (waiting for a
+        # page alone raced: a one-page scope counts its page before it is marked done):
         set_latency(sandbox, 0.4)
         try:
             process = cli(env, "backfill", "jira")
-            wait_for(lambda: _pages(services) >= 1, timeout=120, interval=0.02)
+            wait_for(lambda: _done_scopes(services), timeout=120, interval=0.02)
             process.send_signal(signal.SIGKILL)
             process.wait(10)
         finally:
             set_latency(sandbox, 0.0)
         killed_at_pages = _pages(services)
         fetched_before = dict(jira.bulkfetched)
-        with services.pool.connection() as conn:
-            checkpoint = conn.execute("SELECT checkpoint FROM runs WHERE kind = 'backfill'").fetchone()[0]
-        done_scopes = [k for k, v in checkpoint["scopes"].items() if v["done"]]
-        assert done_scopes, "the kill came after at least one finished scope"
+        assert _done_scopes(services), "the kill came after at least one finished scope"
+        assert process.returncode == -signal.SIGKILL, "the backfill was killed before it finished"
         # And run again with --resume:
         resumed = cli(env, "backfill", "jira", "--resume")
         out, err = resumed.communicate(timeout=180)
@@ -136,6 +135,13 @@ class TestCommandLine:
         _, err = process.communicate(timeout=60)
         assert process.returncode == 2
         assert "github is not configured" in err and "Traceback" not in err
+
+
+def _done_scopes(services) -> list[str]:
+    with services.pool.connection() as conn:
+        row = conn.execute("SELECT checkpoint FROM runs WHERE kind = 'backfill' ORDER BY id DESC LIMIT 1").fetchone()
+    scopes = ((row[0] or {}).get("scopes") or {}) if row else {}
+    return [key for key, entry in scopes.items() if entry["done"]]
 
 
 def _pages(services) -> int:
