@@ -29,8 +29,12 @@ run: $(STAMP)
 	$(BIN)/vector-sync up
 
 ## make test: the whole suite against real Postgres and Redis (embedded unless configured).
+## Three pytest-xdist workers, a test file each at a time (each worker has its own embedded
+## Postgres and Redis); TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 3
+XDIST := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 test: $(TEST_STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 ## make chaos: the fault suite (tests/faults/) in its long forms, with production recovery
 ## settings, printing the figures docs/testing.md quotes. `make test` runs its short forms.

@@ -537,7 +537,10 @@ class Capture(http.server.ThreadingHTTPServer):
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length)
+                if len(body) < length:  # the sender gave up mid-request (the sandbox stopping)
+                    return
                 with lock:
                     outer.posts.append((self.path, dict(self.headers), body))
                 self.send_response(200)
