@@ -692,7 +692,11 @@ def _date_arg(args: dict[str, Any], name: str, bad: list[tuple[str, str]]) -> in
     if raw is None:
         return None
     try:
-        parsed = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+        # A DateTime is an ISO 8601 string; a number is not one, even where Python would read
+        # its digits as a compact date (1794020400000 parses as 1794-02-04T00:40:00).
+        if not isinstance(raw, str):
+            raise ValueError(raw)
+        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
         bad.append((name, f"{name} must be a Date instance"))
         return None
