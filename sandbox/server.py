@@ -40,6 +40,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def bound_socket(host: str = "127.0.0.1") -> socket.socket:
+    """A listening-ready TCP socket on a free loopback port, to hand to uvicorn."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    return sock
+
+
 class SandboxServer:
     """Runs simulators with uvicorn on loopback ports.
 
@@ -57,8 +65,12 @@ class SandboxServer:
     ) -> None:
         self.sims = sims
         self.host = host
+        # Without a port base each simulator's socket is bound here and handed to uvicorn: a port
+        # picked now and bound later could be taken in between by another process (parallel
+        # test sessions did, and the sandbox never started).
+        self._sockets = {} if port_base else {name: bound_socket(host) for name in sims}
         self.ports = {
-            name: (port_base + i + 1 if port_base else free_port(host))
+            name: (port_base + i + 1 if port_base else self._sockets[name].getsockname()[1])
             for i, name in enumerate(sims)
         }
         for name, sim in sims.items():
@@ -90,7 +102,10 @@ class SandboxServer:
                 lifespan="off", access_log=False,
             )
             self._servers.append(uvicorn.Server(config))
-        tasks = [asyncio.create_task(server.serve()) for server in self._servers]
+        tasks = [
+            asyncio.create_task(server.serve(sockets=[self._sockets[name]] if name in self._sockets else None))
+            for name, server in zip(self.sims, self._servers)
+        ]
         while not all(server.started for server in self._servers):
             if any(task.done() for task in tasks):
                 for task in tasks:

@@ -26,6 +26,7 @@ from core.embedded import EmbeddedPostgres, EmbeddedRedis
 from core import queue
 from core.runtime import Services, open_services
 from core.settings import Settings
+from sandbox.server import bound_socket
 
 ADMIN_KEY = "test-admin-key"
 
@@ -169,12 +170,14 @@ class ReceiverHandle:
     def __init__(self, settings: Settings) -> None:
         from receiver.app import create_app
 
-        self.port = free_port()
+        # Bound here and handed to uvicorn, so no other process can take the port in between.
+        sock = bound_socket()
+        self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port,
                                 log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 20
         while not self.server.started:
