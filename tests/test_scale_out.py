@@ -260,15 +260,18 @@ class Cluster:
             rows = conn.execute("SELECT source, last_success_at FROM scopes WHERE active").fetchall()
         return {s for s, _ in rows} == set(SOURCES) and all(at for _, at in rows)
 
-    def reconciler_in_a_jira_pass(self) -> tuple[Proc, dict[str, int]] | None:
+    def reconciler_in_a_jira_pass(self, slow_since: datetime) -> tuple[Proc, dict[str, int]] | None:
         """A reconciler of ours holding Jira projects' leases with their passes running, and
-        those passes ({source:scope: run id})."""
+        those passes ({source:scope: run id}): passes started after ``slow_since`` (when Jira
+        began taking 8 s a request) and less than 3 s ago, so still waiting for their first
+        answer (and that for at least 5 s more)."""
         with self.services.pool.connection() as conn:
             rows = conn.execute(
                 """SELECT s.lease_owner, s.source || ':' || s.key, r.id FROM scopes s JOIN runs r
                        ON r.kind = 'reconcile' AND r.status = 'running' AND r.owner = s.lease_owner
                           AND r.source = s.source AND r.scope = s.key
-                   WHERE s.source = 'jira'""").fetchall()
+                   WHERE s.source = 'jira' AND r.started_at > %s
+                     AND r.started_at > now() - interval '3 seconds'""", (slow_since,)).fetchall()
         for proc in self.procs["reconciler"]:
             passes = {scope: run for owner, scope, run in rows if owner.endswith(f":{proc.pid}")}
             if passes and proc.alive():
@@ -276,18 +279,21 @@ class Cluster:
         return None
 
     def worker_holding_messages(self) -> tuple[Proc, str] | None:
-        """A worker of ours with fetched, unacknowledged messages, and its Dramatiq broker id."""
+        """The worker of ours holding the most fetched, unacknowledged messages, and its
+        Dramatiq broker id (its heartbeat names it)."""
         holding = queue.unacked(self.services.broker)
         with self.services.pool.connection() as conn:
             brokers = dict(conn.execute("SELECT pid, info->>'broker_id' FROM heartbeats WHERE kind = 'worker'").fetchall())
-        for proc in self.procs["worker"]:
-            if proc.alive() and brokers.get(proc.pid) in holding:
-                return proc, brokers[proc.pid]
-        return None
+        held = [(holding[brokers[p.pid]], p) for p in self.procs["worker"] if p.alive() and brokers.get(p.pid) in holding]
+        if not held:
+            return None
+        proc = max(held, key=lambda pair: pair[0])[1]
+        return proc, brokers[proc.pid]
 
-    def mid_way(self) -> tuple[tuple[Proc, dict[str, int]], tuple[Proc, str]] | None:
-        worker = self.worker_holding_messages()
-        reconciler = self.reconciler_in_a_jira_pass() if worker else None
+    def mid_way(self, slow_since: datetime) -> tuple[tuple[Proc, dict[str, int]], tuple[Proc, str]] | None:
+        """Both at one moment (the worker looked for last, just before the kills)."""
+        reconciler = self.reconciler_in_a_jira_pass(slow_since)
+        worker = self.worker_holding_messages() if reconciler else None
         return (reconciler, worker) if reconciler and worker else None
 
     def owner(self, proc: Proc) -> str:
@@ -323,12 +329,14 @@ def test_two_receivers_three_workers_two_reconcilers_converge_through_a_kill_of_
     # Mid-way: Jira answers slowly (8 s a request), so a pass of a Jira project is running and
     # workers are holding Jira messages (webhook refs are fetched) when the kills land.
     cluster.jira("PUT", "/_sandbox/knobs", json={"latency": 8.0})
+    slow_since = cluster.now()
     (reconciler, passes), (worker, its_broker) = wait_until(
-        cluster.mid_way, 90, "a worker holding messages and a reconciler in a Jira pass")
+        lambda: cluster.mid_way(slow_since), 90, "a worker holding messages and a reconciler in a Jira pass")
     web = cluster.procs["web"][0]
     for proc in (reconciler, worker, web):
         proc.kill()
     killed_at = cluster.now()
+    assert its_broker in queue.unacked(cluster.services.broker)  # it died holding messages
     laps["killed"] = time.monotonic() - started
     cluster.jira("PUT", "/_sandbox/knobs", json={"latency": 0.0})
 
