@@ -6,10 +6,12 @@ Pinecone as the index through their simulators (each in its own process, so neit
 GIL with the other or with us). For each N the state, the queue and the Pinecone index are
 emptied, the N workers are started and wait on an empty queue (their start-up is not measured),
 then the same corpus (documents with their content, 10 per message, as listing pages carry
-them) is enqueued at once and timed until every document is indexed. The figures are documents
-per second and each N's ratio to one worker, all from one run, with the load average before
-each pass: on a machine with fewer cores than processes, the ratios say how much of the extra
-work the machine could actually run in parallel.
+them) is enqueued at once and timed until every document is indexed. Twice: with the
+simulators answering at once (the machine's CPU is the limit), and with a delay on every OpenAI
+and Pinecone request like a real one's (waiting is). The figures are documents per second and
+each N's ratio to one worker, all from one run, with the load average before each pass: on a
+machine with fewer cores than processes, the ratios say how much of the extra work the machine
+could actually run in parallel.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ from core import queue
 from core.runtime import Services, open_services
 
 WORKER_COUNTS = (1, 2, 3)
+#: Seconds added to every OpenAI and Pinecone request: none (the simulators answer in
+#: milliseconds, so the machine's CPU is the limit), then about what a request to the real
+#: services takes over the internet (embedding a batch, upserting one), so waiting is.
+CONDITIONS = {"local": {"openai": 0.0, "pinecone": 0.0}, "latency": {"openai": 0.15, "pinecone": 0.05}}
 #: Documents per message: a listing page's shape, so N workers have messages to share.
 PER_MESSAGE = 10
 
@@ -58,8 +64,10 @@ def _wait(predicate: Any, timeout: float, what: str) -> None:
 
 
 def one_pass(infra: Infra, env: dict[str, str], clouds: dict[str, str], refs: list[Any], workers: int,
-             timeout: float) -> dict[str, Any]:
+             latency: dict[str, float], timeout: float) -> dict[str, Any]:
     infra.reset()
+    for name, base in clouds.items():
+        _control(base, "PUT", "/knobs", json={"latency": latency[name]})
     _control(clouds["pinecone"], "PUT", "/index", json={"dimension": int(env.get("EMBEDDING_DIMENSIONS", "1536"))})
     _control(clouds["openai"], "DELETE", "/stats")
     services = open_services(infra.settings(**env), pool_size=1)
@@ -96,18 +104,21 @@ def run(infra: Infra, quick: bool) -> dict[str, Any]:
         for base in clouds.values():  # request budgets are not what this measures
             _control(base, "PUT", "/knobs", json={"rate_limit": 0})
         env = {**openai.env, **pinecone.env, "PINECONE_NAMESPACE": "bench-scale-out"}
-        passes = [one_pass(infra, env, clouds, refs, count, 120.0 if quick else 600.0) for count in WORKER_COUNTS]
-        one = passes[0]["documents_per_s"]
         figures: dict[str, Any] = {}
-        for result in passes:
-            label = f"workers_{result['workers']}"
-            figures |= {f"{label}_{k}": v for k, v in result.items() if k != "workers"}
-            figures[f"{label}_ratio_to_1"] = round(result["documents_per_s"] / one, 2) if one else None
+        for condition, latency in CONDITIONS.items():
+            passes = [one_pass(infra, env, clouds, refs, count, latency, 120.0 if quick else 600.0)
+                      for count in WORKER_COUNTS]
+            one = passes[0]["documents_per_s"]
+            for result in passes:
+                label = f"{condition}_workers_{result['workers']}"
+                figures |= {f"{label}_{k}": v for k, v in result.items() if k != "workers"}
+                figures[f"{label}_ratio_to_1"] = round(result["documents_per_s"] / one, 2) if one else None
         settings = infra.settings(**env)
         return {"params": {"documents": n, "documents_per_message": PER_MESSAGE, "worker_counts": list(WORKER_COUNTS),
                            "worker_threads": settings.worker_threads, "embedder": settings.embedding_model,
                            "embedding_dimensions": settings.embedding_dimensions,
-                           "index": "Pinecone (simulator, own process)", "cpus": os.cpu_count()},
+                           "index": "Pinecone (simulator, own process)", "cpus": os.cpu_count(),
+                           "added_latency_s": CONDITIONS},
                 "figures": figures}
     finally:
         openai.stop()
