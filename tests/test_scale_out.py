@@ -187,6 +187,18 @@ class Cluster:
     ``close()``, pass or fail."""
 
     def __init__(self, infra: dict[str, str], log_dir: Path) -> None:
+        self._stop_edits = threading.Event()
+        self._editor: threading.Thread | None = None
+        self.edits = 0
+        self.errors: list[BaseException] = []
+        self._cleanup = contextlib.ExitStack()  # what is started is stopped, last first
+        try:
+            self._start(infra, log_dir)
+        except BaseException:
+            self._cleanup.close()
+            raise
+
+    def _start(self, infra: dict[str, str], log_dir: Path) -> None:
         sims = create_simulators([*SOURCES, "openai", "pinecone"], profile="small", seed=14)
         for sim in sims.values():
             sim.knobs.rate_limit = 0  # budgets are not what this test is about
@@ -194,32 +206,28 @@ class Cluster:
         sims["notion"].aggregation_window = 0.5  # type: ignore[attr-defined]
         self.sims = sims
         self.sandbox = SandboxServer(sims).start()
+        self._cleanup.callback(self.sandbox.stop)
         self.ports = [free_port() for _ in range(LAYOUT["web"])]
         self.balancer = Balancer(self.ports).start()
+        self._cleanup.callback(self.balancer.stop)
         self.sandbox.set_webhook_target(self.balancer.url)
         self.env = {**self.sandbox.env(), **SCALE_ENV}
         self.settings = make_settings(infra, **self.env)
         self.services = open_services(self.settings)
+        self._cleanup.callback(self.services.close)
         self.procs: dict[str, list[Proc]] = {kind: [] for kind in LAYOUT}
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         process_env = {**os.environ, "PATH": path, **BASE_ENV, **infra, **self.env}
         for kind, count in LAYOUT.items():
             for n in range(count):
                 port = {"PORT": str(self.ports[n])} if kind == "web" else {}
-                self.procs[kind].append(Proc(procfile_command(kind), {**process_env, **port}, log_dir, kind))
-        self._stop_edits = threading.Event()
-        self._editor: threading.Thread | None = None
-        self.edits = 0
-        self.errors: list[BaseException] = []
+                proc = Proc(procfile_command(kind), {**process_env, **port}, log_dir, kind)
+                self._cleanup.callback(proc.finish)
+                self.procs[kind].append(proc)
 
     def close(self) -> None:
         self.stop_edits()
-        for procs in self.procs.values():
-            for proc in procs:
-                proc.finish()
-        self.services.close()
-        self.balancer.stop()
-        self.sandbox.stop()
+        self._cleanup.close()
 
     # --- live edits -------------------------------------------------------------------------
 
