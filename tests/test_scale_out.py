@@ -189,7 +189,6 @@ class Cluster:
     def __init__(self, infra: dict[str, str], log_dir: Path) -> None:
         self._stop_edits = threading.Event()
         self._editor: threading.Thread | None = None
-        self.edits = 0
         self.errors: list[BaseException] = []
         self._cleanup = contextlib.ExitStack()  # what is started is stopped, last first
         try:
@@ -241,7 +240,6 @@ class Cluster:
                 while not self._stop_edits.is_set():
                     for name in SOURCES:
                         self.sandbox.run_coroutine(self.sims[name].trickle(rng))
-                    self.edits += 1
                     self._stop_edits.wait(0.3)
             except BaseException as exc:  # surfaced by the test
                 self.errors.append(exc)
