@@ -1,6 +1,6 @@
 """``python -m benchmarks [NAME ...] [--quick]``: run benchmarks, print figures, write JSON.
 
-Names: backfill, webhook-ack, search, pipeline-skip, retrieval (default: all, in that order).
+Names: backfill, webhook-ack, search, pipeline-skip, retrieval, scale-out (default: all, in that order).
 Results go to ``benchmarks/results/<name>.json`` (git-ignored). Figures only: nothing here
 asserts on a timing.
 """
@@ -26,6 +26,7 @@ BENCHMARKS = {
     "search": "benchmarks.search",
     "pipeline-skip": "benchmarks.pipeline_skip",
     "retrieval": "benchmarks.retrieval",
+    "scale-out": "benchmarks.scale_out",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

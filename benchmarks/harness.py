@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -163,12 +163,14 @@ class Worker:
 
 
 class Child:
-    """A child process of ours (sandbox or receiver), stopped by its own handle."""
+    """A child process of ours (sandbox, receiver, a Procfile process), stopped by its own
+    handle. Its output is read through pipes, or goes to ``output`` (a file) when given."""
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], output: IO[bytes] | None = None) -> None:
+        self.output = output
         self.proc = subprocess.Popen(
-            args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
+            args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=output or subprocess.PIPE,
+            stderr=subprocess.STDOUT if output else subprocess.PIPE, text=output is None,
         )
 
     def stop(self) -> None:
@@ -179,6 +181,28 @@ class Child:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        if self.output is not None:
+            self.output.close()
+
+
+def procfile_command(kind: str) -> list[str]:
+    """The Procfile's command for ``kind`` as a Procfile runner (and the Dockerfile) runs it:
+    ``sh -c 'exec <command>'``, so ``${PORT:-8080}`` comes from the environment."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        name, sep, command = line.partition(":")
+        if sep and not name.startswith("#") and name.strip() == kind:
+            return ["/bin/sh", "-c", f"exec {command.strip()}"]
+    raise KeyError(f"no {kind!r} process in the Procfile")
+
+
+class ProcfileProcess(Child):
+    """One of the Procfile's processes (``web``, ``worker``, ``reconciler``) in its own OS
+    process, with this venv's ``python`` and ``uvicorn`` first on PATH, output to ``log``."""
+
+    def __init__(self, kind: str, env: dict[str, str], log: Path) -> None:
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+        super().__init__(procfile_command(kind), {**os.environ, **env, "PATH": path},
+                         open(log, "wb"))  # noqa: SIM115 - closed by stop()
 
 
 class Sandbox(Child):

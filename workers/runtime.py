@@ -128,7 +128,10 @@ def start_worker(settings: Settings, services: Services | None = None) -> tuple[
     runtime.actor = register(services.broker, runtime.pipeline, max_retries=settings.max_retries)
     worker = Worker(services.broker, worker_threads=settings.worker_threads, worker_timeout=500)
     worker.start()
-    heartbeat = Heartbeat(services.pool, "worker", settings.heartbeat_interval,
+    # The broker id names this process's Dramatiq consumer (its ``__acks__`` sets in Redis), so
+    # messages held by a worker can be traced to its process.
+    broker_id = services.broker.broker_id
+    heartbeat = Heartbeat(services.pool, "worker", settings.heartbeat_interval, lambda: {"broker_id": broker_id},
                           redis=services.broker.client, outages=outages).start()
     log.info("worker started", extra={"threads": settings.worker_threads})
     return worker, runtime, heartbeat
