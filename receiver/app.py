@@ -33,6 +33,7 @@ from core.heartbeat import Heartbeat
 from core.logs import configure_logging
 from core.runtime import SourceSet, open_services
 from core.settings import Settings
+from core.status import StatusCache
 from receiver import mcp_http
 from receiver.routes import error, routes, unavailable
 
@@ -53,6 +54,7 @@ def create_app(settings: Settings) -> Starlette:
         app.state.services = services
         app.state.sources = SourceSet(settings, services.pool)
         app.state.settings = settings
+        app.state.status_cache = StatusCache(settings.status_cache_ttl)
         app.state.query_embedder = build_embedder(settings)
         log.info("receiver ready", extra={"sources": ",".join(settings.configured_sources()) or "none"})
         try:
