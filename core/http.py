@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from core import metrics
 from core.errors import PermanentSourceError, RateLimited, SourceUnavailable, TransientSourceError
 
 #: Seconds; the first backoff, doubled each attempt up to MAX_BACKOFF.
@@ -120,6 +121,7 @@ class SourceHTTP:
                     method, url, headers=headers, auth=self.auth or httpx.USE_CLIENT_DEFAULT, **kwargs
                 )
             except (httpx.TimeoutException, httpx.TransportError) as exc:
+                metrics.upstream(self.source, None)
                 if attempt + 1 == self.attempts:
                     detail = f"{method} {_path(url)} failed: {type(exc).__name__}: {exc}"
                     if isinstance(exc, httpx.ConnectError):  # nobody answers: an outage
@@ -128,6 +130,7 @@ class SourceHTTP:
                 await asyncio.sleep(compute_backoff(attempt))
                 attempt += 1
                 continue
+            metrics.upstream(self.source, response.status_code)
             wait = self._rate_limit_wait(response)
             if wait is not None:
                 rounds += 1

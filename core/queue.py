@@ -135,6 +135,25 @@ def queue_depths(broker: RedisBroker) -> dict[str, int]:
     }
 
 
+def oldest_waiting_ages(broker: RedisBroker, now: float | None = None) -> dict[str, float | None]:
+    """Per queue: seconds since the oldest message waiting to be fetched was enqueued, None when
+    none waits (metrics and status). Dramatiq's dispatch script pushes on the right and fetches
+    from the left, so the head of the list is the next, and oldest, message: two reads per queue
+    whatever the queue's length. Pinned by tests/test_metrics.py."""
+    client = _client(broker)
+    now_ms = (time.time() if now is None else now) * 1000
+    out: dict[str, float | None] = {}
+    for name in QUEUES:
+        head = client.lindex(f"{NAMESPACE}:{name}", 0)
+        data = client.hget(f"{NAMESPACE}:{name}.msgs", head) if head is not None else None
+        try:
+            stamp = float(json.loads(data)["message_timestamp"]) if data is not None else None
+        except (ValueError, KeyError, TypeError):
+            stamp = None
+        out[name] = None if stamp is None else round(max(0.0, now_ms - stamp) / 1000, 3)
+    return out
+
+
 def queue_depth(broker: RedisBroker) -> int:
     return sum(queue_depths(broker).values())
 

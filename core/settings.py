@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from core.errors import SettingsError
 
@@ -171,6 +172,12 @@ class Settings:
     sandbox: str = "auto"
     sandbox_port_base: int = 8200  # sandbox mode: simulator i listens on SANDBOX_PORT_BASE + i
     sources: Mapping[str, SourceSettings] = field(default_factory=dict)
+    # Exposure and observability (see exposure_settings below).
+    status_api_key: Secret = Secret("")
+    public_routes: str = "all"
+    status_cache_ttl: float = 5.0
+    metrics_port: int = 0
+    metrics_host: str = "0.0.0.0"
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -231,6 +238,7 @@ class Settings:
             sandbox=sandbox,
             sandbox_port_base=env.int("SANDBOX_PORT_BASE", 8200, 1024, 65000),
             sources=sources,
+            **exposure_settings(env),
         )
 
     @property
@@ -252,6 +260,23 @@ class Settings:
         if self.sandbox == "auto":
             return not self.configured_sources()
         return self.sandbox == "on"
+
+
+def exposure_settings(env: _Env) -> dict[str, Any]:
+    """Who may read what besides the webhooks, and how metrics leave each process
+    (docs/operations.md, "Exposing the receiver" and "Metrics")."""
+    status_key = env.str("STATUS_API_KEY", "")
+    # Setting a status key is asking for the status to be protected: the default follows it.
+    public = (env.str("PUBLIC_ROUTES", "") or ("webhooks" if status_key else "all")).lower()
+    if public not in ("all", "webhooks"):
+        raise SettingsError(f"PUBLIC_ROUTES must be all or webhooks, not {public!r}")
+    return {
+        "status_api_key": Secret(status_key),
+        "public_routes": public,
+        "status_cache_ttl": env.duration("STATUS_CACHE_TTL", 5.0),
+        "metrics_port": env.int("METRICS_PORT", 0, 0, 65535),
+        "metrics_host": env.str("METRICS_HOST", "0.0.0.0") or "0.0.0.0",
+    }
 
 
 def read_secret_files(environ: Mapping[str, str]) -> Mapping[str, str]:

@@ -37,6 +37,7 @@ Secrets never appear: only names, counts, ages and error messages (which never i
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -44,7 +45,7 @@ from typing import Any
 import psycopg
 import psycopg_pool
 
-from core import queue, state
+from core import metrics, queue, state
 from core.runtime import Services
 from core.settings import SOURCE_NAMES, Settings
 
@@ -110,7 +111,37 @@ def _int(value: Any) -> int:
 # --- the report -------------------------------------------------------------------------------
 
 
+class StatusCache:
+    """``build_status`` at most once per ``ttl`` seconds, shared by every caller of one process.
+
+    ``/api/status``, ``/metrics`` and the dashboard (which polls ``/api/status``) read the report
+    through the receiver's one cache: however many clients poll, Postgres sees at most one set
+    of status queries per ``STATUS_CACHE_TTL`` per receiver. Callers that arrive while a report
+    is being built wait for that one rather than starting their own. The report handed out is
+    shared: read it, never change it. ``ttl`` 0 builds a report for every call.
+    """
+
+    def __init__(self, ttl: float, clock: Any = time.monotonic) -> None:
+        self.ttl = ttl
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._report: dict[str, Any] | None = None
+        self._built_at = 0.0
+
+    def get(self, services: Services, settings: Settings) -> dict[str, Any]:
+        if self.ttl <= 0:
+            return build_status(services, settings)
+        with self._lock:
+            if self._report is None or self.clock() - self._built_at >= self.ttl:
+                self._report = build_status(services, settings)
+                # From when it was finished: a slow build (Postgres timing out) is not repeated
+                # back to back.
+                self._built_at = self.clock()
+            return self._report
+
+
 def build_status(services: Services, settings: Settings) -> dict[str, Any]:
+    metrics.STATUS_BUILDS.inc()
     now = datetime.now(timezone.utc)
     redis = _redis_status(services)
     try:
@@ -154,10 +185,11 @@ def _redis_status(services: Services) -> dict[str, Any]:
     try:
         depths = queue.queue_depths(services.broker)
         dead = queue.dead_letter_count(services.broker)
+        oldest = queue.oldest_waiting_ages(services.broker)
     except Exception as exc:  # status must answer even when Redis does not
         return {"up": False, "error": f"redis unreachable: {_short(_error_text(exc), 300)}",
                 "depths": None, "dead": None}
-    return {"up": True, "error": None, "depths": depths, "dead": dead}
+    return {"up": True, "error": None, "depths": depths, "dead": dead, "oldest": oldest}
 
 
 def _read_state(services: Services, settings: Settings, now: datetime) -> dict[str, Any]:
@@ -254,7 +286,12 @@ def _queue_part(redis: dict[str, Any]) -> dict[str, Any]:
     return {"depth": None if depths is None else sum(depths.values()),
             "live": None if depths is None else depths[queue.QUEUE],
             "bulk": None if depths is None else depths[queue.BULK_QUEUE],
-            "dead_letters": redis["dead"], "error": redis["error"]}
+            "dead_letters": redis["dead"], "error": redis["error"],
+            # Per queue: messages waiting, delayed or in flight, and the age of the oldest one
+            # waiting to be fetched (0 when none waits).
+            "queues": None if depths is None else {
+                name: {"depth": depths[name], "oldest_waiting_age_s": (redis.get("oldest") or {}).get(name) or 0.0}
+                for name in depths}}
 
 
 def _index_part(settings: Settings) -> dict[str, Any]:
@@ -718,6 +755,9 @@ def render_metrics(status: dict[str, Any]) -> str:
     metric("source_last_success_age_seconds", "Age of the oldest active scope's last successful pass", "gauge",
            [({"source": n}, s["last_success_age_s"]) for n, s in sources.items()
             if s["last_success_age_s"] is not None])
+    metric("source_stale_after_seconds", "Age of the last successful pass beyond which the source is stale",
+           "gauge", [({"source": n}, s["stale_after_s"]) for n, s in sources.items()
+                     if s.get("stale_after_s") is not None])
     metric("failures_total", "Failures counted by stage (listing, fetch, validate, embed, index, record)",
            "counter", [({"source": n, "stage": stage}, count) for n, s in sources.items()
                        for stage, count in sorted(s["failures_by_stage"].items())])
@@ -758,6 +798,12 @@ def render_metrics(status: dict[str, Any]) -> str:
         metric("queue_depth", "Sync messages waiting or in flight", "gauge", [({}, queue_info["depth"])])
         metric("dead_letters", "Sync messages that exhausted their retries", "gauge",
                [({}, queue_info["dead_letters"])])
+    if queue_info.get("queues"):
+        metric("queue_messages", "Per queue: messages waiting, delayed for a retry or in flight", "gauge",
+               [({"queue": q}, v["depth"]) for q, v in queue_info["queues"].items()])
+        metric("queue_oldest_message_age_seconds",
+               "Per queue: age of the oldest message waiting to be fetched (0 when none waits)", "gauge",
+               [({"queue": q}, v["oldest_waiting_age_s"]) for q, v in queue_info["queues"].items()])
     metric("process_alive", "1 when a process of this kind has a recent heartbeat", "gauge",
            [({"kind": k}, int(v)) for k, v in status["processes_alive"].items()])
     metric("process_outages", "Live processes reporting an outage (of Redis, Postgres, ...)", "gauge",

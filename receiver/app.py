@@ -6,7 +6,10 @@ services (pool, index, broker) and closes them on shutdown.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
+import hmac
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -17,17 +20,20 @@ import psycopg_pool
 import redis
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from core import apikeys
 from core.embeddings import build_embedder
 from core.errors import SettingsError
 from core.heartbeat import Heartbeat
 from core.logs import configure_logging
 from core.runtime import SourceSet, open_services
 from core.settings import Settings
+from core.status import StatusCache
 from receiver import mcp_http
 from receiver.routes import error, routes, unavailable
 
@@ -48,6 +54,7 @@ def create_app(settings: Settings) -> Starlette:
         app.state.services = services
         app.state.sources = SourceSet(settings, services.pool)
         app.state.settings = settings
+        app.state.status_cache = StatusCache(settings.status_cache_ttl)
         app.state.query_embedder = build_embedder(settings)
         log.info("receiver ready", extra={"sources": ",".join(settings.configured_sources()) or "none"})
         try:
@@ -84,7 +91,7 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(
         routes=routes(),
         lifespan=lifespan,
-        middleware=[Middleware(_NoCache), Middleware(_RefuseNul)],
+        middleware=[Middleware(_NoCache), Middleware(_Exposure, settings=settings), Middleware(_RefuseNul)],
         exception_handlers={
             Exception: server_error,
             HTTPException: http_error,
@@ -96,6 +103,89 @@ def create_app(settings: Settings) -> Starlette:
             redis.RedisError: redis_down,
         },
     )
+
+
+#: What answers without credentials when ``PUBLIC_ROUTES=webhooks``: the senders' door and the
+#: orchestrator's probes (``/readyz`` says only "ok" or which dependency is unreachable).
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+PUBLIC_PREFIX = "/webhooks/"
+#: Routes that show the status report: the status key or an admin key, never a search key
+#: (the report names hosts, pids and upstream error messages).
+STATUS_PATHS = frozenset({"/", "/api/status", "/metrics"})
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIX)
+
+
+def presented_credential(headers: dict[bytes, bytes]) -> str:
+    """The key a request carries: ``Authorization: Bearer``, ``X-Admin-Key``, or the password
+    of ``Authorization: Basic`` (so a browser can open the dashboard: it asks once and sends
+    the same credentials with the page's own requests)."""
+    scheme, _, value = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer" and value:
+        return value
+    if scheme.lower() == "basic" and value:
+        try:
+            user, _, password = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return ""
+        return (password or user).strip()
+    return headers.get(b"x-admin-key", b"").decode("latin-1").strip()
+
+
+class _Exposure:
+    """``PUBLIC_ROUTES=webhooks``: every route but ``/webhooks/*``, ``/healthz`` and ``/readyz``
+    needs a credential: ``STATUS_API_KEY`` or any API key (admin or search). Anything not on the
+    public list is protected, so a route added later is covered without a change here. Past
+    this gate, each route still checks its own role (admin routes want an admin key, search a
+    search key); the status routes (dashboard, ``/api/status``, ``/metrics``) want the status
+    key or an admin key. ``PUBLIC_ROUTES=all`` (the default without ``STATUS_API_KEY``):
+    nothing is added, as for ``make run`` on loopback."""
+
+    def __init__(self, app: object, settings: Settings) -> None:
+        self.app = app
+        self.on = settings.public_routes == "webhooks"
+        self.status_key = str(settings.status_api_key).encode()
+        self.admin_key = str(settings.admin_api_key) or None
+
+    async def __call__(self, scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+        if not self.on or scope["type"] not in ("http", "websocket") or is_public(scope.get("path", "")):
+            await self.app(scope, receive, send)  # type: ignore[operator]
+            return
+        token = presented_credential(dict(scope.get("headers") or []))
+        refusal: Response | None = None
+        if not token:
+            refusal = _challenge("credentials required: send 'Authorization: Bearer <key>' "
+                                 "(STATUS_API_KEY or an API key)")
+        elif not (self.status_key and hmac.compare_digest(token.encode(), self.status_key)):
+            try:
+                key = await run_in_threadpool(apikeys.resolve, scope["app"].state.services.pool,
+                                              token, self.admin_key)
+            except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+                log.error("cannot check a credential: %s: %s", type(exc).__name__, exc)
+                refusal = unavailable("database")
+            else:
+                if key is None:
+                    refusal = _challenge("wrong or revoked key")
+                elif not key.is_admin and scope.get("path") in STATUS_PATHS:
+                    refusal = error(403, "a search key cannot read the status; use STATUS_API_KEY or an admin key")
+                else:
+                    scope.setdefault("state", {})["api_key"] = key  # receiver.auth reuses it
+        if refusal is not None:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})  # type: ignore[operator]
+                return
+            await refusal(scope, receive, send)  # type: ignore[arg-type]
+            return
+        await self.app(scope, receive, send)  # type: ignore[operator]
+
+
+def _challenge(message: str) -> Response:
+    response = error(401, message)
+    response.headers["WWW-Authenticate"] = 'Basic realm="vector-sync", charset="UTF-8"'
+    return response
 
 
 class _RefuseNul:

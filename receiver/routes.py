@@ -21,7 +21,8 @@ from core.errors import InvalidWebhook, MalformedWebhook, NotConfigured, VectorS
 from core.runtime import Services
 from core.settings import SOURCE_NAMES, Settings
 from core.sources.webhooks import check_result
-from core.status import build_status, render_metrics
+from core import metrics as metrics_module
+from core.status import StatusCache, render_metrics
 from receiver.bodies import read_body
 from receiver import admin, auth, dashboard, mcp_http, openapi, search
 
@@ -74,10 +75,11 @@ def check_admin(request: Request) -> JSONResponse | None:
     return auth.require(request, "admin")
 
 
-async def enqueue(request: Request, refs: list[Ref]) -> JSONResponse | None:
-    """Durably enqueue; None on success, a 503 when Redis cannot take the job."""
+async def enqueue(request: Request, refs: list[Ref], **options: Any) -> JSONResponse | None:
+    """Durably enqueue (``options`` ride in the message); None on success, a 503 when Redis
+    cannot take the job."""
     try:
-        await run_in_threadpool(queue.enqueue, services(request).broker, refs)
+        await run_in_threadpool(lambda: queue.enqueue(services(request).broker, refs, **options))
     except redis.RedisError as exc:
         log.error("enqueue failed: %s", exc)
         return unavailable("queue")
@@ -249,6 +251,7 @@ async def delete_document(request: Request) -> Response:
 
 async def webhook(request: Request) -> Response:
     name = request.path_params["source"]
+    arrived = time.time()  # the start of vector_sync_webhook_to_indexed_seconds (core.metrics)
     if name not in SOURCE_NAMES:
         return error(404, f"no webhook route for {name!r}")
     raw = await read_body(request, settings_of(request).webhook_max_bytes)
@@ -286,7 +289,7 @@ async def webhook(request: Request) -> Response:
         refs = list(result.refs)
         if result.scope_events:
             refs += await run_in_threadpool(admin.apply_scope_events, svc, name, result.scope_events)
-        if refs and (failed := await enqueue(request, refs)):
+        if refs and (failed := await enqueue(request, refs, webhook_at=arrived)):
             await release(request, name, result.delivery_id)  # let the sender's retry through
             return failed
         await run_in_threadpool(state.record_webhook, svc.pool, name)
@@ -336,8 +339,15 @@ async def record_handshake(request: Request, name: str, token: str) -> Response:
 # --- status ---------------------------------------------------------------------------------
 
 
+def cached_status(request: Request) -> dict[str, Any]:
+    """The status report through the receiver's cache (``STATUS_CACHE_TTL``): what every status
+    surface of this receiver reads. Shared: never change it."""
+    cache: StatusCache = request.app.state.status_cache
+    return cache.get(services(request), settings_of(request))
+
+
 async def status(request: Request) -> Response:
-    body = await run_in_threadpool(build_status, services(request), settings_of(request))
+    body = await run_in_threadpool(cached_status, request)
     # The state cannot be read (Postgres down): say so, as JSON, with 503 rather than a 500.
     code = 200 if body["postgres"]["up"] else 503
     return JSONResponse(body, code, headers={"Retry-After": "10"} if code == 503 else None)
@@ -345,8 +355,11 @@ async def status(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     # Always 200 while the receiver runs: vector_sync_healthy and vector_sync_up say what is down.
-    body = await run_in_threadpool(build_status, services(request), settings_of(request))
-    return PlainTextResponse(render_metrics(body), media_type="text/plain; version=0.0.4")
+    # The deployment's gauges from the shared report, then this process's own histograms and
+    # counters (core.metrics); workers and reconcilers serve theirs on METRICS_PORT.
+    body = await run_in_threadpool(cached_status, request)
+    return PlainTextResponse(render_metrics(body) + metrics_module.render(),
+                             media_type="text/plain; version=0.0.4")
 
 
 async def not_found(request: Request) -> Response:

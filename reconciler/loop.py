@@ -10,7 +10,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from core import alerts, state
+from core import alerts, metrics, state
 from core.heartbeat import POSTGRES, Backoff, Heartbeat, Outages
 from core.runtime import Services, SourceSet, open_services_patiently
 from core.settings import Settings
@@ -87,6 +87,7 @@ async def reconcile_forever(settings: Settings, services: Services, stop: thread
 
 
 def run_reconciler(settings: Settings, stop: threading.Event) -> None:
+    metrics.serve(settings.metrics_port, settings.metrics_host, "reconciler")  # METRICS_PORT, if set
     services = open_services_patiently(settings, stop, pool_size=6)
     if services is None:
         return

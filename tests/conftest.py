@@ -39,6 +39,8 @@ BASE_ENV = {
     "RECONCILE_TICK": "0.5",
     "WORKER_THREADS": "4",
     "SANDBOX": "off",
+    # Tests read the status right after changing state; tests/test_metrics.py covers the cache.
+    "STATUS_CACHE_TTL": "0",
     "LOG_LEVEL": "WARNING",
 }
 

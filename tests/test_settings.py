@@ -75,6 +75,7 @@ SECRET_SETTINGS = (
     "ALERT_SLACK_WEBHOOK_URL", "JIRA_API_TOKEN", "JIRA_WEBHOOK_SECRET", "SLACK_BOT_TOKEN",
     "SLACK_SIGNING_SECRET", "GITHUB_TOKEN", "GITHUB_WEBHOOK_SECRET", "NOTION_TOKEN",
     "NOTION_WEBHOOK_TOKEN", "TEMPO_API_TOKEN", "FIREFLIES_API_KEY", "FIREFLIES_WEBHOOK_SECRET",
+    "STATUS_API_KEY",
 )
 #: Secrets a command reads itself, not Settings (``vector-sync mcp``'s key), through the same
 #: ``read_secret_files``: tested in TestCommandLine.
@@ -93,7 +94,7 @@ def read_back(settings: Settings, name: str) -> str:
     fields = {"DATABASE_URL": "database_url", "REDIS_URL": "redis_url",
               "ADMIN_API_KEY": "admin_api_key", "OPENAI_API_KEY": "openai_api_key",
               "PINECONE_API_KEY": "pinecone_api_key",
-              "ALERT_SLACK_WEBHOOK_URL": "alert_slack_webhook_url"}
+              "ALERT_SLACK_WEBHOOK_URL": "alert_slack_webhook_url", "STATUS_API_KEY": "status_api_key"}
     if name in fields:
         return str(getattr(settings, fields[name]))
     source = name.split("_", 1)[0].lower()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -39,7 +40,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import compute_backoff, q_name
 from dramatiq.middleware import CurrentMessage
 
-from core import queue
+from core import metrics, queue
 from core.documents import Ref
 from core.errors import is_permanent, wait_of
 from core.queue import ACTOR, BULK_ACTOR, BULK_QUEUE, QUEUE
@@ -134,11 +135,15 @@ class RetryPolicy:
 
     def _send(self, message: Message[Any] | None, failures: list[Failure], options: dict[str, Any],
               delay: int) -> None:
+        for source, refs in Counter(f.ref.source for f in failures).items():
+            metrics.sent_round(source, "wait" if options.get("waiting_since") else "retry", refs)
         self.broker.enqueue(_message(message, failures, options), delay=delay)
 
     def _bury(self, message: Message[Any] | None, failures: list[Failure], options: dict[str, Any],
               error: str, now: float) -> None:
         log.warning("dead-lettered", extra={"refs": len(failures), "error": error[:500]})
+        for source, refs in Counter(f.ref.source for f in failures).items():
+            metrics.dead_lettered(source, refs)
         queue.bury(self.broker, _message(message, failures, options), error)
 
 
@@ -146,7 +151,8 @@ def _message(current: Message[Any] | None, failures: list[Failure], options: dic
     queue_name = q_name(current.queue_name) if current is not None else QUEUE
     actor_name = current.actor_name if current is not None else ACTOR
     keep = {k: v for k, v in options.items()
-            if k in ("retries", "waiting_since", "waits", "waited_s", "last_error", "requeue_timestamp")}
+            if k in ("retries", "waiting_since", "waits", "waited_s", "last_error", "requeue_timestamp",
+                     "webhook_at")}
     return Message(queue_name=queue_name, actor_name=actor_name,
                    args=([f.ref.to_dict() for f in failures],), kwargs={}, options=keep)
 
@@ -176,9 +182,19 @@ def register(broker: RedisBroker, pipeline_factory: Any, *, max_retries: int = 8
 
     async def run_job(refs: list[dict[str, Any]], message: Message[Any] | None) -> None:
         started = time.monotonic()
+        queue_name = message.queue_name if message is not None else QUEUE
         pipeline: Pipeline = pipeline_factory()
-        outcome = await pipeline.run([Ref.from_dict(r) for r in refs])
-        fates = policy().handle(outcome, message) if outcome.failures else {}
+        try:
+            outcome = await pipeline.run([Ref.from_dict(r) for r in refs])
+            fates = policy().handle(outcome, message) if outcome.failures else {}
+        except BaseException:
+            metrics.job_done(queue_name, time.monotonic() - started, "error")
+            raise
+        metrics.job_done(
+            queue_name, time.monotonic() - started, "partial" if outcome.failures else "ok",
+            message.options.get("webhook_at") if message is not None else None,
+            {source: counts["synced"] + counts["metadata_only"] + counts["deleted"]
+             for source, counts in outcome.per_source.items()})
         log.info(
             "job done",
             extra={

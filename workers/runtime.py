@@ -10,6 +10,7 @@ from typing import Any
 from dramatiq import Middleware, Worker
 from dramatiq.middleware.asyncio import AsyncIO
 
+from core import metrics
 from core.embeddings import build_embedder
 from core.embeddings.batching import BatchingEmbedder
 from core.heartbeat import Backoff, Heartbeat, Outages
@@ -138,6 +139,7 @@ def start_worker(settings: Settings, services: Services | None = None) -> tuple[
 
 
 def run_worker(settings: Settings, stop: threading.Event) -> None:
+    metrics.serve(settings.metrics_port, settings.metrics_host, "worker")  # METRICS_PORT, if set
     services = open_services_patiently(settings, stop)
     if services is None:
         return

@@ -14,6 +14,8 @@ import math
 import re
 from collections import Counter
 
+from core import metrics
+
 _WORD = re.compile(r"[\w][\w'-]*", re.UNICODE)
 _STOP = frozenset(
     "a an and are as at be by for from has have in is it its of on or that the this to was "
@@ -64,7 +66,8 @@ class OfflineEmbedder:
         if not texts:
             return []
         self.requests += 1
-        return [hash_vector(text, self.dimensions) for text in texts]
+        with metrics.timed(metrics.EMBEDDING, backend="offline"):
+            return [hash_vector(text, self.dimensions) for text in texts]
 
     async def aclose(self) -> None:
         return None

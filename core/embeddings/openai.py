@@ -29,6 +29,7 @@ from collections.abc import Iterator
 
 import openai
 
+from core import metrics
 from core.documents import CHARS_PER_TOKEN, estimate_tokens
 from core.errors import (
     EmbeddingError,
@@ -91,16 +92,17 @@ class OpenAIEmbedder:
 
     async def _embed_batch(self, batch: list[str]) -> list[list[float]]:
         self.requests += 1
-        try:
-            if self._send_dimensions:
-                response = await self._client.embeddings.create(
-                    model=self.model, input=batch, dimensions=self.dimensions
-                )
-            else:
-                response = await self._client.embeddings.create(model=self.model, input=batch)
-        except openai.OpenAIError as exc:
-            raise classify(exc) from exc
-        return self._check(response, len(batch))
+        with metrics.timed(metrics.EMBEDDING, backend="openai"):
+            try:
+                if self._send_dimensions:
+                    response = await self._client.embeddings.create(
+                        model=self.model, input=batch, dimensions=self.dimensions
+                    )
+                else:
+                    response = await self._client.embeddings.create(model=self.model, input=batch)
+            except openai.OpenAIError as exc:
+                raise classify(exc) from exc
+            return self._check(response, len(batch))
 
     def _check(self, response: object, expected: int) -> list[list[float]]:
         data = sorted(getattr(response, "data", []), key=lambda item: item.index)

@@ -13,6 +13,7 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
+from core import metrics
 from core.errors import UpsertMismatch
 from core.index import Match, Vector
 
@@ -69,6 +70,7 @@ class PgvectorIndex:
                 f"CREATE INDEX IF NOT EXISTS {self.table}_tsv ON {self.table} USING gin (tsv)"
             )
 
+    @metrics.index_call("pgvector", "upsert")
     def upsert(self, vectors: list[Vector]) -> int:
         stored = 0
         for start in range(0, len(vectors), BATCH):
@@ -103,6 +105,7 @@ class PgvectorIndex:
             stored += got
         return stored
 
+    @metrics.index_call("pgvector", "update_metadata")
     def update_metadata(self, metadata: Mapping[str, Mapping[str, Any]]) -> None:
         if not metadata:
             return
@@ -114,6 +117,7 @@ class PgvectorIndex:
                 )
         self.writes += 1
 
+    @metrics.index_call("pgvector", "delete")
     def delete(self, ids: list[str]) -> None:
         if not ids:
             return
@@ -121,6 +125,7 @@ class PgvectorIndex:
             conn.execute(f"DELETE FROM {self.table} WHERE id = ANY(%s)", (list(ids),))
         self.writes += 1
 
+    @metrics.index_call("pgvector", "delete_documents")
     def delete_documents(self, document_ids: list[str], keep: Collection[str] = ()) -> int:
         if not document_ids:
             return 0
@@ -133,6 +138,7 @@ class PgvectorIndex:
         self.writes += 1
         return deleted
 
+    @metrics.index_call("pgvector", "fetch")
     def fetch(self, ids: list[str]) -> dict[str, Mapping[str, Any]]:
         if not ids:
             return {}
@@ -142,6 +148,7 @@ class PgvectorIndex:
             ).fetchall()
         return {row[0]: row[1] for row in rows}
 
+    @metrics.index_call("pgvector", "query")
     def query(
         self, vector: list[float], top_k: int, filter: Mapping[str, Any] | None = None
     ) -> list[Match]:
@@ -163,6 +170,7 @@ class PgvectorIndex:
                 rows = conn.execute(sql, args).fetchall()
         return [Match(id=r[0], score=float(r[1]), metadata=r[2]) for r in rows]
 
+    @metrics.index_call("pgvector", "text_query")
     def text_query(
         self, text: str, top_k: int, filter: Mapping[str, Any] | None = None
     ) -> list[Match]:
@@ -186,6 +194,7 @@ class PgvectorIndex:
             rows = conn.execute(sql, (text, text, *params, top_k)).fetchall()
         return [Match(id=r[0], score=float(r[1]), metadata=r[2]) for r in rows]
 
+    @metrics.index_call("pgvector", "hybrid_query")
     def hybrid_query(
         self, vector: list[float], text: str, top_k: int, filter: Mapping[str, Any] | None = None,
         *, depth: int | None = None,
@@ -205,6 +214,7 @@ class PgvectorIndex:
         order = sorted(fused, key=lambda vid: (-fused[vid], vid))[:top_k]
         return [Match(id=vid, score=fused[vid], metadata=found[vid].metadata) for vid in order]
 
+    @metrics.index_call("pgvector", "list_ids")
     def list_ids(self, prefix: str) -> list[str]:
         like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         with self.pool.connection() as conn:
@@ -213,6 +223,7 @@ class PgvectorIndex:
             ).fetchall()
         return [r[0] for r in rows]
 
+    @metrics.index_call("pgvector", "count")
     def count(self) -> int:
         with self.pool.connection() as conn:
             row = conn.execute(f"SELECT count(*) FROM {self.table}").fetchone()

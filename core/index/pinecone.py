@@ -36,6 +36,7 @@ from pinecone.errors.exceptions import (
     ValidationError,
 )
 
+from core import metrics
 from core.errors import IndexError_, IndexRateLimited, IndexRejected, IndexUnavailable, UpsertMismatch
 from core.index import MAX_METADATA_BYTES, Match, Vector
 
@@ -234,7 +235,8 @@ class PineconeIndex:
     @staticmethod
     def _call(what: str, method: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            return method(*args, **kwargs)
+            with metrics.timed(metrics.INDEX, backend="pinecone", operation=what):
+                return method(*args, **kwargs)
         except (PineconeValueError, PineconeTypeError, ValidationError) as exc:  # refused before sending
             raise IndexRejected(f"pinecone {what} refused: {_short(exc)}") from exc
         except PineconeConnectionError as exc:
