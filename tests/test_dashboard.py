@@ -417,7 +417,7 @@ class TestHealthHeader:
         assert "1 document failing for over 5" in reasons[0] and "(embed: embedding failed: 429" in reasons[0]
         card = dom.find("article", data_source="github")
         assert card.attrs["data-state"] == "failing" and "state-failing" in card.attrs["class"]
-        assert card.find("p").text() == reasons[0]
+        assert card.find("p").text() == reasons[0].removeprefix("github: ")  # the card is titled github
         assert re.search(r"Docs with errors 1 \(1 failing too long\)", card.text()), card.text()
         assert "Failures by stage" not in card.text()  # no pipeline counter was bumped
         row = dom.find("tr", data_scope="github/acme/api")
