@@ -9,6 +9,7 @@ its 5 s refresh timer fires exactly when the budget passes 5 s). A screenshot is
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
 import re
@@ -27,7 +28,12 @@ import pytest
 from core import queue, state
 from core.documents import Ref
 from core.heartbeat import Heartbeat
-from tests.conftest import make_settings
+from core.runtime import SourceSet, open_services
+from reconciler.reconcile import Reconciler, claim_due
+from sandbox.server import SandboxServer, create_simulators
+from tests.browser import Browser, Page
+from tests.conftest import (ADMIN_KEY, FAST_BUDGETS, ReceiverHandle, WorkerHandle, make_settings, reset_state,
+                            wait_for)
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -469,3 +475,196 @@ class TestDashboardPage:
         # The status API it reads is there and is JSON.
         status = httpx.get(f"{receiver.url}/api/status")
         assert status.status_code == 200 and json.loads(status.text)["sources"]
+
+
+# --- on-call: one source failing, one scope never synced, driven in one real browser ---------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One headless Chromium for the module, driven over the DevTools protocol."""
+    b = Browser(chromium())
+    yield b
+    b.close()
+
+
+class OnCall:
+    """A real run: the sandbox's Jira and GitHub, a reconciler pass and a worker; then GitHub's
+    token is revoked (its next pass fails, a webhook's document is dead-lettered) and Jira gets
+    a new project that is discovered but not synced yet."""
+
+    def __init__(self, infra: dict[str, str]) -> None:
+        sims = create_simulators(["jira", "github"], profile="small", seed=11)
+        for sim in sims.values():
+            sim.knobs.rate_limit = 0  # not a test of budgets
+        self.sandbox = SandboxServer(sims).start()
+        env = self.sandbox.env()
+        self.repo = env["GITHUB_REPOS"].split(",")[0]
+        good = make_settings(infra, **env, **FAST_BUDGETS, HEARTBEAT_TIMEOUT="600")
+        self.settings = make_settings(infra, **{**env, "GITHUB_TOKEN": "ghp_revoked_by_an_admin"},
+                                      **FAST_BUDGETS, HEARTBEAT_TIMEOUT="600")
+        self.services = open_services(self.settings)
+        reset_state(self.services)
+        # A healthy first pass over both sources, indexed by a real worker.
+        worker = WorkerHandle(good)
+        try:
+            self.tick(good)
+            worker.drain()
+        finally:
+            worker.stop()
+        # The token is revoked: GitHub's next pass fails, and a webhook's document cannot be fetched.
+        with self.services.pool.connection() as conn:
+            conn.execute("UPDATE scopes SET next_due_at = now() WHERE source = 'github'")
+        self.tick(self.settings)
+        worker = WorkerHandle(self.settings)
+        try:
+            queue.enqueue(self.services.broker, [Ref("github", f"{self.repo}/issues/1", scope=self.repo)])
+            wait_for(lambda: queue.dead_letter_count(self.services.broker) == 1, timeout=90)
+            worker.drain()
+        finally:
+            worker.stop()
+        # A new Jira project, discovered (as the reconciler's discovery does) but not polled yet.
+        with httpx.Client(base_url=self.sandbox.url("jira") + "/_sandbox/jira", timeout=30) as ctl:
+            ctl.post("/projects", json={"key": "LAUNCH", "name": "Launch plan"}).raise_for_status()
+
+        async def discover() -> None:
+            sources = SourceSet(self.settings, self.services.pool)
+            try:
+                await Reconciler(self.settings, self.services, sources, "test-reconciler").discover(["jira"], force=True)
+            finally:
+                await sources.aclose()
+
+        asyncio.run(discover())
+        for kind in ("worker", "reconciler"):  # alive, so the page is about the sources
+            state.beat(self.services.pool, kind, f"{kind}@test:1")
+        self.receiver = ReceiverHandle(self.settings)
+
+    def tick(self, settings: Any) -> int:
+        async def go() -> int:
+            sources = SourceSet(settings, self.services.pool)
+            try:
+                return await Reconciler(settings, self.services, sources, "test-reconciler").tick()
+            finally:
+                await sources.aclose()
+
+        return asyncio.run(go())
+
+    def close(self) -> None:
+        self.receiver.stop()
+        self.services.close()
+        self.sandbox.stop()
+
+
+@pytest.fixture(scope="class")
+def oncall(infra: dict[str, str]) -> Iterator[OnCall]:
+    world = OnCall(infra)
+    yield world
+    world.close()
+
+
+def open_dashboard(browser: Browser, url: str, height: int = 900) -> Page:
+    page = browser.page(1280, height)
+    page.goto(url)
+    page.wait_js("document.getElementById('report').getAttribute('data-loaded') === 'true'")
+    return page
+
+
+class TestOnCall:
+    def test_says_which_source_fails_and_which_scope_never_synced_and_why(self, oncall, browser):
+        report = httpx.get(f"{oncall.receiver.url}/api/status").json()
+        github, jira = report["sources"]["github"], report["sources"]["jira"]
+        assert github["state"] == "failing" and jira["state"] == "stale", (github["reason"], jira["reason"])
+        error = next(s["last_error"] for s in github["scope_list"] if s["key"] == oncall.repo)
+        assert "401" in error, error
+
+        page = open_dashboard(browser, f"{oncall.receiver.url}/")
+        try:
+            assert page.text("#verdict") == "Not healthy"
+            # The header's reasons name the failing source and the scope never synced.
+            reasons = page.text("#reasons")
+            assert f"github: scope {oncall.repo}: listing failed 1 time since " in reasons, reasons
+            assert "jira: 1 scope never synced (LAUNCH)" in reasons, reasons
+            # The cards say it in words.
+            card = page.text("article[data-source='github']")
+            assert card.startswith("github FAILING scope "), card
+            assert "listing failed" in card and error.split(":")[0] in card, card
+            assert page.text("article[data-source='jira']").startswith(
+                "jira STALE 1 scope never synced (LAUNCH)")
+            # The per-scope table: the failing scopes first, with the time and the error, then
+            # the one never synced; fresh ones are folded.
+            rows = page.js("Array.from(document.querySelectorAll('#scopes > table tbody tr'))"
+                           ".map(function (r) { return r.getAttribute('data-scope') + ' | ' + r.innerText; })")
+            assert len(rows) == 3, rows  # GitHub's two repositories, then Jira's new project
+            failing = page.text(f"tr[data-scope='github/{oncall.repo}']")
+            assert re.search(r"FAILING failing since \d\d:\d\d UTC \(listing failed 1 time\): ", failing), failing
+            assert error[:60] in failing, failing
+            assert rows[2].startswith("jira/LAUNCH | jira\tLAUNCH (Launch plan)\tNEVER SYNCED\tnever synced\tnever\t0"), rows
+            assert page.text("#fresh-scopes > summary") == "3 fresh scopes"  # SUBS, OPS, WEB
+            folded = " ".join(page.js("document.getElementById('fresh-scopes').textContent").split())
+            assert re.search(r"jiraSUBS \(.+?\)freshsynced \d+(\.\d)?[sm] ago", folded), folded
+            # Failed documents and dead letters: listed / counted, with the way to act on them.
+            doc = page.text(f"tr[data-document='github:{oncall.repo}/issues/1']")
+            assert doc.startswith(f"github:{oncall.repo}/issues/1 fetch "), doc
+            assert "Enter an admin key at the top of the page to re-sync a document." in page.text("#failed-docs")
+            assert page.text("#dead-letters") == ("1 dead letter: jobs that exhausted their retries. "
+                                                  "Enter an admin key at the top of the page to list and replay them.")
+            assert page.js("document.querySelectorAll('button[data-action]').length") == 0
+            assert page.text("#admin-state") == "No admin key: read only"
+            assert page.js("document.getElementById('search-link').getAttribute('href')") == "/search"
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(ARTIFACTS / "dashboard-oncall.png")
+        finally:
+            page.close()
+
+    def test_an_admin_key_lists_dead_letters_and_replays_and_resyncs(self, oncall, browser):
+        svc, url = oncall.services, oncall.receiver.url
+        doc_id = f"github:{oncall.repo}/issues/1"
+        [letter] = queue.dead_letters(svc.broker)
+        assert queue.queue_depth(svc.broker) == 0
+        with svc.pool.connection() as conn:  # LAUNCH's first pass is scheduled an hour from now
+            conn.execute("UPDATE scopes SET next_due_at = now() + interval '1 hour' WHERE key = 'LAUNCH'")
+
+        page = open_dashboard(browser, f"{url}/", height=1000)
+        try:
+            # A wrong key is refused, in words.
+            page.type("#admin-key", "not-a-key")
+            page.press_enter()
+            assert page.wait_text("#admin-state", "Admin key refused").startswith("Admin key refused (HTTP 401")
+            page.click("#admin-forget")
+            page.wait_text("#admin-state", "No admin key: read only")
+            # The admin key: kept for this tab only, never in the URL.
+            page.type("#admin-key", ADMIN_KEY)
+            page.click("#admin-use")
+            page.wait_text("#admin-state", "Admin key in use (this tab only)")
+            assert page.js("sessionStorage.getItem('vector-sync-admin-key')") == ADMIN_KEY
+            assert ADMIN_KEY not in page.js("location.href")
+            assert page.js("document.getElementById('admin-key').value") == ""
+
+            # The dead letter is listed: its document and the error that finished it.
+            row = page.wait_text(f"tr[data-message='{letter['message_id']}']", doc_id)
+            assert "401" in row and row.endswith("Replay"), row
+            assert page.text("#dead-letters").startswith("1 dead letter, newest first Replay all")
+            page.screenshot(ARTIFACTS / "dashboard-oncall-admin.png")
+
+            # Replay: back in the queue (no worker runs here, so it waits there).
+            page.click(f"tr[data-message='{letter['message_id']}'] button[data-action='replay']")
+            assert page.wait_text("#action-result", "Replayed") == \
+                f"Replayed dead letter {letter['message_id']}: it is back in the queue."
+            assert queue.dead_letter_count(svc.broker) == 0 and queue.queue_depth(svc.broker) == 1
+            page.wait_text("#dead-letters", "No dead letters.")
+
+            # Re-sync the failed document: one more message, carrying its ref.
+            page.click(f"tr[data-document='{doc_id}'] button[data-action='resync-doc']")
+            assert page.wait_text("#action-result", "Re-sync") == \
+                f"Re-sync of {doc_id} queued: a worker fetches it again from its source."
+            assert queue.queue_depth(svc.broker) == 2
+
+            # Sync the never-synced scope now: the reconciler will claim it on its next tick.
+            page.click("tr[data-scope='jira/LAUNCH'] button[data-action='sync-scope']")
+            assert page.wait_text("#action-result", "due now") == \
+                "jira scope LAUNCH is due now: the reconciler runs its pass on its next tick."
+            with svc.pool.connection() as conn:
+                assert conn.execute("SELECT next_due_at <= now() FROM scopes WHERE key = 'LAUNCH'").fetchone()[0]
+            assert [c.key for c in claim_due(svc.pool, ["jira"], owner="test")] == ["LAUNCH"]
+        finally:
+            page.close()
