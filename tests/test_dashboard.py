@@ -251,6 +251,16 @@ class TestDashboardInChromium:
         assert re.search(r"Last success 3\.\dd ago", jira) and "Documents 1" in jira and "Vectors 4" in jira
         assert "No credentials set" in cards["tempo"].text()
 
+        # The scopes that need attention, worst first, each with its reason in words.
+        behind = dom.find("tr", data_scope="jira/SUBS")
+        assert re.fullmatch(r"jira SUBS \(Subscriptions\) stale stale since \d{4}-\d\d-\d\d \d\d:\d\d UTC "
+                            r"\(last successful pass 3\.\dd ago, stale after 1\.1h\) 3\.\dd ago \(.+\) 1", behind.text()), \
+            behind.text()
+        states = [tr.attrs["data-state"] for tr in dom.find(id="scopes").find("table").find_all("tr")
+                  if "data-state" in tr.attrs]
+        assert states == ["failing", "stale"], states  # the two fresh GitHub repositories are folded
+        assert dom.find("details", id="fresh-scopes").find("summary").text() == "2 fresh scopes"
+
         # The hostile error message shows verbatim, as text: no element came out of it.
         slack = cards["slack"].text()
         assert re.search(f"Last error {re.escape(HOSTILE_ERROR)} \\([\\d.]+[smhd] ago\\)", slack), slack
