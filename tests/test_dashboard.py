@@ -680,78 +680,80 @@ class TestOnCall:
             page.close()
 
 
-class TestOperatorRoutes:
-    """The two admin routes the page's buttons need that the API lacked: bad input is a 4xx with
-    a message, and what is accepted lands in Redis or Postgres."""
+    # The two admin routes the page's buttons need that the API lacked, on the same receiver:
+    # bad input is a 4xx with a message and changes nothing; what is accepted lands in Redis or
+    # Postgres.
 
-    def test_resync_documents(self, services, receiver_factory, infra):
-        receiver = receiver_factory(make_settings(infra, GITHUB_TOKEN="ghp_x", GITHUB_REPOS="acme/api"))
-        state.record_document_error(services.pool, "github:acme/api/issues/7", "github",
-                                    "fetch failed: 500", stage="fetch", scope="acme/api")
-        with services.pool.connection() as conn:
+    def test_resync_documents_route(self, oncall):
+        svc = oncall.services
+        with svc.pool.connection() as conn:
             conn.execute("""INSERT INTO documents (document_id, source, scope, title, chunk_count, indexed_at)
                             VALUES ('api:handbook', 'api', '', 'Handbook', 2, now()),
-                                   ('jira:10001', 'jira', 'SUBS', 'SUBS-1', 1, now())""")
-        url, admin = f"{receiver.url}/api/admin/resync", {"Authorization": f"Bearer {ADMIN_KEY}"}
+                                   ('slack:C0123:1.0', 'slack', 'C0123', 'Thread', 1, now())
+                            ON CONFLICT DO NOTHING""")
+            jira_doc = conn.execute("SELECT min(document_id) FROM documents WHERE source = 'jira'").fetchone()[0]
+        url, admin = f"{oncall.receiver.url}/api/admin/resync", {"Authorization": f"Bearer {ADMIN_KEY}"}
 
         def post(body: Any, headers: dict[str, str] = admin) -> httpx.Response:
             if isinstance(body, bytes):
                 return httpx.post(url, content=body, headers={**headers, "Content-Type": "application/json"})
             return httpx.post(url, json=body, headers=headers)
 
-        assert post({"document_ids": ["github:acme/api/issues/7"]}, {}).status_code == 401
+        depth = queue.queue_depth(svc.broker)
+        assert post({"document_ids": [jira_doc]}, {}).status_code == 401
         bad = [
             (b"{not json", 400, None),
             ({}, 400, "'document_ids' must be a non-empty list"),
             ({"document_ids": []}, 400, "'document_ids' must be a non-empty list"),
             ({"document_ids": [7]}, 400, "'document_ids' must be a non-empty list"),
             ({"document_ids": ["x" * 600]}, 400, "at most 512 characters"),
-            ({"document_ids": ["github:acme/api/issues/7"], "force": True}, 400, "unknown field(s): force"),
-            ({"document_ids": ["github:acme/api/issues/7", "github:nope/1"]}, 404, "unknown document(s): github:nope/1"),
-            ({"document_ids": ["api:handbook"]}, 400, "api:handbook was pushed through the API"),
-            ({"document_ids": ["jira:10001"]}, 400, "jira is not configured"),
+            ({"document_ids": [jira_doc], "force": True}, 400, "unknown field(s): force"),
+            ({"document_ids": [jira_doc, "github:nope/1"]}, 404, "unknown document(s): github:nope/1"),
+            ({"document_ids": [jira_doc, "api:handbook"]}, 400, "api:handbook was pushed through the API"),
+            ({"document_ids": ["slack:C0123:1.0"]}, 400, "slack is not configured"),
         ]
         for body, code, message in bad:
             response = post(body)
             assert response.status_code == code, (body, response.text)
             assert response.json()["error"] and (message is None or message in response.json()["error"]), response.text
-        assert queue.queue_depth(services.broker) == 0  # all or nothing: none of those enqueued
+        assert queue.queue_depth(svc.broker) == depth  # all or nothing: none of those enqueued
 
-        ok = post({"document_ids": ["github:acme/api/issues/7", "github:acme/api/issues/7"]})
+        ok = post({"document_ids": [jira_doc, jira_doc]})
         assert ok.status_code == 202, ok.text
-        assert ok.json() == {"enqueued": 1, "document_ids": ["github:acme/api/issues/7"]}
-        assert queue.queue_depth(services.broker) == 1
+        assert ok.json() == {"enqueued": 1, "document_ids": [jira_doc]}
+        assert queue.queue_depth(svc.broker) == depth + 1
 
-    def test_sync_scopes_now(self, services, receiver_factory, infra):
-        receiver = receiver_factory(make_settings(infra, GITHUB_TOKEN="ghp_x"))
-        with services.pool.connection() as conn:
+    def test_sync_scopes_route(self, oncall):
+        svc = oncall.services
+        with svc.pool.connection() as conn:
             conn.execute("""INSERT INTO scopes (source, key, name, active, next_due_at) VALUES
-                            ('github', 'acme/api', 'acme/api', true, now() + interval '1 hour'),
                             ('github', 'acme/old', 'acme/old', false, now() + interval '1 hour'),
-                            ('jira', 'SUBS', 'Subscriptions', true, now() + interval '1 hour')""")
+                            ('slack', 'C0123', 'delivery', true, now() + interval '1 hour')
+                            ON CONFLICT DO NOTHING""")
+            conn.execute("UPDATE scopes SET next_due_at = now() + interval '1 hour' WHERE key = 'WEB'")
 
         def post(path: str, body: Any) -> httpx.Response:
-            return httpx.post(f"{receiver.url}/api/scopes/{path}", json=body,
+            return httpx.post(f"{oncall.receiver.url}/api/scopes/{path}", json=body,
                               headers={"Authorization": f"Bearer {ADMIN_KEY}"})
 
         def due(key: str) -> bool:
-            with services.pool.connection() as conn:
+            with svc.pool.connection() as conn:
                 return bool(conn.execute("SELECT next_due_at <= now() FROM scopes WHERE key = %s", (key,)).fetchone()[0])
 
         bad = [
-            ("github/sync", {}, 400, "'keys' must be a non-empty list"),
-            ("github/sync", {"keys": ["acme/nope"]}, 404, "unknown scope(s): acme/nope"),
-            ("github/sync", {"keys": ["acme/api", "acme/old"]}, 409, "deactivated scope(s): acme/old"),
-            ("jira/sync", {"keys": ["SUBS"]}, 400, "jira is not configured"),
+            ("jira/sync", {}, 400, "'keys' must be a non-empty list"),
+            ("jira/sync", {"keys": ["NOPE"]}, 404, "unknown scope(s): NOPE"),
+            ("github/sync", {"keys": [oncall.repo, "acme/old"]}, 409, "deactivated scope(s): acme/old"),
+            ("slack/sync", {"keys": ["C0123"]}, 400, "slack is not configured"),
             ("nosuch/sync", {"keys": ["x"]}, 404, "unknown source"),
-            ("github/resync", {"keys": ["acme/api"]}, 404, "activate, deactivate or sync"),
+            ("jira/resync", {"keys": ["WEB"]}, 404, "activate, deactivate or sync"),
         ]
         for path, body, code, message in bad:
             response = post(path, body)
             assert response.status_code == code and message in response.json()["error"], (path, response.text)
-        assert not due("acme/api")  # all or none: the 409 made nothing due
-        assert httpx.post(f"{receiver.url}/api/scopes/github/sync", json={"keys": ["acme/api"]}).status_code == 401
+        assert not due("WEB") and not due("C0123")
+        assert httpx.post(f"{oncall.receiver.url}/api/scopes/jira/sync", json={"keys": ["WEB"]}).status_code == 401
 
-        ok = post("github/sync", {"keys": ["acme/api"]})
-        assert ok.status_code == 202 and ok.json() == {"source": "github", "due_now": ["acme/api"]}, ok.text
-        assert due("acme/api") and not due("acme/old")
+        ok = post("jira/sync", {"keys": ["WEB"]})
+        assert ok.status_code == 202 and ok.json() == {"source": "jira", "due_now": ["WEB"]}, ok.text
+        assert due("WEB") and not due("acme/old")
