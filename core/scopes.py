@@ -60,6 +60,21 @@ def set_active(pool: ConnectionPool, source: str, keys: list[str], active: bool)
     return [r[0] for r in rows]
 
 
+def make_due(pool: ConnectionPool, source: str, keys: list[str]) -> dict[str, bool]:
+    """Make ``keys`` due now, all or none: only when every one exists and is active. Returns
+    every existing key and whether it is active (the caller says what was refused)."""
+    with pool.connection() as conn, conn.transaction():
+        rows = conn.execute(
+            "SELECT key, active FROM scopes WHERE source = %s AND key = ANY(%s) FOR UPDATE",
+            (source, keys),
+        ).fetchall()
+        found = {r[0]: bool(r[1]) for r in rows}
+        if set(found) == set(keys) and all(found.values()):
+            conn.execute("UPDATE scopes SET next_due_at = now() WHERE source = %s AND key = ANY(%s)",
+                         (source, keys))
+    return found
+
+
 def ensure_scope(pool: ConnectionPool, source: str, key: str, name: str = "", active: bool = True) -> None:
     with pool.connection() as conn:
         conn.execute(

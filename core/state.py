@@ -271,6 +271,16 @@ def failed_documents(
         return list(cur.fetchall())
 
 
+def document_scopes(pool: ConnectionPool, document_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """``{document id: (source, scope)}`` for those of ``document_ids`` that are recorded."""
+    with pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT document_id, source, scope FROM documents WHERE document_id = ANY(%s) ORDER BY document_id",
+            (document_ids,),
+        ).fetchall()
+    return {row[0]: (row[1], row[2]) for row in rows}
+
+
 def live_document_ids(pool: ConnectionPool, source: str, scope: str) -> list[str]:
     with pool.connection() as conn:
         rows = conn.execute(

@@ -534,31 +534,46 @@ def _scope_status(row: Any, src_stale_after: float, docs: tuple[int, int, int, i
     live, _, with_errors, failing_docs = docs or (0, 0, 0, 0)
     label = f"scope {key}" + (f" ({name})" if name and name != key else "")
     base = scope_row_state(active, success, error_at, src_stale_after, now)
+    # ``summary`` is the reason without the scope's name, and ``since`` when the state began
+    # (failing, stale) or last changed (fresh: the last success), for tables that already name
+    # the scope (the dashboard's per-scope table).
+    since: datetime | None = None
     if base == "disabled":
-        state_, reason = "disabled", f"{label} is deactivated" + (
+        state_ = "disabled"
+        summary = "deactivated" + (
             f"; {_plural(live, 'document')} still searchable, no longer maintained" if live else "")
+        reason = f"{label} is {summary}"
     elif base == "failing":
         since = failing_since or error_at
         times = max(_int(failed_runs), 1)
         state_ = "failing"
         reason = (f"{label}: listing failed {_plural(times, 'time')} since {_clock(since, now)}: "
                   f"{_short(error, 200)}")
+        summary = (f"failing since {_clock(since, now)} (listing failed {_plural(times, 'time')}): "
+                   f"{_short(error, 200)}")
     elif prune_status == "failed":
-        state_ = "failing"
+        state_, since = "failing", prune_at
         reason = f"{label}: prune listing failed {_ago(prune_at, now)}: {_short(prune_error, 200)}"
+        summary = f"failing since {_clock(prune_at, now)} (prune listing failed): {_short(prune_error, 200)}"
     elif failing_docs and first_failing:
-        state_ = "failing"
+        state_, since = "failing", first_failing["since"]
         reason = f"{label}: {_failing_docs_text(failing_docs, first_failing, now)}"
+        summary = (f"failing since {_clock(since, now)}: {_plural(failing_docs, 'document')} failing "
+                   f"({first_failing['stage'] or 'unknown stage'}: {_short(first_failing['error'], 160)})")
     elif base == "never synced":
-        state_, reason = "never synced", f"{label} never synced"
+        state_, reason, summary = "never synced", f"{label} never synced", "never synced"
     elif base == "stale":
-        state_ = "stale"
-        reason = (f"{label}: last successful pass {_ago(success, now)} "
-                  f"(stale after {duration(src_stale_after)})")
+        state_, since = "stale", success + timedelta(seconds=src_stale_after)
+        summary = (f"stale since {_clock(since, now)} (last successful pass {_ago(success, now)}, "
+                   f"stale after {duration(src_stale_after)})")
+        reason = f"{label}: {summary}"
     else:
-        state_, reason = "fresh", f"{label}: synced {_ago(success, now)}"
+        state_, since = "fresh", success
+        summary = f"synced {_ago(success, now)}"
+        reason = f"{label}: {summary}"
     return {
         "key": key, "name": name, "active": bool(active), "state": state_, "reason": reason,
+        "summary": summary, "since": _iso(since),
         "last_success_at": _iso(success), "last_success_age_s": _age(success, now),
         "last_attempt_at": _iso(attempt),
         "last_error": error if error_at is not None and (success is None or error_at > success) else None,

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from core import queue, scopes, state
-from core.documents import Ref
+from core.documents import Ref, split_doc_id
 from core.runtime import Services
 from core.settings import SOURCE_NAMES
 from core.runs import Conflict, create_run, load_run, verification
@@ -77,8 +77,10 @@ async def change_scopes(request: Request, source: str) -> Response:
     if problem := _check_keys(keys, "keys"):
         return routes.error(400, problem)
     action = request.path_params["action"]
+    if action == "sync":
+        return await sync_scopes(request, source, keys)
     if action not in ("activate", "deactivate"):
-        return routes.error(404, f"no scope action {action!r}; activate or deactivate")
+        return routes.error(404, f"no scope action {action[:40]!r}; activate, deactivate or sync")
     activate = action == "activate"
     svc = routes.services(request)
     done = await run_in_threadpool(scopes.set_active, svc.pool, source, keys, activate)
@@ -94,6 +96,55 @@ async def change_scopes(request: Request, source: str) -> Response:
     if unknown:
         body_out["error"] = f"unknown scope(s): {', '.join(unknown)}"
     return JSONResponse(body_out, status)
+
+
+async def sync_scopes(request: Request, source: str, keys: list[str]) -> Response:
+    """``POST /api/scopes/{source}/sync``: make active scopes due now, so the reconciler runs
+    their pass on its next tick (a failing or never-synced scope retried without waiting for its
+    schedule). A deactivated scope is refused (409): activate it instead."""
+    routes = _helpers()
+    if not routes.settings_of(request).source(source).configured:
+        return routes.error(400, f"{source} is not configured: set its credentials")
+    found = await run_in_threadpool(scopes.make_due, routes.services(request).pool, source, keys)
+    unknown = sorted(set(keys) - set(found))
+    if unknown:
+        return routes.error(404, f"unknown scope(s): {', '.join(unknown)}")
+    inactive = sorted(k for k, active in found.items() if not active)
+    if inactive:
+        return routes.error(409, f"deactivated scope(s): {', '.join(inactive)}; activate them to sync")
+    return JSONResponse({"source": source, "due_now": sorted(found)}, 202)
+
+
+async def resync_documents(request: Request) -> Response:
+    """``POST /api/admin/resync`` with ``{"document_ids": [...]}``: enqueue a sync of each
+    document (its current truth is fetched from its source), all or none: unknown ids are a
+    404, pushed documents (no source to fetch from) and sources without credentials a 400."""
+    routes = _helpers()
+    body = await _json_body(request)
+    if isinstance(body, Response):
+        return body
+    ids = body.get("document_ids")
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and i for i in ids):
+        return routes.error(400, "'document_ids' must be a non-empty list of document ids")
+    if problem := _check_keys(ids, "document_ids"):
+        return routes.error(400, problem)
+    if unknown_fields := sorted(set(body) - {"document_ids"}):
+        return routes.error(400, f"unknown field(s): {', '.join(unknown_fields)}; use document_ids")
+    known = await run_in_threadpool(state.document_scopes, routes.services(request).pool, ids)
+    if missing := [i for i in dict.fromkeys(ids) if i not in known]:
+        return routes.error(404, f"unknown document(s): {', '.join(missing[:20])}")
+    settings = routes.settings_of(request)
+    refs = []
+    for document_id, (source, scope) in known.items():
+        if source not in SOURCE_NAMES:
+            return routes.error(400, f"{document_id} was pushed through the API: there is no source "
+                                     "to fetch it from; push it again")
+        if not settings.source(source).configured:
+            return routes.error(400, f"{source} is not configured: set its credentials")
+        refs.append(Ref(source=source, id=split_doc_id(document_id)[1], scope=scope))
+    if failed := await routes.enqueue(request, refs):
+        return failed
+    return JSONResponse({"enqueued": len(refs), "document_ids": list(known)}, 202)
 
 
 async def start_backfill(request: Request, source: str) -> Response:
@@ -291,4 +342,5 @@ def routes() -> list[BaseRoute]:
               methods=["DELETE"]),
         Route("/api/admin/verify", admin_only(start_verify), methods=["POST"]),
         Route("/api/admin/runs/{id}", admin_only(get_run)),
+        Route("/api/admin/resync", admin_only(resync_documents), methods=["POST"]),
     ]

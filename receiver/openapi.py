@@ -242,10 +242,12 @@ def spec() -> dict[str, Any]:
                         security=ADMIN, parameters=[SOURCE], body=_body(_ref("ScopeAccess")), tags=["admin"]),
         },
         "/api/scopes/{source}/{action}": {
-            "post": _op("Activate or deactivate scopes (deactivate may purge)",
-                        {"200": ok("Changed"), **_errors(400, 401, 403, 404, 413, 503)}, security=ADMIN,
+            "post": _op("Activate or deactivate scopes (deactivate may purge), or sync them now "
+                        "(make active scopes due: the reconciler runs their pass on its next tick)",
+                        {"200": ok("Changed"), "202": ok("Due now (sync)"),
+                         **_errors(400, 401, 403, 404, 409, 413, 503)}, security=ADMIN,
                         parameters=[SOURCE, _path("action", "What to do",
-                                                  {"type": "string", "enum": ["activate", "deactivate"]})],
+                                                  {"type": "string", "enum": ["activate", "deactivate", "sync"]})],
                         body=_body(_ref("ScopeKeys")), tags=["admin"]),
         },
         "/api/backfill/{source}": {
@@ -278,6 +280,14 @@ def spec() -> dict[str, Any]:
                         body=_body({"type": "object", "properties": {
                             "source": {"type": "string"}, "scope": {"type": "string"},
                             "repair": {"type": "boolean"}}}, required=False)),
+        },
+        "/api/admin/resync": {
+            "post": _op("Re-sync documents: enqueue a sync of each (fetched again from its source); "
+                        "all or none",
+                        {"202": ok("Enqueued"), **_errors(400, 401, 403, 404, 413, 503)}, security=ADMIN,
+                        tags=["admin"],
+                        body=_body({"type": "object", "required": ["document_ids"], "properties": {
+                            "document_ids": {"type": "array", "minItems": 1, "items": {"type": "string"}}}})),
         },
         "/api/dead-letters": {
             "get": _op("Jobs that exhausted their retries", {"200": ok("Dead letters"), **_errors(401, 403)},
