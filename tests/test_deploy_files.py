@@ -261,7 +261,8 @@ class TestComposeProcessesRun:
         service = compose()["services"][kind]
         env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "HEARTBEAT_INTERVAL": "1",
                "EMBEDDING_DIMENSIONS": "256", "SANDBOX": "off", "PORT": str(free_port())}
-        values = {"DATABASE_URL_FILE": infra["DATABASE_URL"], "ADMIN_API_KEY_FILE": "compose-test-key"}
+        values = {"DATABASE_URL_FILE": infra["DATABASE_URL"], "ADMIN_API_KEY_FILE": "compose-test-key",
+                  "STATUS_API_KEY_FILE": "compose-status-key"}
         for name, value in service["environment"].items():
             if name.endswith("_FILE"):
                 path = tmp_path / Path(value).name
