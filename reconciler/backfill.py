@@ -191,7 +191,7 @@ class ProgressView:
 
 
 def backfill_command(args: argparse.Namespace) -> int:
-    from core.cli import fail, with_services
+    from cli.main import fail, with_services
 
     def run(services: Services, settings: Settings) -> int:
         if not settings.source(args.source).configured:

@@ -186,8 +186,8 @@ class TestSecretFiles:
 class TestCommandLine:
     def run_cli(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "core.cli", *args] if False else [sys.executable, "-c",
-             "from core.cli import main; main()", *args],
+            [sys.executable, "-m", "cli.main", *args] if False else [sys.executable, "-c",
+             "from cli.main import main; main()", *args],
             env={**os.environ, **env}, capture_output=True, text=True, timeout=60,
         )
 
