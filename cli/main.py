@@ -22,56 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import signal
 import sys
-import threading
-from collections.abc import Callable
 from typing import Any
 
 from core.errors import SettingsError, VectorSyncError
 from core.logs import configure_logging
+from core.process import fail, load_settings
 from core.settings import SOURCE_NAMES, Settings
+from cli.services import with_services
 
-log = logging.getLogger("vector_sync")
-
-
-def fail(message: str, code: int = 2) -> None:
-    print(f"vector-sync: {message}", file=sys.stderr)
-    sys.exit(code)
-
-
-def load_settings() -> Settings:
-    try:
-        return Settings.from_environ()
-    except SettingsError as exc:
-        fail(str(exc))
-        raise  # unreachable
-
-
-def install_stop_handlers(stop: threading.Event) -> None:
-    def handler(signum: int, frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
-def run_process(kind: str, body: Callable[[Settings, threading.Event], None]) -> None:
-    """Entry point of a long-running process: settings, logging, signals, one-line failures."""
-    settings = load_settings()
-    configure_logging(settings.log_level)
-    stop = threading.Event()
-    install_stop_handlers(stop)
-    try:
-        body(settings, stop)
-    except SettingsError as exc:
-        fail(str(exc))
-    except VectorSyncError as exc:
-        fail(f"{kind}: {exc}", 1)
-    except Exception as exc:
-        log.exception("%s crashed", kind)
-        fail(f"{kind} crashed: {type(exc).__name__}: {exc}", 1)
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -81,26 +40,6 @@ def cmd_up(args: argparse.Namespace) -> int:
     from core.supervisor import up
 
     return up(load_settings())
-
-
-def with_services(fn: Callable[[Any, Settings], int]) -> int:
-    """Open the shared services (attaching to embedded servers under VECTOR_SYNC_HOME if the
-    URLs are unset and they are running) for a one-shot command."""
-    from core.supervisor import attached_settings
-    from core.runtime import open_services
-
-    settings = attached_settings(load_settings())
-    configure_logging("WARNING")
-    try:
-        services = open_services(settings)
-    except SettingsError as exc:
-        fail(str(exc))
-    except Exception as exc:
-        fail(f"cannot reach the database or Redis: {type(exc).__name__}: {exc}", 1)
-    try:
-        return fn(services, settings)
-    finally:
-        services.close()
 
 
 #: ``vector-sync status`` exit codes (docs/operations.md): healthy, not healthy, usage or
@@ -386,7 +325,7 @@ def cmd_notion_token(args: argparse.Namespace) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    from reconciler.backfill import backfill_command
+    from cli.backfill import backfill_command
 
     return backfill_command(args)
 

@@ -14,7 +14,7 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 
 from core.errors import UpsertMismatch
-from core.index import Match, Vector
+from core.index.base import Match, Vector
 
 #: Rows per INSERT statement: large enough to amortise round trips, small enough for memory.
 BATCH = 500
