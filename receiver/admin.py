@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from core import queue, scopes, state
+from core import queue, runs, scopes, state
 from core.documents import Ref
 from core.runtime import Services
 from core.settings import SOURCE_NAMES
@@ -135,16 +135,7 @@ async def list_runs(request: Request) -> Response:
         return common.error(400, f"unknown source {source[:40]!r}; one of {', '.join(SOURCE_NAMES)}")
     if kind is not None and len(kind) > 64:
         return common.error(400, "'kind' is at most 64 characters")
-    with state.dict_cursor(common.services(request).pool) as cur:
-        cur.execute(
-            """SELECT id, kind, source, scope, status, counters, error, started_at, progress_at,
-                      finished_at FROM runs
-               WHERE (%(source)s::text IS NULL OR source = %(source)s)
-                 AND (%(kind)s::text IS NULL OR kind = %(kind)s)
-               ORDER BY id DESC LIMIT 100""",
-            {"source": source, "kind": kind},
-        )
-        rows = cur.fetchall()
+    rows = await run_in_threadpool(runs.list_runs, common.services(request).pool, source, kind)
     return JSONResponse({"runs": [_jsonable(r) for r in rows]})
 
 

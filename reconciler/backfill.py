@@ -27,7 +27,9 @@ from core.runs import (  # noqa: F401  (re-exported: benchmarks/backfill.py impo
 )
 
 class Backfill:
-    """Lists and enqueues one backfill run; ``progress`` is called after every page."""
+    """Lists and enqueues one backfill run. ``progress`` is called once with the target scopes
+    (``scope`` None, ``targets``), after every page, and when a scope is done (``scope_done``),
+    with the run's counters and the scope's own (``scope_listed``, ``scope_pages``)."""
 
     def __init__(self, services: Services, sources: SourceSet, run_id: int, owner: str,
                  progress: Callable[[dict[str, Any]], None] | None = None) -> None:
@@ -45,11 +47,11 @@ class Backfill:
             await asyncio.to_thread(scopes.upsert_discovered, self.pool, self.services.settings.source(source), found)
             known = await asyncio.to_thread(scopes.list_scopes, self.pool, source)
         if keys:
-            by_key = {row["key"]: row for row in known}
-            missing = [k for k in keys if k not in by_key]
+            found, missing = scopes.resolve_keys(known, keys)
             if missing:
                 raise VectorSyncError(f"unknown {source} scope(s): {', '.join(missing)}")
-            return [Scope(source, k, by_key[k]["name"]) for k in keys]
+            by_key = {row["key"]: row for row in known}
+            return [Scope(source, k, by_key[k]["name"]) for k in found]
         return [Scope(source, row["key"], row["name"]) for row in known if row["active"]]
 
     async def run(self) -> dict[str, Any]:
@@ -67,12 +69,15 @@ class Backfill:
         try:
             targets = await self.scope_list(source, params.get("scopes") or [])
             counters["scopes_total"] = len(targets)
+            counters["scopes_done"] = sum(1 for t in targets if scope_state.get(t.key, {}).get("done"))
+            self.progress({"scope": None, "targets": [t.key for t in targets],
+                           "done_before": [t.key for t in targets if scope_state.get(t.key, {}).get("done")],
+                           **counters})
             for scope in targets:
                 entry = scope_state.setdefault(scope.key, {"checkpoint": None, "done": False, "pages": 0, "listed": 0})
                 if entry["done"]:
                     continue
                 await self._scope(source, scope, params.get("since"), entry, checkpoint, counters)
-            counters["scopes_done"] = sum(1 for e in scope_state.values() if e["done"])
         except Exception as exc:
             message = str(exc) if isinstance(exc, VectorSyncError) else f"{type(exc).__name__}: {exc}"
             await asyncio.to_thread(progress_run, self.pool, self.run_id, counters, checkpoint)
@@ -95,11 +100,16 @@ class Backfill:
             counters["listed"] += len(refs)
             # Saved only after the page is enqueued: a crash re-lists at most this page.
             await asyncio.to_thread(progress_run, self.pool, self.run_id, counters, checkpoint)
-            self.progress({"scope": scope.key, **counters})
+            self.progress({"scope": scope.key, "scope_listed": entry["listed"], "scope_pages": entry["pages"],
+                           **counters})
         entry["done"] = True
         entry["checkpoint"] = None
+        # Counted as each scope finishes, so progress says "2/5 scopes" while it runs (it was
+        # only counted after the loop, and the view showed 0/N for the whole backfill).
+        counters["scopes_done"] = counters.get("scopes_done", 0) + 1
         await asyncio.to_thread(progress_run, self.pool, self.run_id, counters, checkpoint)
-        self.progress({"scope": scope.key, "scope_done": True, **counters})
+        self.progress({"scope": scope.key, "scope_done": True, "scope_listed": entry["listed"],
+                       "scope_pages": entry["pages"], **counters})
 
     def _record_items(self, scope: str, document_ids: list[str]) -> None:
         if not document_ids:
