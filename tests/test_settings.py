@@ -78,7 +78,7 @@ SECRET_SETTINGS = (
 )
 #: Secrets a command reads itself, not Settings (``vector-sync mcp``'s key), through the same
 #: ``read_secret_files``: tested in TestCommandLine.
-COMMAND_SECRETS = ("VECTOR_SYNC_API_KEY",)
+COMMAND_SECRETS = ("VECTOR_SYNC_API_KEY", "VECTOR_SYNC_KEY")  # VECTOR_SYNC_KEY: tests/test_cli.py
 
 #: A value each secret setting accepts (the URLs are checked for their scheme).
 SAMPLE_VALUES = {
