@@ -100,19 +100,25 @@ async def _check(settings: Settings, config: SourceSettings) -> Findings:
         try:
             await CHECKS[config.name](src, config, findings)
         except VectorSyncError as exc:
-            findings.problem(_explain(str(exc), config))
+            findings.problem(_explain(str(exc), config, getattr(exc, "status", None)))
         except httpx.HTTPError as exc:
             findings.problem(f"cannot reach it: {type(exc).__name__}: {exc}")
     return findings
 
 
-def _explain(message: str, config: SourceSettings) -> str:
-    """A refused request, with the settings to look at."""
+#: Slack's ``error`` codes for a token that is wrong, revoked or expired.
+SLACK_AUTH_ERRORS = ("invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired")
+
+
+def _explain(message: str, config: SourceSettings, status: int | None = None) -> str:
+    """A failed request; a refused one names the settings to look at."""
     from core.settings import SOURCE_CREDENTIALS
 
-    if " 401 " in f" {message} " or "refused: 401" in message or "invalid_auth" in message or "not_authed" in message:
-        names = " and ".join(v for v in SOURCE_CREDENTIALS[config.name] if not v.endswith("_URL"))
+    names = " and ".join(v for v in SOURCE_CREDENTIALS[config.name] if not v.endswith("_URL"))
+    if status == 401 or any(code in message for code in SLACK_AUTH_ERRORS):
         return f"the credentials were refused ({message}); check {names}"
+    if status == 403:
+        return f"the token lacks a permission this call needs ({message}); check what {names} may do"
     return message
 
 

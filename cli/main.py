@@ -635,7 +635,7 @@ def dead_list(ctx: typer.Context) -> None:
 @dead_app.command("replay")
 def dead_replay(
     ctx: typer.Context,
-    ids: Annotated[list[str] | None, typer.Argument(metavar="[ID]...", help="Message ids (default: all).")] = None,
+    ids: Annotated[list[str] | None, typer.Argument(metavar="ID", help="Message ids (default: all).")] = None,
 ) -> None:
     """Re-enqueue dead letters (all, or the ids given; exit 1 for an id that is not one)."""
     remote = remote_of(ctx)
