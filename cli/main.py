@@ -52,7 +52,7 @@ def val(choice: Any) -> Any:
 
 app = typer.Typer(
     name="vector-sync", help="Keep a vector index truthful about your SaaS tools.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
