@@ -48,7 +48,9 @@ class BackfillArgs:
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
-    seconds = max(0, int(seconds))
+    if seconds < 10:
+        return f"{max(0.0, seconds):.1f}s"
+    seconds = int(seconds)
     if seconds < 60:
         return f"{seconds}s"
     if seconds < 3600:
@@ -59,6 +61,7 @@ def duration(seconds: float | None) -> str:
 @dataclass
 class ScopeProgress:
     key: str
+    name: str = ""
     listed: int = 0
     pages: int = 0
     started: float | None = None
@@ -98,6 +101,7 @@ class BackfillView:
         self.current: str | None = None
         self.listed = self.pages = self.done = self.total = 0
         self.indexing: str | None = None
+        self.listing_ended: float | None = None
         self._last_line = -PLAIN_EVERY_S
         self._last_wait_line = -PLAIN_EVERY_S
         self._live: Any = None
@@ -109,8 +113,11 @@ class BackfillView:
         self.listed, self.pages = info.get("listed", 0), info.get("pages", 0)
         self.done, self.total = info.get("scopes_done", 0), info.get("scopes_total") or 0
         if info.get("scope") is None:
+            names = info.get("names") or {}
             for key in info.get("targets", []):
-                self.scopes[key] = ScopeProgress(key, done_before=key in info.get("done_before", []))
+                self.scopes[key] = ScopeProgress(key, str(names.get(key) or ""),
+                                                 done_before=key in info.get("done_before", []))
+            self._start_next(now)
             self._draw()
             return
         scope = self.scopes.setdefault(info["scope"], ScopeProgress(info["scope"]))
@@ -121,12 +128,24 @@ class BackfillView:
         scope.pages = info.get("scope_pages", scope.pages)
         if info.get("scope_done"):
             scope.finished = now
+            self._start_next(now)
         if self.tty:
             self._draw()
         elif info.get("scope_done") or now - self._last_line >= PLAIN_EVERY_S:
             self._last_line = now
             print(self.line(scope, now) + (" (scope done)" if info.get("scope_done") else ""),
                   file=self.stream, flush=True)
+
+    def _start_next(self, now: float) -> None:
+        """The backfill lists its scopes in order: the next unfinished one is being listed now
+        (its clock starts here, not at its first page, so its rate is honest)."""
+        pending = [s for s in self.scopes.values() if s.started is None and not s.done_before]
+        if pending:
+            pending[0].started = now
+            self.current = pending[0].key
+        elif self.scopes:
+            self.current = None
+            self.listing_ended = now
 
     def tick(self) -> None:
         """Redraw (a terminal), or say that the budget holds the listing back (plain lines)."""
@@ -143,6 +162,7 @@ class BackfillView:
 
     def waiting(self, report: dict[str, int], eta: float | None) -> None:
         processed = report.get("listed", 0) - report.get("pending", 0)
+        self.listing_ended = self.listing_ended or self.clock()
         eta_text = f", ETA {eta:.0f}s" if eta is not None else ""
         self.indexing = (f"indexing: {processed}/{report.get('listed', 0)} processed, "
                          f"{report.get('failed', 0)} failed{eta_text}")
@@ -185,15 +205,16 @@ class BackfillView:
         for scope in self.scopes.values():
             state = scope.state(waiting if scope.key == self.current else 0.0)
             style = "green" if state.startswith("done") else "yellow" if state.startswith("waiting") else ""
-            table.add_row(scope.key, f"{scope.listed:,}", f"{scope.pages:,}", f"{scope.rate(now):.0f}/s",
+            label = scope.key if not scope.name or scope.name == scope.key else f"{scope.key} ({scope.name})"
+            table.add_row(label, f"{scope.listed:,}", f"{scope.pages:,}", f"{scope.rate(now):.0f}/s",
                           Text(state, style=style))
-        total_rate = self.listed / max(0.001, now - self.started)
+        total_rate = self.listed / max(0.001, (self.listing_ended or now) - self.started)
         table.add_row(Text("total", style="bold"), f"{self.listed:,}", f"{self.pages:,}", f"{total_rate:.0f}/s",
                       f"{self.done}/{self.total} scopes, ETA {duration(self.eta(now))}", end_section=True)
         parts: list[Any] = [Text(f"backfill {self.source}: {self.done}/{self.total} scopes, "
                                  f"{self.listed:,} documents listed, {duration(now - self.started)} elapsed"),
                             table]
-        if waiting > 0 and self.indexing is None:
+        if waiting > 0 and self.indexing is None and self.current is None:
             parts.append(Text(f"waiting for the rate budget (next request in {duration(waiting)})", style="yellow"))
         if self.indexing:
             parts.append(Text(self.indexing))

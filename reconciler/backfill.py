@@ -71,6 +71,7 @@ class Backfill:
             counters["scopes_total"] = len(targets)
             counters["scopes_done"] = sum(1 for t in targets if scope_state.get(t.key, {}).get("done"))
             self.progress({"scope": None, "targets": [t.key for t in targets],
+                           "names": {t.key: t.name for t in targets},
                            "done_before": [t.key for t in targets if scope_state.get(t.key, {}).get("done")],
                            **counters})
             for scope in targets:

@@ -232,6 +232,25 @@ class TestBackfillProgress:
         assert "ENG" in text and "OPS" in text and "done" in text
 
 
+    def test_a_remote_run_is_followed_from_its_checkpoint(self):
+        from cli.backfill import follow_remote
+
+        stream = io.StringIO()
+        view = BackfillView("jira", stream=stream, tty=False)
+        running = {"status": "running", "counters": {"listed": 7, "pages": 2, "scopes_total": 2, "scopes_done": 1},
+                   "checkpoint": {"scopes": {"ENG": {"listed": 7, "pages": 2, "done": True},
+                                             "OPS": {"listed": 0, "pages": 0, "done": False}}}}
+        follow_remote(view, running)
+        finished = {**running, "status": "succeeded",
+                    "checkpoint": {"scopes": {"ENG": {"listed": 7, "pages": 2, "done": True},
+                                              "OPS": {"listed": 3, "pages": 1, "done": True}}},
+                    "verification": {"ENG": {"listed": 7, "pending": 0}, "OPS": {"listed": 3, "pending": 1}}}
+        follow_remote(view, finished)
+        lines = stream.getvalue().splitlines()
+        assert lines[0].startswith("jira scope ENG: 7 documents listed, 2 pages") and lines[0].endswith("(scope done)")
+        assert any(line.startswith("jira scope OPS: 3 documents listed") for line in lines)
+
+
 # --- check ----------------------------------------------------------------------------------
 
 
