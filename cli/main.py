@@ -34,7 +34,6 @@ from cli.output import print_table
 from cli.remote import Remote
 from cli.services import with_services
 from core.errors import SettingsError, VectorSyncError
-from core.logs import configure_logging
 from core.process import fail, load_settings
 from core.settings import SOURCE_NAMES, Settings
 

@@ -9,17 +9,15 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import redis
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from core import jsonsafe, queue, state
+from core import jsonsafe, state
 from core.documents import Document, Ref
 from core.errors import InvalidWebhook, MalformedWebhook, NotConfigured, VectorSyncError
-from core.runtime import Services
-from core.settings import SOURCE_NAMES, Settings
+from core.settings import SOURCE_NAMES
 from core.sources.webhooks import check_result
 from core.status import build_status, render_metrics
 from receiver.bodies import read_body
