@@ -93,6 +93,8 @@ class BackfillView:
     tty: bool | None = None
     budget_wait: Callable[[], float] = lambda: 0.0
     clock: Callable[[], float] = time.monotonic
+    #: False when following a remote run: polls every few seconds cannot time a page.
+    rates: bool = True
 
     def __post_init__(self) -> None:
         self.tty = self.stream.isatty() if self.tty is None else self.tty
@@ -190,9 +192,9 @@ class BackfillView:
         return (now - self.started) / len(finished) * remaining
 
     def line(self, scope: ScopeProgress, now: float) -> str:
-        return (f"{self.source} scope {scope.key}: {scope.listed} documents listed, {scope.pages} pages, "
-                f"{scope.rate(now):.0f}/s; total {self.listed} documents, {self.done}/{self.total} scopes done, "
-                f"ETA {duration(self.eta(now))}")
+        rate = f", {scope.rate(now):.0f}/s" if self.rates else ""
+        return (f"{self.source} scope {scope.key}: {scope.listed} documents listed, {scope.pages} pages{rate}; "
+                f"total {self.listed} documents, {self.done}/{self.total} scopes done, ETA {duration(self.eta(now))}")
 
     def renderable(self) -> Any:
         from rich.console import Group
@@ -206,10 +208,11 @@ class BackfillView:
             state = scope.state(waiting if scope.key == self.current else 0.0)
             style = "green" if state.startswith("done") else "yellow" if state.startswith("waiting") else ""
             label = scope.key if not scope.name or scope.name == scope.key else f"{scope.key} ({scope.name})"
-            table.add_row(label, f"{scope.listed:,}", f"{scope.pages:,}", f"{scope.rate(now):.0f}/s",
-                          Text(state, style=style))
+            table.add_row(label, f"{scope.listed:,}", f"{scope.pages:,}",
+                          f"{scope.rate(now):.0f}/s" if self.rates else "-", Text(state, style=style))
         total_rate = self.listed / max(0.001, (self.listing_ended or now) - self.started)
-        table.add_row(Text("total", style="bold"), f"{self.listed:,}", f"{self.pages:,}", f"{total_rate:.0f}/s",
+        table.add_row(Text("total", style="bold"), f"{self.listed:,}", f"{self.pages:,}",
+                      f"{total_rate:.0f}/s" if self.rates else "-",
                       f"{self.done}/{self.total} scopes, ETA {duration(self.eta(now))}", end_section=True)
         parts: list[Any] = [Text(f"backfill {self.source}: {self.done}/{self.total} scopes, "
                                  f"{self.listed:,} documents listed, {duration(now - self.started)} elapsed"),
@@ -363,7 +366,7 @@ def remote_backfill(remote: Remote, args: BackfillArgs, detach: bool) -> int:
     if detach:
         print(f"follow it with: vector-sync --url {remote.url} runs --kind backfill")
         return 0
-    view = BackfillView(args.source)
+    view = BackfillView(args.source, rates=False)
     deadline = time.monotonic() + args.wait
     while True:
         run = remote.get(f"/api/runs/{run_id}")

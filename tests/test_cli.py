@@ -236,7 +236,7 @@ class TestBackfillProgress:
         from cli.backfill import follow_remote
 
         stream = io.StringIO()
-        view = BackfillView("jira", stream=stream, tty=False)
+        view = BackfillView("jira", stream=stream, tty=False, rates=False)
         running = {"status": "running", "counters": {"listed": 7, "pages": 2, "scopes_total": 2, "scopes_done": 1},
                    "checkpoint": {"scopes": {"ENG": {"listed": 7, "pages": 2, "done": True},
                                              "OPS": {"listed": 0, "pages": 0, "done": False}}}}
@@ -247,7 +247,8 @@ class TestBackfillProgress:
                     "verification": {"ENG": {"listed": 7, "pending": 0}, "OPS": {"listed": 3, "pending": 1}}}
         follow_remote(view, finished)
         lines = stream.getvalue().splitlines()
-        assert lines[0].startswith("jira scope ENG: 7 documents listed, 2 pages") and lines[0].endswith("(scope done)")
+        assert lines[0].startswith("jira scope ENG: 7 documents listed, 2 pages; total 7 documents")
+        assert lines[0].endswith("(scope done)")
         assert any(line.startswith("jira scope OPS: 3 documents listed") for line in lines)
 
 
