@@ -15,6 +15,7 @@ COPY receiver ./receiver
 COPY workers ./workers
 COPY reconciler ./reconciler
 COPY sandbox ./sandbox
+COPY cli ./cli
 RUN python -m venv /opt/vector-sync \
  && /opt/vector-sync/bin/python -m pip install -c constraints.txt --upgrade pip \
  && /opt/vector-sync/bin/python -m pip install -c constraints.txt .

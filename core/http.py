@@ -100,6 +100,14 @@ class SourceHTTP:
         self.reset_after = reset_after
         #: Requests sent (including retries); benchmarks and tests read it.
         self.requests = 0
+        #: ``time.monotonic()`` until which a request waits out a 429 (0: none waits).
+        self.waiting_until = 0.0
+
+    def budget_wait(self) -> float:
+        """Seconds until a request waiting for the request budget (the shared limiter's slot or
+        a 429's Retry-After) may go; 0 when nothing waits."""
+        until = max(self.waiting_until, float(getattr(self.limiter, "waiting_until", 0.0) or 0.0))
+        return max(0.0, until - time.monotonic())
 
     def url(self, path: str) -> str:
         return path if path.startswith(("http://", "https://")) else f"{self.base_url}{path}"
@@ -142,7 +150,11 @@ class SourceHTTP:
                         response.status_code,
                     )
                 waited += wait
-                await asyncio.sleep(wait)
+                self.waiting_until = time.monotonic() + wait
+                try:
+                    await asyncio.sleep(wait)
+                finally:
+                    self.waiting_until = 0.0
                 continue
             if response.status_code in OUTAGE_STATUSES:
                 hint = retry_after(response)

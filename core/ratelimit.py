@@ -9,6 +9,7 @@ thread back and retry the message later rather than sleep for half an hour on a 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from core.errors import RateLimited
@@ -53,6 +54,9 @@ class RedisRateLimiter:
         self.max_wait = max_wait
         self.key = f"vector-sync:rate:{source}"
         self._script = redis.register_script(_GCRA)
+        #: ``time.monotonic()`` until which a caller sleeps for its slot (0: nobody waits); the
+        #: CLI's backfill view reads it to say "waiting for the rate budget".
+        self.waiting_until = 0.0
 
     async def acquire(self) -> float:
         """Wait for a slot; returns the seconds waited. Raises RateLimited past ``max_wait``."""
@@ -65,7 +69,13 @@ class RedisRateLimiter:
                 self.source, f"request budget {self.rate} used up; next slot in {wait:.0f}s", wait
             )
         if wait > 0:
-            await asyncio.sleep(wait)
+            until = time.monotonic() + wait
+            self.waiting_until = max(self.waiting_until, until)
+            try:
+                await asyncio.sleep(wait)
+            finally:
+                if self.waiting_until <= until:
+                    self.waiting_until = 0.0
         return wait
 
 

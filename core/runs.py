@@ -24,6 +24,21 @@ from core.runtime import Services
 DEAD_AFTER = 120.0
 
 
+def list_runs(pool: ConnectionPool, source: str | None = None, kind: str | None = None,
+              limit: int = 100) -> list[dict[str, Any]]:
+    """The newest runs first (the admin API's ``GET /api/runs`` and ``vector-sync runs``)."""
+    with state.dict_cursor(pool) as cur:
+        cur.execute(
+            """SELECT id, kind, source, scope, status, counters, error, started_at, progress_at,
+                      finished_at FROM runs
+               WHERE (%(source)s::text IS NULL OR source = %(source)s)
+                 AND (%(kind)s::text IS NULL OR kind = %(kind)s)
+               ORDER BY id DESC LIMIT %(limit)s""",
+            {"source": source, "kind": kind, "limit": limit},
+        )
+        return list(cur.fetchall())
+
+
 def start_run(pool: ConnectionPool, kind: str, source: str, scope: str | None, owner: str,
               params: Mapping[str, Any] | None = None) -> int:
     with pool.connection() as conn:

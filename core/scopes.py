@@ -7,7 +7,7 @@ Deactivating stops syncing but keeps what is indexed unless asked to purge.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from psycopg_pool import ConnectionPool
@@ -46,6 +46,32 @@ def list_scopes(pool: ConnectionPool, source: str | None = None) -> list[dict[st
             {"source": source},
         )
         return list(cur.fetchall())
+
+
+def resolve_keys(rows: Iterable[Mapping[str, Any]], wanted: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Scope keys for what an operator typed: a key as it is (``C0123``, ``ENG``), else a name
+    (``#general`` or ``general`` for a Slack channel), case-insensitively. Returns the keys found
+    (in order, without duplicates) and what matched nothing or more than one scope."""
+    rows = list(rows)
+    keys = {row["key"] for row in rows}
+    by_name: dict[str, list[str]] = {}
+    for row in rows:
+        if row.get("name"):
+            by_name.setdefault(str(row["name"]).lower(), []).append(row["key"])
+    found: list[str] = []
+    missing: list[str] = []
+    for raw in wanted:
+        if raw in keys:
+            key = raw
+        else:
+            matches = by_name.get(raw.strip().lstrip("#").lower(), [])
+            if len(matches) != 1:
+                missing.append(raw if not matches else f"{raw} (ambiguous: {', '.join(sorted(matches))})")
+                continue
+            key = matches[0]
+        if key not in found:
+            found.append(key)
+    return found, missing
 
 
 def set_active(pool: ConnectionPool, source: str, keys: list[str], active: bool) -> list[str]:

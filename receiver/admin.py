@@ -17,12 +17,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from core import queue, scopes, state
+from core import queue, runs, scopes, state
 from core.documents import Ref, split_doc_id
 from core.runtime import Services
 from core.settings import SOURCE_NAMES
 from core.runs import Conflict, create_run, load_run, verification
-from receiver import bodies
+from receiver import auth, bodies, common
 
 #: Bounds on admin request bodies: scope keys are short ids; a run id is a Postgres bigint.
 MAX_KEYS = 1000
@@ -33,13 +33,6 @@ MAX_RUN_ID = 2**63 - 1
 
 def apply_scope_events(services: Services, source: str, events: list[tuple[str, str]]) -> list[Ref]:
     return scopes.apply_events(services.pool, source, events)
-
-
-def _helpers() -> Any:
-    # Late import: routes imports this module.
-    from receiver import routes
-
-    return routes
 
 
 def _jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -53,41 +46,39 @@ async def _json_body(request: Request) -> dict[str, Any] | Response:
 def _source_or_error(request: Request) -> str | Response:
     source = request.path_params["source"]
     if source not in SOURCE_NAMES:
-        return _helpers().error(404, f"unknown source {source!r}; one of {', '.join(SOURCE_NAMES)}")
+        return common.error(404, f"unknown source {source!r}; one of {', '.join(SOURCE_NAMES)}")
     return source
 
 
 async def list_scopes(request: Request) -> Response:
-    routes = _helpers()
     source = request.query_params.get("source") or None
     if source is not None and source not in SOURCE_NAMES:
-        return routes.error(400, f"unknown source {source!r}")
-    rows = await run_in_threadpool(scopes.list_scopes, routes.services(request).pool, source)
+        return common.error(400, f"unknown source {source!r}")
+    rows = await run_in_threadpool(scopes.list_scopes, common.services(request).pool, source)
     return JSONResponse({"scopes": [_jsonable(r) for r in rows]})
 
 
 async def change_scopes(request: Request, source: str) -> Response:
-    routes = _helpers()
     body = await _json_body(request)
     if isinstance(body, Response):
         return body
     keys = body.get("keys")
     if not isinstance(keys, list) or not keys or not all(isinstance(k, str) and k for k in keys):
-        return routes.error(400, "'keys' must be a non-empty list of scope keys")
+        return common.error(400, "'keys' must be a non-empty list of scope keys")
     if problem := _check_keys(keys, "keys"):
-        return routes.error(400, problem)
+        return common.error(400, problem)
     action = request.path_params["action"]
     if action == "sync":
         return await sync_scopes(request, source, keys)
     if action not in ("activate", "deactivate"):
-        return routes.error(404, f"no scope action {action[:40]!r}; activate, deactivate or sync")
+        return common.error(404, f"no scope action {action[:40]!r}; activate, deactivate or sync")
     activate = action == "activate"
-    svc = routes.services(request)
+    svc = common.services(request)
     done = await run_in_threadpool(scopes.set_active, svc.pool, source, keys, activate)
     purged = 0
     if not activate and body.get("purge") is True and done:
         refs = [r for key in done for r in await run_in_threadpool(scopes.purge_refs, svc.pool, source, key)]
-        if refs and (failed := await routes.enqueue(request, refs)):
+        if refs and (failed := await common.enqueue(request, refs)):
             return failed
         purged = len(refs)
     unknown = sorted(set(keys) - set(done))
@@ -102,16 +93,15 @@ async def sync_scopes(request: Request, source: str, keys: list[str]) -> Respons
     """``POST /api/scopes/{source}/sync``: make active scopes due now, so the reconciler runs
     their pass on its next tick (a failing or never-synced scope retried without waiting for its
     schedule). A deactivated scope is refused (409): activate it instead."""
-    routes = _helpers()
-    if not routes.settings_of(request).source(source).configured:
-        return routes.error(400, f"{source} is not configured: set its credentials")
-    found = await run_in_threadpool(scopes.make_due, routes.services(request).pool, source, keys)
+    if not common.settings_of(request).source(source).configured:
+        return common.error(400, f"{source} is not configured: set its credentials")
+    found = await run_in_threadpool(scopes.make_due, common.services(request).pool, source, keys)
     unknown = sorted(set(keys) - set(found))
     if unknown:
-        return routes.error(404, f"unknown scope(s): {', '.join(unknown)}")
+        return common.error(404, f"unknown scope(s): {', '.join(unknown)}")
     inactive = sorted(k for k, active in found.items() if not active)
     if inactive:
-        return routes.error(409, f"deactivated scope(s): {', '.join(inactive)}; activate them to sync")
+        return common.error(409, f"deactivated scope(s): {', '.join(inactive)}; activate them to sync")
     return JSONResponse({"source": source, "due_now": sorted(found)}, 202)
 
 
@@ -119,71 +109,68 @@ async def resync_documents(request: Request) -> Response:
     """``POST /api/admin/resync`` with ``{"document_ids": [...]}``: enqueue a sync of each
     document (its current truth is fetched from its source), all or none: unknown ids are a
     404, pushed documents (no source to fetch from) and sources without credentials a 400."""
-    routes = _helpers()
     body = await _json_body(request)
     if isinstance(body, Response):
         return body
     ids = body.get("document_ids")
     if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and i for i in ids):
-        return routes.error(400, "'document_ids' must be a non-empty list of document ids")
+        return common.error(400, "'document_ids' must be a non-empty list of document ids")
     if problem := _check_keys(ids, "document_ids"):
-        return routes.error(400, problem)
+        return common.error(400, problem)
     if unknown_fields := sorted(set(body) - {"document_ids"}):
-        return routes.error(400, f"unknown field(s): {', '.join(unknown_fields)}; use document_ids")
-    known = await run_in_threadpool(state.document_scopes, routes.services(request).pool, ids)
+        return common.error(400, f"unknown field(s): {', '.join(unknown_fields)}; use document_ids")
+    known = await run_in_threadpool(state.document_scopes, common.services(request).pool, ids)
     if missing := [i for i in dict.fromkeys(ids) if i not in known]:
-        return routes.error(404, f"unknown document(s): {', '.join(missing[:20])}")
-    settings = routes.settings_of(request)
+        return common.error(404, f"unknown document(s): {', '.join(missing[:20])}")
+    settings = common.settings_of(request)
     refs = []
     for document_id, (source, scope) in known.items():
         if source not in SOURCE_NAMES:
-            return routes.error(400, f"{document_id} was pushed through the API: there is no source "
+            return common.error(400, f"{document_id} was pushed through the API: there is no source "
                                      "to fetch it from; push it again")
         if not settings.source(source).configured:
-            return routes.error(400, f"{source} is not configured: set its credentials")
+            return common.error(400, f"{source} is not configured: set its credentials")
         refs.append(Ref(source=source, id=split_doc_id(document_id)[1], scope=scope))
-    if failed := await routes.enqueue(request, refs):
+    if failed := await common.enqueue(request, refs):
         return failed
     return JSONResponse({"enqueued": len(refs), "document_ids": list(known)}, 202)
 
 
 async def start_backfill(request: Request, source: str) -> Response:
-    routes = _helpers()
-    settings = routes.settings_of(request)
+    settings = common.settings_of(request)
     if not settings.source(source).configured:
-        return routes.error(400, f"{source} is not configured: set its credentials")
+        return common.error(400, f"{source} is not configured: set its credentials")
     body = await _json_body(request)
     if isinstance(body, Response):
         return body
     keys = body.get("scopes", [])
     days = body.get("days")
     if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
-        return routes.error(400, "'scopes' must be a list of scope keys")
+        return common.error(400, "'scopes' must be a list of scope keys")
     if problem := _check_keys(keys, "scopes"):
-        return routes.error(400, problem)
+        return common.error(400, problem)
     if days is not None and (not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= MAX_DAYS):
-        return routes.error(400, f"'days' must be a whole number of days, 1 to {MAX_DAYS}")
+        return common.error(400, f"'days' must be a whole number of days, 1 to {MAX_DAYS}")
     try:
         run_id = await run_in_threadpool(
-            create_run, routes.services(request).pool, source, keys, days, status="queued"
+            create_run, common.services(request).pool, source, keys, days, status="queued"
         )
     except Conflict as exc:
-        return routes.error(409, str(exc))
+        return common.error(409, str(exc))
     return JSONResponse({"run_id": run_id, "status": "queued", "url": f"/api/runs/{run_id}"}, 202)
 
 
 async def get_run(request: Request) -> Response:
-    routes = _helpers()
     try:
         run_id = int(request.path_params["id"])
     except ValueError:
-        return routes.error(400, "run id must be a number")
+        return common.error(400, "run id must be a number")
     if not 1 <= run_id <= MAX_RUN_ID:
-        return routes.error(404, f"no run {run_id}")
-    pool = routes.services(request).pool
+        return common.error(404, f"no run {run_id}")
+    pool = common.services(request).pool
     run = await run_in_threadpool(load_run, pool, run_id)
     if run is None:
-        return routes.error(404, f"no run {run_id}")
+        return common.error(404, f"no run {run_id}")
     out = _jsonable(run)
     if run["kind"] == "backfill":
         out["verification"] = await run_in_threadpool(verification, pool, run_id)
@@ -191,51 +178,38 @@ async def get_run(request: Request) -> Response:
 
 
 async def list_runs(request: Request) -> Response:
-    routes = _helpers()
     source = request.query_params.get("source") or None
     kind = request.query_params.get("kind") or None
     if source is not None and source not in SOURCE_NAMES:
-        return routes.error(400, f"unknown source {source[:40]!r}; one of {', '.join(SOURCE_NAMES)}")
+        return common.error(400, f"unknown source {source[:40]!r}; one of {', '.join(SOURCE_NAMES)}")
     if kind is not None and len(kind) > 64:
-        return routes.error(400, "'kind' is at most 64 characters")
-    with state.dict_cursor(routes.services(request).pool) as cur:
-        cur.execute(
-            """SELECT id, kind, source, scope, status, counters, error, started_at, progress_at,
-                      finished_at FROM runs
-               WHERE (%(source)s::text IS NULL OR source = %(source)s)
-                 AND (%(kind)s::text IS NULL OR kind = %(kind)s)
-               ORDER BY id DESC LIMIT 100""",
-            {"source": source, "kind": kind},
-        )
-        rows = cur.fetchall()
+        return common.error(400, "'kind' is at most 64 characters")
+    rows = await run_in_threadpool(runs.list_runs, common.services(request).pool, source, kind)
     return JSONResponse({"runs": [_jsonable(r) for r in rows]})
 
 
 async def dead_letters(request: Request) -> Response:
-    routes = _helpers()
-    letters = await run_in_threadpool(queue.dead_letters, routes.services(request).broker)
+    letters = await run_in_threadpool(queue.dead_letters, common.services(request).broker)
     return JSONResponse({"dead_letters": letters, "count": len(letters)})
 
 
 async def replay_dead_letters(request: Request) -> Response:
-    routes = _helpers()
     body = await _json_body(request)
     if isinstance(body, Response):
         return body
     ids = body.get("message_ids")
     if ids is not None and (not isinstance(ids, list) or not all(isinstance(i, str) for i in ids)):
-        return routes.error(400, "'message_ids' must be a list of strings")
+        return common.error(400, "'message_ids' must be a list of strings")
     if ids is not None and (problem := _check_keys(ids, "message_ids")):
-        return routes.error(400, problem)
-    count = await run_in_threadpool(queue.replay_dead_letters, routes.services(request).broker, ids)
+        return common.error(400, problem)
+    count = await run_in_threadpool(queue.replay_dead_letters, common.services(request).broker, ids)
     return JSONResponse({"replayed": count})
 
 
 async def verification_token(request: Request, source: str) -> Response:
-    routes = _helpers()
-    token = await run_in_threadpool(state.kv_get, routes.services(request).pool, f"{source}.verification_token")
+    token = await run_in_threadpool(state.kv_get, common.services(request).pool, f"{source}.verification_token")
     if token is None:
-        return routes.error(404, f"no {source} verification token has been received")
+        return common.error(404, f"no {source} verification token has been received")
     return JSONResponse({"source": source, "verification_token": token})
 
 
@@ -246,26 +220,25 @@ async def start_verify(request: Request) -> Response:
     from core import verify
     from core.errors import VectorSyncError
 
-    routes = _helpers()
     body = await _json_body(request)
     if isinstance(body, Response):
         return body
     unknown = sorted(set(body) - {"source", "scope", "repair"})
     if unknown:
-        return routes.error(400, f"unknown field(s): {', '.join(unknown)}; use source, scope, repair")
+        return common.error(400, f"unknown field(s): {', '.join(unknown)}; use source, scope, repair")
     source, scope, repair = body.get("source"), body.get("scope"), body.get("repair", False)
     if source is not None and source not in SOURCE_NAMES:
-        return routes.error(400, f"unknown source {source!r}; one of {', '.join(SOURCE_NAMES)}")
+        return common.error(400, f"unknown source {source!r}; one of {', '.join(SOURCE_NAMES)}")
     if scope is not None and (not isinstance(scope, str) or not scope):
-        return routes.error(400, "'scope' must be a scope key")
+        return common.error(400, "'scope' must be a scope key")
     if scope is not None and source is None:
-        return routes.error(400, "'scope' needs 'source'")
+        return common.error(400, "'scope' needs 'source'")
     if not isinstance(repair, bool):
-        return routes.error(400, "'repair' must be true or false")
-    settings = routes.settings_of(request)
+        return common.error(400, "'repair' must be true or false")
+    settings = common.settings_of(request)
     if source is not None and not settings.source(source).configured:
-        return routes.error(400, f"{source} is not configured: set its credentials")
-    svc = routes.services(request)
+        return common.error(400, f"{source} is not configured: set its credentials")
+    svc = common.services(request)
     if scope is None:
         names = [source] if source else [*settings.configured_sources(), verify.INDEX]
         queued = await run_in_threadpool(verify.queue_requests, svc.pool, names, repair)
@@ -278,10 +251,10 @@ async def start_verify(request: Request) -> Response:
     try:
         targets = await run_in_threadpool(auditor.targets, source, scope)
     except VectorSyncError as exc:
-        return routes.error(404, str(exc))
+        return common.error(404, str(exc))
     reports = await auditor.run_all(targets)
     if any(r.status == "skipped" for r in reports):
-        return routes.error(409, "; ".join(r.error or "" for r in reports if r.status == "skipped"))
+        return common.error(409, "; ".join(r.error or "" for r in reports if r.status == "skipped"))
     return JSONResponse(verify.summary(reports))
 
 
@@ -289,8 +262,7 @@ async def clear_verification_token(request: Request, source: str) -> Response:
     """Forget a recorded verification token (one planted by an unsigned request, or one for an
     old subscription), so that the next verification request is recorded. Once the source's
     token is configured, unsigned verification requests are refused whatever is recorded."""
-    routes = _helpers()
-    cleared = await run_in_threadpool(state.kv_delete, routes.services(request).pool, f"{source}.verification_token")
+    cleared = await run_in_threadpool(state.kv_delete, common.services(request).pool, f"{source}.verification_token")
     return JSONResponse({"source": source, "cleared": cleared,
                          "note": "the next verification request will be recorded" if cleared
                          else f"no {source} verification token was recorded"})
@@ -309,7 +281,7 @@ def admin_only(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[R
     search key or when no key can exist (receiver.auth; the lookup runs off the event loop)."""
 
     async def guarded(request: Request) -> Response:
-        if denied := await run_in_threadpool(_helpers().check_admin, request):
+        if denied := await run_in_threadpool(auth.require, request, "admin"):
             return denied
         return await handler(request)
 

@@ -9,21 +9,20 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import redis
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from core import jsonsafe, queue, state
+from core import jsonsafe, state
 from core.documents import Document, Ref
 from core.errors import InvalidWebhook, MalformedWebhook, NotConfigured, VectorSyncError
-from core.runtime import Services
-from core.settings import SOURCE_NAMES, Settings
+from core.settings import SOURCE_NAMES
 from core.sources.webhooks import check_result
 from core import metrics as metrics_module
 from core.status import StatusCache, render_metrics
 from receiver.bodies import read_body
+from receiver.common import RETRY_AFTER_S, enqueue, error, services, settings_of, unavailable  # noqa: F401
 from receiver import admin, auth, dashboard, mcp_http, openapi, search
 
 log = logging.getLogger("vector_sync.receiver")
@@ -39,19 +38,6 @@ MAX_METADATA_LIST = 256
 #: ``updated_at`` must be epoch seconds in [1990-01-01, now + one day].
 EARLIEST_UPDATED_AT = 631152000.0
 FUTURE_TOLERANCE_S = 86400.0
-#: Seconds a sender is asked to wait when Postgres or Redis is down.
-RETRY_AFTER_S = 10
-
-
-def error(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status)
-
-
-def unavailable(what: str) -> JSONResponse:
-    """503 + Retry-After: the sender should try again; nothing was accepted."""
-    response = error(503, f"{what} unavailable; retry later")
-    response.headers["Retry-After"] = str(RETRY_AFTER_S)
-    return response
 
 
 def loggable(message: str, limit: int = 500) -> str:
@@ -60,30 +46,9 @@ def loggable(message: str, limit: int = 500) -> str:
     return clean if len(clean) <= limit else clean[: limit - 3] + "..."
 
 
-def services(request: Request) -> Services:
-    svc: Services = request.app.state.services
-    return svc
-
-
-def settings_of(request: Request) -> Settings:
-    s: Settings = request.app.state.settings
-    return s
-
-
 def check_admin(request: Request) -> JSONResponse | None:
     """None when the request carries an admin key; else the 401/403 to answer (receiver.auth)."""
     return auth.require(request, "admin")
-
-
-async def enqueue(request: Request, refs: list[Ref], **options: Any) -> JSONResponse | None:
-    """Durably enqueue (``options`` ride in the message); None on success, a 503 when Redis
-    cannot take the job."""
-    try:
-        await run_in_threadpool(lambda: queue.enqueue(services(request).broker, refs, **options))
-    except redis.RedisError as exc:
-        log.error("enqueue failed: %s", exc)
-        return unavailable("queue")
-    return None
 
 
 # --- health ---------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """``python -m reconciler``: poll every due scope until SIGTERM/SIGINT."""
 
-from core.cli import run_process
+from core.process import run_process
 from reconciler.loop import run_reconciler
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ import threading
 from sandbox.server import SIMULATORS, SandboxServer, create_simulators
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__)
+def main(argv: list[str] | None = None, prog: str = "python -m sandbox") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port-base", type=int, default=8200,
                         help="simulator i listens on port-base + i (0: any free ports)")

@@ -51,7 +51,10 @@ HELP = "https://docs.fireflies.ai/miscellaneous/error-codes#"
 # --- the schema: which fields exist on which type, and what each returns --------------------
 # A field maps to None (a scalar) or to the name of the object type it returns.
 TYPES: dict[str, dict[str, str | None]] = {
-    "Query": {"transcripts": "Transcript", "transcript": "Transcript"},
+    "Query": {"transcripts": "Transcript", "transcript": "Transcript", "user": "User"},
+    # The API key's owner (``user`` without ``id``), or a teammate by ``id``.
+    "User": {"user_id": None, "email": None, "name": None, "num_transcripts": None,
+             "minutes_consumed": None, "is_admin": None, "integrations": None},
     "Transcript": {
         "id": None, "title": None, "date": None, "dateString": None, "duration": None,
         "organizer_email": None, "host_email": None, "participants": None,
@@ -71,7 +74,11 @@ TYPES: dict[str, dict[str, str | None]] = {
 ARGUMENTS = {
     ("Query", "transcripts"): {"fromDate", "toDate", "limit", "skip"},
     ("Query", "transcript"): {"id"},
+    ("Query", "user"): {"id"},
 }
+#: Who the sandbox's API key belongs to.
+OWNER = {"user_id": "01SANDBOXOWNER", "email": "owner@example.com", "name": "Sandbox Owner",
+         "is_admin": True, "integrations": ["zoom", "google_meet"]}
 
 
 class GraphQLError(Exception):
@@ -507,6 +514,8 @@ class FirefliesSimulator(Simulator):
             if node.name == "transcripts":
                 items = self._list(args)
                 out[node.alias] = [self._select(t, node.selections or [], "Transcript") for t in items]
+            elif node.name == "user":
+                out[node.alias] = self._select(self._user(args, out, node.alias), node.selections or [], "User")
             else:
                 t = self._one(args, out, node.alias)
                 out[node.alias] = self._select(t, node.selections or [], "Transcript")
@@ -574,6 +583,14 @@ class FirefliesSimulator(Simulator):
         # Newest meeting first, as the Fireflies app lists them; id breaks ties stably.
         items.sort(key=lambda t: (t.date, t.id), reverse=True)
         return items[skip: skip + limit]
+
+    def _user(self, args: dict[str, Any], data: dict[str, Any], alias: str) -> dict[str, Any]:
+        uid = args.get("id")
+        if uid is not None and uid != OWNER["user_id"]:
+            raise GraphQLError("User not found", "object_not_found", 404,
+                               metadata={"objectType": "User"}, data={**data, alias: None})
+        minutes = sum(t.duration for t in self.transcripts.values())
+        return {**OWNER, "num_transcripts": len(self.transcripts), "minutes_consumed": round(minutes, 1)}
 
     def _one(self, args: dict[str, Any], data: dict[str, Any], alias: str) -> Transcript:
         tid = args.get("id")

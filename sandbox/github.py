@@ -41,6 +41,13 @@ from sandbox.base import Knobs, Simulator
 
 DOCS = "https://docs.github.com/rest"
 TOKEN = "ghp_sandboxTokenForVectorSync0000000000"
+#: Who the token is (``GET /user``).
+TOKEN_LOGIN = "vector-sync-bot"
+#: The classic token's OAuth scopes, sent back in ``X-OAuth-Scopes`` on every authenticated
+#: answer. ``PUT /_sandbox/github/token {"scopes": [...]}`` changes them; ``null`` makes it a
+#: fine-grained token (no ``X-OAuth-Scopes`` header). Without ``repo`` a classic token sees
+#: private repositories as 404, as GitHub does.
+TOKEN_SCOPES = ("read:org", "repo")
 WEBHOOK_SECRET = "sandbox-github-webhook-secret"
 HOOK_ID = 424242
 ORG = "acme"
@@ -209,6 +216,7 @@ class GitHubSimulator(Simulator):
     def __init__(self, knobs: Knobs | None = None) -> None:
         super().__init__(knobs)
         self.token = TOKEN
+        self.token_scopes: set[str] | None = set(TOKEN_SCOPES)
         self.secret = WEBHOOK_SECRET
         self.repos: dict[str, Repo] = {}
         #: Repositories outside the sandbox (transfer targets the token cannot read).
@@ -303,6 +311,7 @@ class GitHubSimulator(Simulator):
         prefix = "/repos/{owner}/{repo}"
         return [
             Route("/rate_limit", api(self.get_rate_limit, counts=False), methods=["GET"]),
+            Route("/user", api(self.get_authenticated_user), methods=["GET"]),
             Route("/user/repos", api(self.list_user_repos), methods=["GET"]),
             Route(prefix, api(self.get_repo), methods=["GET"]),
             Route(f"{prefix}/issues", api(self.list_issues), methods=["GET"]),
@@ -344,6 +353,9 @@ class GitHubSimulator(Simulator):
                 request.state.caller = caller
                 response = await handler(request)
             self._rate_headers(response, budget, limit)
+            if caller == "token" and self.token_scopes is not None:
+                response.headers["x-oauth-scopes"] = ", ".join(sorted(self.token_scopes))
+                response.headers["x-accepted-oauth-scopes"] = "repo" if "/repos/" in request.url.path else ""
             return response
 
         return endpoint
@@ -395,7 +407,14 @@ class GitHubSimulator(Simulator):
         repo = self.repos.get(key)
         if repo is None or repo.deleted or request.state.caller != "token":
             return None
+        if repo.private and not self._sees_private():
+            return None
         return repo
+
+    def _sees_private(self) -> bool:
+        """A classic token needs the ``repo`` scope for private repositories (a fine-grained one
+        is granted repositories, which the sandbox models as all of them)."""
+        return self.token_scopes is None or "repo" in self.token_scopes
 
     # --- API handlers -----------------------------------------------------------------------
     async def not_found(self, request: Request) -> Response:
@@ -411,8 +430,16 @@ class GitHubSimulator(Simulator):
     async def list_user_repos(self, request: Request) -> Response:
         if request.state.caller != "token":
             return error(401, "Requires authentication")
-        repos = [self.repo_json(r) for r in self.repos.values() if not r.deleted]
+        repos = [self.repo_json(r) for r in self.repos.values()
+                 if not r.deleted and (not r.private or self._sees_private())]
         return self._paged(request, repos)
+
+    async def get_authenticated_user(self, request: Request) -> Response:
+        """GET /user: who the token is (401 "Requires authentication" without one)."""
+        if request.state.caller != "token":
+            return error(401, "Requires authentication")
+        return JSONResponse({**self.user_json(TOKEN_LOGIN), "name": "vector-sync (sandbox)",
+                             "email": None, "type": "User"})
 
     async def get_repo(self, request: Request) -> Response:
         repo = self._repo(request)
@@ -741,6 +768,7 @@ class GitHubSimulator(Simulator):
             Route(p, self.c_delete_repo, methods=["DELETE"]),
             Route(f"{p}/archive", self.c_archive, methods=["POST"]),
             Route(f"{p}/access", self.c_access, methods=["PUT"]),
+            Route("/token", self.c_token, methods=["PUT"]),
             Route("/users/{login}", self.c_user, methods=["PUT"]),
             Route(f"{p}/issues", self.c_create_issue, methods=["POST"]),
             Route(f"{p}/issues/comments/{{cid:int}}", self.c_edit_comment, methods=["PATCH", "DELETE"]),
@@ -851,6 +879,15 @@ class GitHubSimulator(Simulator):
             repo.collaborators_status = int(body["status"])
         return JSONResponse({"private": repo.private, "collaborators": repo.collaborators,
                              "listable": repo.collaborators_listable})
+
+    async def c_token(self, request: Request) -> Response:
+        """``{"scopes": [...] | null}``: the token's OAuth scopes (null: a fine-grained token)."""
+        body = await self._body(request)
+        scopes = body.get("scopes")
+        if scopes is not None and (not isinstance(scopes, list) or not all(isinstance(x, str) for x in scopes)):
+            return JSONResponse({"error": "scopes must be a list of names or null"}, 400)
+        self.token_scopes = None if scopes is None else set(scopes)
+        return JSONResponse({"scopes": None if self.token_scopes is None else sorted(self.token_scopes)})
 
     async def c_user(self, request: Request) -> Response:
         """``{"email": "..." | null}``: the user's public profile email."""

@@ -46,6 +46,11 @@ from sandbox.base import Delivery, Knobs, Simulator, TokenBucket
 EMAIL = "sandbox@example.com"
 API_TOKEN = "sandbox-jira-api-token"
 WEBHOOK_SECRET = "sandbox-jira-webhook-secret"
+#: Project permissions the sandbox knows (key → id, name, description), all granted by default.
+PERMISSIONS = {
+    "BROWSE_PROJECTS": ("10", "Browse Projects", "Ability to browse projects and the issues within them."),
+    "ADD_COMMENTS": ("15", "Add Comments", "Ability to comment on issues."),
+}
 
 #: Requests per second when ``knobs.rate_limit`` is None (Jira publishes no fixed number).
 DEFAULT_RATE = 100.0
@@ -443,6 +448,7 @@ class JiraSimulator(Simulator):
         self.retry_delay = 0.5
         #: "now" sends webhooks at once; "hold" keeps them until released (to reorder them).
         self.webhook_mode = "now"
+        self.granted: set[str] = set(PERMISSIONS)
         self.held: list[Held] = []
         self.projects: dict[str, Project] = {}  # by id
         self.issues: dict[int, Issue] = {}
@@ -663,6 +669,7 @@ class JiraSimulator(Simulator):
             Route("/rest/api/3/issue/{id_or_key}", self.api(self.get_issue), methods=["GET"]),
             Route("/rest/api/3/project/search", self.api(self.project_search), methods=["GET"]),
             Route("/rest/api/3/myself", self.api(self.myself), methods=["GET"]),
+            Route("/rest/api/3/mypermissions", self.api(self.mypermissions), methods=["GET"]),
         ]
 
     async def removed(self, request: Request) -> Response:
@@ -671,6 +678,20 @@ class JiraSimulator(Simulator):
     async def myself(self, request: Request) -> Response:
         account = next(iter(self.users))
         return JSONResponse({**(self.user(account) or {}), "emailAddress": EMAIL})
+
+    async def mypermissions(self, request: Request) -> Response:
+        """GET /rest/api/3/mypermissions?permissions=A,B: whether the caller has each (the
+        ``permissions`` parameter is required, as on Jira Cloud)."""
+        wanted = [p.strip() for p in (request.query_params.get("permissions") or "").split(",") if p.strip()]
+        if not wanted:
+            return error(400, "The 'permissions' query parameter is required.")
+        unknown = [p for p in wanted if p not in PERMISSIONS]
+        if unknown:
+            return error(400, f"Unrecognized permission key(s): {', '.join(unknown)}")
+        return JSONResponse({"permissions": {
+            key: {"id": PERMISSIONS[key][0], "key": key, "name": PERMISSIONS[key][1], "type": "PROJECT",
+                  "description": PERMISSIONS[key][2], "havePermission": key in self.granted}
+            for key in wanted}})
 
     async def search(self, request: Request) -> Response:
         if request.method == "POST":
@@ -784,7 +805,8 @@ class JiraSimulator(Simulator):
             size = min(int(params.get("maxResults") or 50), 100)
         except ValueError:
             return error(400, BAD_PAYLOAD)
-        projects = sorted(self.projects.values(), key=lambda p: p.key)
+        # Jira lists only the projects the caller may browse.
+        projects = sorted(self.projects.values(), key=lambda p: p.key) if "BROWSE_PROJECTS" in self.granted else []
         page = projects[start : start + max(1, size)]
         last = start + len(page) >= len(projects)
         base = f"{self.base_url}/rest/api/3/project/search"
@@ -835,8 +857,14 @@ class JiraSimulator(Simulator):
             if body["webhook_mode"] not in ("now", "hold"):
                 return JSONResponse({"error": "webhook_mode must be 'now' or 'hold'"}, 400)
             self.webhook_mode = body["webhook_mode"]
+        if "permissions" in body:  # the caller's project permissions (mypermissions, project search)
+            granted = body["permissions"]
+            if not isinstance(granted, list) or not set(granted) <= set(PERMISSIONS):
+                return JSONResponse({"error": f"permissions must be a list of {', '.join(PERMISSIONS)}"}, 400)
+            self.granted = set(granted)
         return JSONResponse({"time_zone": str(self.time_zone), "retry_delay": self.retry_delay,
-                             "webhook_mode": self.webhook_mode, "held": len(self.held)})
+                             "webhook_mode": self.webhook_mode, "held": len(self.held),
+                             "permissions": sorted(self.granted)})
 
     async def c_create_project(self, request: Request) -> Response:
         body = await _json(request)

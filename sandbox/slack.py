@@ -58,6 +58,18 @@ BOT_USER = "U05BOTSYNC"
 BOT_ID = "B05BOTSYNC"
 BOT_TOKEN = "xoxb-5000000001-5000000002-sandboxvectorsyncbot"
 SIGNING_SECRET = "8f742231b10e8888abcd99edabcd00d1"
+#: The bot token's OAuth scopes (``PUT /_sandbox/slack/config {"scopes": [...]}`` changes them).
+#: Every Web API answer carries them in ``x-oauth-scopes``, and a method whose scope is missing
+#: answers ``missing_scope`` with ``needed`` and ``provided``, as Slack does.
+BOT_SCOPES = ("channels:history", "channels:join", "channels:read", "groups:history", "groups:read",
+              "users:read", "users:read.email")
+#: The scope each method needs (for a private channel, the ``groups:`` one instead).
+METHOD_SCOPES = {
+    "conversations.list": "channels:read", "conversations.info": "channels:read",
+    "conversations.history": "channels:history", "conversations.replies": "channels:history",
+    "conversations.join": "channels:join", "conversations.members": "channels:read",
+    "users.info": "users:read",
+}
 VERIFICATION_TOKEN = "sandboxVerificationToken"
 
 #: Rate-limit tier of each method (api.slack.com/docs/rate-limits); requests per minute by tier.
@@ -227,6 +239,7 @@ class SlackSimulator(Simulator):
         #: ``channel_type``) or ``documented`` (exactly the fields of Slack's documented
         #: examples: no ``previous_message``, so no ``thread_ts`` for a deleted reply).
         self.event_shape = "full"
+        self.scopes: set[str] = set(BOT_SCOPES)
         self._buckets: dict[str, TokenBucket] = {}
         self._bucket_setting: float | None = None
         self._add_user(BOT_USER, "vector-sync", "vector-sync", is_bot=True)
@@ -278,11 +291,31 @@ class SlackSimulator(Simulator):
                 {"ok": False, "error": "ratelimited"}, 429,
                 headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
+        headers = {"x-oauth-scopes": ",".join(sorted(self.scopes)),
+                   "x-accepted-oauth-scopes": METHOD_SCOPES.get(method, "")}
+        needed = self._needed_scope(method, args)
+        if needed and needed not in self.scopes:
+            return JSONResponse({"ok": False, "error": "missing_scope", "needed": needed,
+                                 "provided": ",".join(sorted(self.scopes))}, headers=headers)
         try:
             result = handler(args)
         except SlackError as exc:
-            return JSONResponse({"ok": False, "error": exc.code, **exc.extra})
-        return JSONResponse({"ok": True, **result})
+            return JSONResponse({"ok": False, "error": exc.code, **exc.extra}, headers=headers)
+        return JSONResponse({"ok": True, **result}, headers=headers)
+
+    def _needed_scope(self, method: str, args: dict[str, Any]) -> str | None:
+        needed = METHOD_SCOPES.get(method)
+        if needed is None or not needed.startswith("channels:"):
+            return needed
+        private = method == "conversations.list" and "private_channel" in str(args.get("types") or "")
+        channel = self.channels.get(str(args.get("channel") or ""))
+        if channel is not None and channel.is_private:
+            private = True
+        if private and method != "conversations.list":
+            return needed.replace("channels:", "groups:")
+        if private and "groups:read" not in self.scopes:
+            return "groups:read"
+        return needed
 
     async def _arguments(self, request: Request) -> dict[str, Any] | Response:
         """Query string merged with a form or JSON body, as Slack accepts either."""
@@ -848,8 +881,12 @@ class SlackSimulator(Simulator):
             if body["event_shape"] not in ("full", "documented"):
                 return _bad("event_shape must be 'full' or 'documented'")
             self.event_shape = body["event_shape"]
+        if "scopes" in body:
+            if not isinstance(body["scopes"], list) or not all(isinstance(x, str) for x in body["scopes"]):
+                return _bad("scopes must be a list of OAuth scope names")
+            self.scopes = set(body["scopes"])
         return JSONResponse({"retry_delays": list(self.retry_delays), "ack_timeout": self.ack_timeout,
-                             "event_shape": self.event_shape})
+                             "event_shape": self.event_shape, "scopes": sorted(self.scopes)})
 
     # --- seeding ------------------------------------------------------------------------
     def seed(self, profile: str, rng: random.Random, world: dict[str, Any]) -> None:

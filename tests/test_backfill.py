@@ -36,7 +36,7 @@ def jira_settings(infra, sandbox):
 
 def cli(env: dict[str, str], *args: str, **kwargs) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-c", "from core.cli import main; main()", *args],
+        [sys.executable, "-c", "from cli.main import main; main()", *args],
         env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs,
     )
 

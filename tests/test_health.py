@@ -38,7 +38,7 @@ SLOW_BEATS = {"HEARTBEAT_TIMEOUT": "600"}
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", "from core.cli import main; main()", *args],
+    return subprocess.run([sys.executable, "-c", "from cli.main import main; main()", *args],
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=180)
 
 

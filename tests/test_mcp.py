@@ -94,7 +94,7 @@ def test_search_over_stdio_equals_the_api(infra, services, receiver, worker):
     push_documents(receiver, worker)
     token = new_key(receiver, role="search", principal="agent@example.com")
     params = StdioServerParameters(
-        command=sys.executable, args=["-c", "from core.cli import main; main(['mcp'])"],
+        command=sys.executable, args=["-c", "from cli.main import main; main(['mcp'])"],
         env={**os.environ, **BASE_ENV, **infra, "VECTOR_SYNC_API_KEY": token}, cwd=os.getcwd())
 
     async def go():

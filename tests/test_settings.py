@@ -79,7 +79,7 @@ SECRET_SETTINGS = (
 )
 #: Secrets a command reads itself, not Settings (``vector-sync mcp``'s key), through the same
 #: ``read_secret_files``: tested in TestCommandLine.
-COMMAND_SECRETS = ("VECTOR_SYNC_API_KEY",)
+COMMAND_SECRETS = ("VECTOR_SYNC_API_KEY", "VECTOR_SYNC_KEY")  # VECTOR_SYNC_KEY: tests/test_cli.py
 
 #: A value each secret setting accepts (the URLs are checked for their scheme).
 SAMPLE_VALUES = {
@@ -187,8 +187,8 @@ class TestSecretFiles:
 class TestCommandLine:
     def run_cli(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "core.cli", *args] if False else [sys.executable, "-c",
-             "from core.cli import main; main()", *args],
+            [sys.executable, "-m", "cli.main", *args] if False else [sys.executable, "-c",
+             "from cli.main import main; main()", *args],
             env={**os.environ, **env}, capture_output=True, text=True, timeout=60,
         )
 

@@ -16,7 +16,7 @@ from tests.conftest import ADMIN_KEY, BASE_ENV, make_settings, wait_for
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", "from core.cli import main; main()", *args],
+    return subprocess.run([sys.executable, "-c", "from cli.main import main; main()", *args],
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
 
 

@@ -56,7 +56,7 @@ def vector_sync_command() -> list[str]:
     script = Path(sys.executable).parent / "vector-sync"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "from core.cli import main; main()"]
+    return [sys.executable, "-c", "from cli.main import main; main()"]
 
 
 def clean_environ() -> dict[str, str]:

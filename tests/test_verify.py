@@ -52,7 +52,7 @@ def env(infra: dict[str, str], sandbox: SandboxServer) -> dict[str, str]:
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", "from core.cli import main; main()", "verify", *args],
+    return subprocess.run([sys.executable, "-c", "from cli.main import main; main()", "verify", *args],
                           env=env, capture_output=True, text=True, timeout=300)
 
 

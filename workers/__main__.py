@@ -1,6 +1,6 @@
 """``python -m workers``: one worker process consuming the sync queue until SIGTERM/SIGINT."""
 
-from core.cli import run_process
+from core.process import run_process
 from workers.runtime import run_worker
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from psycopg_pool import ConnectionPool
 
 from core import metrics
 from core.errors import UpsertMismatch
-from core.index import Match, Vector
+from core.index.base import Match, Vector
 
 #: Rows per INSERT statement: large enough to amortise round trips, small enough for memory.
 BATCH = 500

@@ -38,7 +38,7 @@ from pinecone.errors.exceptions import (
 
 from core import metrics
 from core.errors import IndexError_, IndexRateLimited, IndexRejected, IndexUnavailable, UpsertMismatch
-from core.index import MAX_METADATA_BYTES, Match, Vector
+from core.index.base import MAX_METADATA_BYTES, Match, Vector
 
 log = logging.getLogger(__name__)
 
