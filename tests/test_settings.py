@@ -354,6 +354,23 @@ class TestSecretsNeverShow:
         assert isinstance(copy.database_url, Secret) and "Cp-77xx" not in repr(copy)
 
 
+    def test_status_output_shows_no_secret(self, infra):
+        """`vector-sync status` (text and JSON) with real-looking credentials, the database and
+        Redis passwords included (trust authentication on the test servers ignores them)."""
+        env = {**os.environ, **BASE_ENV, **REAL_LOOKING,
+               "DATABASE_URL": infra["DATABASE_URL"].replace("postgres:@", "postgres:Pg-9f3Kq2LmX7vB@"),
+               "REDIS_URL": infra["REDIS_URL"] + ("&" if "?" in infra["REDIS_URL"] else "?") + "password=Rd-4hT8wQ1zN6cP"}
+        for name in ("PINECONE_API_KEY", "PINECONE_HOST", "OPENAI_API_KEY"):  # no index or embedder calls
+            env.pop(name)
+        assert infra["DATABASE_URL"].startswith("postgresql://postgres:@")
+        for args in (["status"], ["status", "--json"]):
+            result = subprocess.run([str(VECTOR_SYNC), *args], capture_output=True, text=True, timeout=120, env=env)
+            assert result.returncode in (0, 1), result.stderr  # read (healthy or not), not an error
+            assert "jira" in result.stdout
+            leaked = [part for part in SECRET_PARTS if part in result.stdout + result.stderr]
+            assert not leaked, leaked
+
+
 def one_line_error(env: dict[str, str]) -> str:
     with pytest.raises(SettingsError) as info:
         Settings.from_environ(env)

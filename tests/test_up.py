@@ -341,6 +341,16 @@ def test_sandbox_env_keeps_sandbox_mode_and_names_its_home(first_run: dict[str, 
     assert sourced.wants_sandbox() and sourced.home == home
 
 
+def test_no_secret_in_the_logs_or_the_status_of_a_run(first_run: dict[str, Any]) -> None:
+    """The simulators' tokens and webhook secrets and the admin key appear in no line `up`
+    and its children wrote, nor in /api/status."""
+    secrets = [v for k, v in first_run["sandbox_env"].items()
+               if k.endswith(("_TOKEN", "_KEY", "_SECRET")) and len(v) >= 8]
+    assert len(secrets) >= 8
+    shown = first_run["output"] + json.dumps(first_run["status"])
+    assert [s for s in secrets if s in shown] == []
+
+
 def test_sandbox_documents_of_all_push_sources_are_searchable(first_run: dict[str, Any]) -> None:
     hits = first_run["search_hits"]
     for source in PUSH_SOURCES:
