@@ -17,6 +17,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import psycopg
+import redis
 import redis.asyncio as aioredis
 from dramatiq.brokers.redis import RedisBroker
 from psycopg_pool import ConnectionPool
@@ -63,6 +65,15 @@ class Unreachable(VectorSyncError):
     patient start of a long-running process still sees an outage and waits."""
 
 
+class DatabaseUnreachable(Unreachable, psycopg.OperationalError):
+    """Postgres cannot be reached: still a ``psycopg.OperationalError`` to every check that
+    classifies errors by type (status's "postgres unreachable", outage detection)."""
+
+
+class RedisUnreachable(Unreachable, redis.ConnectionError):
+    """Redis cannot be reached: still a ``redis.ConnectionError`` to every check."""
+
+
 #: Seconds a start-up probe of Postgres or Redis may take (the pool itself waits 10 s, with a
 #: warning per attempt, and then says only ``PoolTimeout``).
 PROBE_TIMEOUT = 5
@@ -70,19 +81,15 @@ PROBE_TIMEOUT = 5
 
 def probe_database(url: str, timeout: float = PROBE_TIMEOUT) -> None:
     """One direct connection to ``DATABASE_URL``; :class:`Unreachable` naming the cause."""
-    import psycopg
-
     try:
         psycopg.connect(url, connect_timeout=max(1, int(timeout)), autocommit=True).close()
     except psycopg.Error as exc:
-        raise Unreachable(f"DATABASE_URL: cannot connect to {_database_target(url)}: "
+        raise DatabaseUnreachable(f"DATABASE_URL: cannot connect to {_database_target(url)}: "
                           f"{_cause(str(exc))}") from exc
 
 
 def probe_redis(url: str, timeout: float = PROBE_TIMEOUT) -> None:
     """One PING to ``REDIS_URL``; :class:`Unreachable` naming the cause."""
-    import redis
-
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
         try:
@@ -90,7 +97,7 @@ def probe_redis(url: str, timeout: float = PROBE_TIMEOUT) -> None:
         finally:
             client.close()
     except (redis.RedisError, OSError, ValueError) as exc:
-        raise Unreachable(f"REDIS_URL: cannot connect to {_redis_target(url)}: "
+        raise RedisUnreachable(f"REDIS_URL: cannot connect to {_redis_target(url)}: "
                           f"{_cause(str(exc))}") from exc
 
 
