@@ -263,15 +263,26 @@ def check_http_url(value: str, *, example: str = "https://host", echo: bool = Tr
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError:
         parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+    if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname
+            or any(c.isspace() for c in value)):
         shown = f", not {value!r}" if echo else ""
         raise _invalid(f"must be an http:// or https:// URL such as {example}{shown}")
     return value
 
 
-def _http_url(example: str, *, secret: bool = False) -> AfterValidator:
+def _http_url(example: str, *, secret: bool = False, bare_host: bool = False) -> AfterValidator:
+    """``bare_host``: a host name without scheme is fine too (Pinecone's console shows the
+    index host that way, and its SDK puts ``https://`` in front)."""
+
     def check(value: str) -> str:
-        check_http_url(value, example=example, echo=not secret)
+        if bare_host and value and "://" not in value:
+            try:
+                check_http_url(f"https://{value}", example=example)
+            except _Invalid:
+                raise _invalid(f"must be a host name or an http:// or https:// URL such as {example}"
+                               + ("" if secret else f", not {value!r}")) from None
+        else:
+            check_http_url(value, example=example, echo=not secret)
         return Secret(value) if secret else value
 
     return AfterValidator(check)
@@ -309,7 +320,7 @@ class Settings(BaseSettings):
     openai_base_url: Annotated[str, BeforeValidator(_stripped), _http_url("https://api.openai.com/v1")] = Field(
         "", alias="OPENAI_BASE_URL")
     pinecone_api_key: SecretText = Field(Secret(""), alias="PINECONE_API_KEY")
-    pinecone_host: Annotated[str, BeforeValidator(_stripped), _http_url("https://my-index-abc123.svc.pinecone.io")] = Field(
+    pinecone_host: Annotated[str, BeforeValidator(_stripped), _http_url("https://my-index-abc123.svc.pinecone.io", bare_host=True)] = Field(
         "", alias="PINECONE_HOST")
     pinecone_namespace: Text = Field("vector-sync", alias="PINECONE_NAMESPACE")
     webhook_max_bytes: Annotated[int, _whole(1024, 64 * 1024 * 1024)] = Field(1024 * 1024, alias="WEBHOOK_MAX_BYTES")

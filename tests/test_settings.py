@@ -440,14 +440,16 @@ class TestUrlsAtStartUp:
     @pytest.mark.parametrize(("name", "value"), [
         ("JIRA_URL", "acme.atlassian.net"), ("JIRA_URL", "https://"), ("SLACK_API_URL", "slack.com/api"),
         ("GITHUB_API_URL", "ftp://api.github.com"), ("OPENAI_BASE_URL", "localhost:8000/v1"),
-        ("PINECONE_HOST", "idx-abc.svc.pinecone.io"), ("NOTION_API_URL", "https://api.notion.com:notaport"),
+        ("PINECONE_HOST", "grpc://idx-abc.svc.pinecone.io"), ("PINECONE_HOST", "idx abc"),
+        ("NOTION_API_URL", "https://api.notion.com:notaport"),
     ])
     def test_a_url_without_scheme_or_host_stops_start_up_naming_the_setting(self, name, value):
         """Issue 13: JIRA_URL=acme.atlassian.net was accepted, then failed at run time as a
         transient error retried for minutes."""
         base = {k: REAL_LOOKING[k] for k in ("JIRA_URL", "JIRA_EMAIL", "JIRA_API_TOKEN")}
         message = one_line_error({**base, name: value})
-        assert message.startswith(f"{name} must be an http:// or https:// URL"), message
+        assert message.startswith(f"{name} must be "), message
+        assert "http:// or https:// URL" in message and repr(value) in message, message
 
     def test_the_alert_webhook_url_is_checked_without_being_echoed(self):
         message = one_line_error({"ALERT_SLACK_WEBHOOK_URL": "hooks.slack.com/services/T/B/Wh8Secret3Token9Xy"})
@@ -457,6 +459,9 @@ class TestUrlsAtStartUp:
     def test_good_urls_pass(self):
         settings = Settings.from_environ({**REAL_LOOKING, "OPENAI_BASE_URL": "http://127.0.0.1:8000/v1"})
         assert settings.source("jira").get("JIRA_URL") == "https://acme.atlassian.net"
+        # Pinecone's console shows the index host without a scheme; its SDK adds https://.
+        bare = Settings.from_environ({"PINECONE_HOST": "idx-abc123.svc.aped-1234.pinecone.io"})
+        assert bare.pinecone_host == "idx-abc123.svc.aped-1234.pinecone.io"
         assert settings.openai_base_url == "http://127.0.0.1:8000/v1"
 
 
