@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import errno
 import fcntl
 import logging
 import os
-import errno
 import secrets
 import signal
 import socket
