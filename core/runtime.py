@@ -9,12 +9,16 @@ shared through Redis and a ``SourceContext`` that reads our own state.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
+import psycopg
+import redis
 import redis.asyncio as aioredis
 from dramatiq.brokers.redis import RedisBroker
 from psycopg_pool import ConnectionPool
@@ -22,7 +26,7 @@ from psycopg_pool import ConnectionPool
 from core import facts as facts_store
 from core import state
 from core.documents import Ref
-from core.errors import NotConfigured, SettingsError
+from core.errors import NotConfigured, SettingsError, VectorSyncError
 from core.index import VectorIndex, build_index
 from core.queue import enqueue as enqueue_refs
 from core.queue import make_broker
@@ -54,11 +58,113 @@ def require_urls(settings: Settings) -> None:
             )
 
 
+class Unreachable(VectorSyncError):
+    """Postgres or Redis cannot be reached at start-up. The message is one line naming the
+    setting, where it points (never its password) and the cause: ``DATABASE_URL: cannot
+    connect to db.example:5432: unknown host``. Raised from the driver's error, so the
+    patient start of a long-running process still sees an outage and waits."""
+
+
+class DatabaseUnreachable(Unreachable, psycopg.OperationalError):
+    """Postgres cannot be reached: still a ``psycopg.OperationalError`` to every check that
+    classifies errors by type (status's "postgres unreachable", outage detection)."""
+
+
+class RedisUnreachable(Unreachable, redis.ConnectionError):
+    """Redis cannot be reached: still a ``redis.ConnectionError`` to every check."""
+
+
+#: Seconds a start-up probe of Postgres or Redis may take (the pool itself waits 10 s, with a
+#: warning per attempt, and then says only ``PoolTimeout``).
+PROBE_TIMEOUT = 5
+
+
+def probe_database(url: str, timeout: float = PROBE_TIMEOUT) -> None:
+    """One direct connection to ``DATABASE_URL``; :class:`Unreachable` naming the cause."""
+    try:
+        psycopg.connect(url, connect_timeout=max(1, int(timeout)), autocommit=True).close()
+    except psycopg.Error as exc:
+        raise DatabaseUnreachable(f"DATABASE_URL: cannot connect to {_database_target(url)}: "
+                          f"{_cause(str(exc))}") from exc
+
+
+def probe_redis(url: str, timeout: float = PROBE_TIMEOUT) -> None:
+    """One PING to ``REDIS_URL``; :class:`Unreachable` naming the cause."""
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, ValueError) as exc:
+        raise RedisUnreachable(f"REDIS_URL: cannot connect to {_redis_target(url)}: "
+                          f"{_cause(str(exc))}") from exc
+
+
+def probe(settings: Settings) -> None:
+    """Both servers answer (the URLs must be set)."""
+    probe_database(settings.database_url)
+    probe_redis(settings.redis_url)
+
+
+#: What a driver's message means, in the words an operator needs (first match wins).
+_CAUSES = (
+    (re.compile(r"resolve host|could not translate host name|Name or service not known|"
+                r"nodename nor servname|Temporary failure in name resolution|getaddrinfo", re.I),
+     "unknown host (the name does not resolve)"),
+    (re.compile(r"Connection refused|Error 111\b", re.I), "connection refused (nothing listens there)"),
+    (re.compile(r"password authentication failed|invalid username-password|WRONGPASS|"
+                r"invalid password|NOAUTH|Authentication required|client already authenticated|"
+                r"AUTH <password> called without", re.I),
+     "authentication failed (wrong user or password)"),
+    (re.compile(r'role "[^"]*" does not exist', re.I), "authentication failed (no such user)"),
+    (re.compile(r'database "[^"]*" does not exist', re.I), "no such database"),
+    (re.compile(r"timeout|timed out", re.I), "timed out"),
+    (re.compile(r"No such file or directory|Error 2 connecting", re.I), "no server on that socket"),
+)
+
+
+def _cause(message: str) -> str:
+    """The cause, one line, with the driver's own words after it (never a password: drivers
+    do not echo them)."""
+    detail = " ".join(message.split())
+    detail = re.sub(r"\s*Is the server running.*$", "", detail)
+    for pattern, cause in _CAUSES:
+        if pattern.search(detail):
+            return f"{cause} [{detail[:200]}]"
+    return detail[:200] or "unknown error"
+
+
+def _database_target(url: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        info = conninfo_to_dict(url)
+    except Exception:  # a malformed URL: say so without echoing it
+        return "the server it names"
+    host = str(info.get("host") or "localhost")
+    if host.startswith("/"):
+        return f"the socket in {host}"
+    return f"{host}:{info.get('port') or 5432}"
+
+
+def _redis_target(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return f"the socket {parts.path}"
+    try:
+        return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+    except ValueError:
+        return "the server it names"
+
+
 def open_services(
     settings: Settings, *, migrate: bool = True, broker_middleware: list[Any] | None = None,
     pool_size: int = 8,
 ) -> Services:
     require_urls(settings)
+    # Redis is not probed here: the receiver starts without it (and says so in /readyz).
+    probe_database(settings.database_url)
     pool = state.open_pool(settings.database_url, max_size=pool_size)
     try:
         if migrate:

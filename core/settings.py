@@ -1,18 +1,30 @@
 """One settings object, read from the environment once per process and passed down.
 
 Every variable the product reads is declared here (and listed in docs/configuration.md).
-A bad value raises :class:`SettingsError` whose message is one line naming the variable
-and what is wrong; entrypoints print that line and exit 2.
+``Settings`` is a pydantic-settings model: each field names its variable (its alias) and
+validates it. A bad value raises :class:`SettingsError` whose message is one line naming the
+variable and what is wrong; entrypoints print that line and exit 2. So does a variable that
+looks like ours but is not one (``JIRA_PROJECT`` for ``JIRA_PROJECTS``: the closest name is
+suggested) and a source configured by half (``JIRA_URL`` and ``JIRA_EMAIL`` without
+``JIRA_API_TOKEN``): either would otherwise be ignored and sync something else than meant.
+
+Secrets are :class:`Secret` values: plain strings to the code that uses them, masked in every
+repr (of the field, of ``Settings``, of ``SourceSettings``).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BeforeValidator, Field, SkipValidation, ValidationError, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from core.errors import SettingsError
 
@@ -55,6 +67,47 @@ SOURCE_OPTIONS: dict[str, dict[str, str]] = {
         "FIREFLIES_RECHECK_WINDOW": "14d",
     },
 }
+
+#: Per source: the variables that say someone means to use it. Any of them set while a
+#: credential is missing is a start-up error (half a source), and any of them set keeps ``up``
+#: out of the sandbox. Tuning knobs (API URLs, intervals, budgets) do not count: GitHub
+#: Actions, for one, sets ``GITHUB_API_URL`` in every job.
+SOURCE_INTENT: dict[str, tuple[str, ...]] = {
+    "jira": ("JIRA_URL", "JIRA_EMAIL", "JIRA_API_TOKEN", "JIRA_WEBHOOK_SECRET", "JIRA_PROJECTS"),
+    "slack": ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_CHANNELS"),
+    "github": ("GITHUB_TOKEN", "GITHUB_WEBHOOK_SECRET", "GITHUB_REPOS"),
+    "notion": ("NOTION_TOKEN", "NOTION_WEBHOOK_TOKEN"),
+    "tempo": ("TEMPO_API_TOKEN",),
+    "fireflies": ("FIREFLIES_API_KEY", "FIREFLIES_WEBHOOK_SECRET"),
+}
+
+#: Source variables that are http(s) URLs, checked at start-up (not at the first request).
+SOURCE_URLS = ("JIRA_URL", "SLACK_API_URL", "GITHUB_API_URL", "NOTION_API_URL", "TEMPO_API_URL",
+               "FIREFLIES_API_URL")
+
+#: Variables in the prefixes we own that other software sets: never mistaken for a typo.
+#: GitHub Actions sets these ``GITHUB_*`` in every job (``GITHUB_TOKEN`` and ``GITHUB_API_URL``
+#: are ours as well).
+FOREIGN_VARIABLES = frozenset({
+    "GITHUB_ACTION", "GITHUB_ACTION_PATH", "GITHUB_ACTION_REPOSITORY", "GITHUB_ACTIONS",
+    "GITHUB_ACTOR", "GITHUB_ACTOR_ID", "GITHUB_BASE_REF", "GITHUB_ENV", "GITHUB_EVENT_NAME",
+    "GITHUB_EVENT_PATH", "GITHUB_GRAPHQL_URL", "GITHUB_HEAD_REF", "GITHUB_JOB", "GITHUB_OUTPUT",
+    "GITHUB_PATH", "GITHUB_REF", "GITHUB_REF_NAME", "GITHUB_REF_PROTECTED", "GITHUB_REF_TYPE",
+    "GITHUB_REPOSITORY", "GITHUB_REPOSITORY_ID", "GITHUB_REPOSITORY_OWNER",
+    "GITHUB_REPOSITORY_OWNER_ID", "GITHUB_RETENTION_DAYS", "GITHUB_RUN_ATTEMPT", "GITHUB_RUN_ID",
+    "GITHUB_RUN_NUMBER", "GITHUB_SERVER_URL", "GITHUB_SHA", "GITHUB_STATE", "GITHUB_STEP_SUMMARY",
+    "GITHUB_TRIGGERING_ACTOR", "GITHUB_WORKFLOW", "GITHUB_WORKFLOW_REF", "GITHUB_WORKFLOW_SHA",
+    "GITHUB_WORKSPACE",
+})
+
+#: Variables read by one command rather than by Settings (``vector-sync mcp``'s key).
+COMMAND_VARIABLES = ("VECTOR_SYNC_API_KEY",)
+
+#: A variable starting with one of these is ours: an unknown one is a typo, not someone else's.
+OWN_PREFIXES = tuple(f"{name.upper()}_" for name in SOURCE_NAMES) + ("VECTOR_SYNC_",)
+
+#: Secrets: readable from ``NAME_FILE``, masked in reprs.
+SECRET_NAME = re.compile(r"[A-Z0-9_]+_(TOKEN|KEY|SECRET|PASSWORD)|DATABASE_URL|REDIS_URL|ALERT_SLACK_WEBHOOK_URL")
 
 #: Reconciler cadence per source (DESIGN/issue 6 defaults), seconds.
 DEFAULT_POLL_INTERVAL = {
@@ -106,7 +159,8 @@ class Rate:
 
 @dataclass(frozen=True)
 class SourceSettings:
-    """What one source is configured with. ``env`` holds its raw variables."""
+    """What one source is configured with. ``env`` holds its raw variables (secrets as
+    :class:`Secret`)."""
 
     name: str
     env: Mapping[str, str] = field(repr=False)  # holds credentials: never in a repr
@@ -134,112 +188,216 @@ class SourceSettings:
         return None if not keys or keys == ["*"] else keys
 
 
-@dataclass(frozen=True)
-class Settings:
-    home: Path = Path(".vector-sync")
-    database_url: str = ""
-    redis_url: str = ""
-    host: str = "127.0.0.1"
-    port: int = 8080
-    admin_api_key: Secret = Secret("")
-    log_level: str = "INFO"
-    http_timeout: float = 10.0
-    chunk_tokens: int = 512
-    chunk_overlap_tokens: int = 48
-    embedding_model: str = "text-embedding-3-small"
-    embedding_dimensions: int = 1536
-    embedding_batch_size: int = 2048
-    openai_api_key: Secret = Secret("")
-    openai_base_url: str = ""
-    pinecone_api_key: Secret = Secret("")
-    pinecone_host: str = ""
-    pinecone_namespace: str = "vector-sync"
-    webhook_max_bytes: int = 1024 * 1024
-    worker_processes: int = 1
-    worker_threads: int = 8
-    max_retries: int = 8
-    max_wait: float = 3 * 86400.0
-    reconcile_overlap: float = 600.0
-    reconcile_tick: float = 5.0
-    prune_interval: float = 86400.0
-    verify_interval: float = 86400.0  # the reconciler's drift audit per scope; 0 = never
-    heartbeat_interval: float = 10.0
-    heartbeat_timeout: float = 60.0
-    worker_recovery_after: float = 30.0
-    stuck_after: float = 900.0
-    document_failing_after: float = 60.0
-    alert_slack_webhook_url: str = ""
-    sandbox: str = "auto"
-    sandbox_port_base: int = 8200  # sandbox mode: simulator i listens on SANDBOX_PORT_BASE + i
-    sources: Mapping[str, SourceSettings] = field(default_factory=dict)
-    # Exposure and observability (see exposure_settings below).
-    status_api_key: Secret = Secret("")
-    public_routes: str = "all"
-    status_cache_ttl: float = 5.0
-    metrics_port: int = 0
-    metrics_host: str = "0.0.0.0"
+# --- field types: each validates the raw string of its variable -------------------------------
+# A validator's message is what follows the variable's name ("must be a whole number, ...");
+# ``Settings.from_environ`` puts the name in front (the field's alias).
+
+
+class _Invalid(ValueError):
+    """A variable's value is wrong; the message is what follows its name."""
+
+
+def _invalid(message: str) -> _Invalid:
+    return _Invalid(message)
+
+
+def _stripped(raw: Any) -> Any:
+    return raw.strip() if isinstance(raw, str) else raw
+
+
+def _whole(low: int, high: int) -> BeforeValidator:
+    def check(raw: Any) -> int:
+        if isinstance(raw, int):
+            value = raw
+        else:
+            try:
+                value = int(raw)
+            except ValueError:
+                raise _invalid(f"must be a whole number, not {raw!r}") from None
+        if not low <= value <= high:
+            raise _invalid(f"must be between {low} and {high}, not {value}")
+        return value
+
+    return BeforeValidator(check)
+
+
+def _duration(raw: Any) -> float:
+    if isinstance(raw, (int, float)):
+        return float(raw)
+    try:
+        return parse_duration(raw)
+    except ValueError:
+        raise _invalid(f"must be a duration such as 30, 90s, 15m, 2h or 1d, not {raw!r}") from None
+
+
+def _choice(*choices: str, upper: bool = True, listed: str = "") -> BeforeValidator:
+    def check(raw: Any) -> str:
+        value = raw.strip().upper() if upper else raw.strip().lower()
+        if value not in choices:
+            raise _invalid(f"must be {listed or 'one of ' + ', '.join(choices)}, not {value!r}")
+        return value
+
+    return BeforeValidator(check)
+
+
+def _scheme(*schemes: str) -> AfterValidator:
+    """A URL that may carry a password (a database's, Redis's): its scheme is checked, and
+    the value is never echoed."""
+
+    def check(value: str) -> Secret:
+        if value and value.split("://", 1)[0] not in schemes:
+            raise _invalid(f"must start with one of {', '.join(f'{s}://' for s in schemes)}")
+        return Secret(value)
+
+    return AfterValidator(check)
+
+
+def check_http_url(value: str, *, example: str = "https://host", echo: bool = True) -> str:
+    """``value`` is empty or an ``http(s)://host...`` URL; the message (without the variable's
+    name) otherwise. A URL without a scheme would fail every request at run time, as an error
+    retried for minutes, instead of stopping start-up."""
+    if not value:
+        return ""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        parts = None
+    if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname
+            or any(c.isspace() for c in value)):
+        shown = f", not {value!r}" if echo else ""
+        raise _invalid(f"must be an http:// or https:// URL such as {example}{shown}")
+    return value
+
+
+def _http_url(example: str, *, secret: bool = False, bare_host: bool = False) -> AfterValidator:
+    """``bare_host``: a host name without scheme is fine too (Pinecone's console shows the
+    index host that way, and its SDK puts ``https://`` in front)."""
+
+    def check(value: str) -> str:
+        if bare_host and value and "://" not in value:
+            try:
+                check_http_url(f"https://{value}", example=example)
+            except _Invalid:
+                raise _invalid(f"must be a host name or an http:// or https:// URL such as {example}"
+                               + ("" if secret else f", not {value!r}")) from None
+        else:
+            check_http_url(value, example=example, echo=not secret)
+        return Secret(value) if secret else value
+
+    return AfterValidator(check)
+
+
+Text = Annotated[str, BeforeValidator(_stripped)]
+SecretText = Annotated[str, BeforeValidator(_stripped), AfterValidator(Secret)]
+Duration = Annotated[float, BeforeValidator(_duration)]
+
+
+class Settings(BaseSettings):
+    """Every setting of a process. Build it with :meth:`from_environ`; fields are named after
+    their meaning, their aliases are the variables."""
+
+    model_config = SettingsConfigDict(frozen=True, case_sensitive=True, env_ignore_empty=True,
+                                      extra="forbid", validate_by_name=True, validate_by_alias=True)
+
+    home: Annotated[Path, BeforeValidator(_stripped), AfterValidator(Path.absolute)] = Field(
+        Path(".vector-sync"), alias="VECTOR_SYNC_HOME", validate_default=True)
+    database_url: Annotated[str, BeforeValidator(_stripped), _scheme("postgres", "postgresql")] = Field(
+        Secret(""), alias="DATABASE_URL")
+    redis_url: Annotated[str, BeforeValidator(_stripped), _scheme("redis", "rediss", "unix")] = Field(
+        Secret(""), alias="REDIS_URL")
+    host: Text = Field("127.0.0.1", alias="HOST")
+    port: Annotated[int, _whole(1, 65535)] = Field(8080, alias="PORT")
+    admin_api_key: SecretText = Field(Secret(""), alias="ADMIN_API_KEY")
+    log_level: Annotated[str, _choice("DEBUG", "INFO", "WARNING", "ERROR")] = Field("INFO", alias="LOG_LEVEL")
+    http_timeout: Duration = Field(10.0, alias="HTTP_TIMEOUT")
+    chunk_tokens: Annotated[int, _whole(32, 8000)] = Field(512, alias="CHUNK_TOKENS")
+    chunk_overlap_tokens: Annotated[int, _whole(0, 1000)] = Field(48, alias="CHUNK_OVERLAP_TOKENS")
+    embedding_model: Text = Field("text-embedding-3-small", alias="EMBEDDING_MODEL")
+    embedding_dimensions: Annotated[int, _whole(8, 2000)] = Field(1536, alias="EMBEDDING_DIMENSIONS")
+    embedding_batch_size: Annotated[int, _whole(1, 2048)] = Field(2048, alias="EMBEDDING_BATCH_SIZE")
+    openai_api_key: SecretText = Field(Secret(""), alias="OPENAI_API_KEY")
+    openai_base_url: Annotated[str, BeforeValidator(_stripped), _http_url("https://api.openai.com/v1")] = Field(
+        "", alias="OPENAI_BASE_URL")
+    pinecone_api_key: SecretText = Field(Secret(""), alias="PINECONE_API_KEY")
+    pinecone_host: Annotated[str, BeforeValidator(_stripped), _http_url("https://my-index-abc123.svc.pinecone.io", bare_host=True)] = Field(
+        "", alias="PINECONE_HOST")
+    pinecone_namespace: Text = Field("vector-sync", alias="PINECONE_NAMESPACE")
+    webhook_max_bytes: Annotated[int, _whole(1024, 64 * 1024 * 1024)] = Field(1024 * 1024, alias="WEBHOOK_MAX_BYTES")
+    worker_processes: Annotated[int, _whole(1, 64)] = Field(1, alias="WORKER_PROCESSES")
+    worker_threads: Annotated[int, _whole(1, 256)] = Field(8, alias="WORKER_THREADS")
+    max_retries: Annotated[int, _whole(0, 100)] = Field(8, alias="MAX_RETRIES")
+    max_wait: Duration = Field(3 * 86400.0, alias="MAX_WAIT")
+    reconcile_overlap: Duration = Field(600.0, alias="RECONCILE_OVERLAP")
+    reconcile_tick: Duration = Field(5.0, alias="RECONCILE_TICK")
+    prune_interval: Duration = Field(86400.0, alias="PRUNE_INTERVAL")
+    #: The reconciler's drift audit per scope; 0 = never.
+    verify_interval: Duration = Field(86400.0, alias="VERIFY_INTERVAL")
+    heartbeat_interval: Duration = Field(10.0, alias="HEARTBEAT_INTERVAL")
+    heartbeat_timeout: Duration = Field(60.0, alias="HEARTBEAT_TIMEOUT")
+    worker_recovery_after: Duration = Field(30.0, alias="WORKER_RECOVERY_AFTER")
+    stuck_after: Duration = Field(900.0, alias="STUCK_AFTER")
+    document_failing_after: Duration = Field(60.0, alias="DOCUMENT_FAILING_AFTER")
+    alert_slack_webhook_url: Annotated[
+        str, BeforeValidator(_stripped), _http_url("https://hooks.slack.com/services/...", secret=True)
+    ] = Field(Secret(""), alias="ALERT_SLACK_WEBHOOK_URL")
+    sandbox: Annotated[str, _choice("auto", "on", "off", upper=False, listed="auto, on or off")] = Field("auto", alias="SANDBOX")
+    #: Sandbox mode: simulator i listens on SANDBOX_PORT_BASE + i.
+    sandbox_port_base: Annotated[int, _whole(1024, 65000)] = Field(8200, alias="SANDBOX_PORT_BASE")
+    # Exposure and observability (docs/operations.md, "Exposing the receiver" and "Metrics").
+    status_api_key: SecretText = Field(Secret(""), alias="STATUS_API_KEY")
+    #: ``webhooks`` by default once a status key is set: setting one is asking for the gate.
+    public_routes: Annotated[str, _choice("all", "webhooks", upper=False, listed="all or webhooks")] = Field(
+        "all", alias="PUBLIC_ROUTES")
+    status_cache_ttl: Duration = Field(5.0, alias="STATUS_CACHE_TTL")
+    metrics_port: Annotated[int, _whole(0, 65535)] = Field(0, alias="METRICS_PORT")
+    metrics_host: Text = Field("0.0.0.0", alias="METRICS_HOST")
+    #: Per source, built by ``from_environ`` (not a variable of its own).
+    sources: SkipValidation[Mapping[str, SourceSettings]] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _public_routes_follow_the_status_key(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not (data.get("PUBLIC_ROUTES") or data.get("public_routes")):
+            key = data.get("STATUS_API_KEY") or data.get("status_api_key")
+            data = {**data, "PUBLIC_ROUTES": "webhooks" if key else "all"}
+        return data
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: Any,
+                                   env_settings: Any, dotenv_settings: Any,
+                                   file_secret_settings: Any) -> tuple[Any, ...]:
+        # Only what from_environ passes in: one place reads the environment, with NAME_FILE
+        # resolved and unknown names caught first.
+        return (init_settings,)
+
+    @classmethod
+    def variables(cls) -> list[str]:
+        """The variables the model's own fields read (sources' variables aside)."""
+        return [f.alias for f in cls.model_fields.values() if f.alias]
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = _Env(read_secret_files(os.environ if environ is None else environ))
-        sources = {}
-        for name in SOURCE_NAMES:
-            raw = {var: env.str(var, "") for var in SOURCE_CREDENTIALS[name]}
-            raw |= {var: env.str(var, default) for var, default in SOURCE_OPTIONS[name].items()}
-            if name == "tempo":  # Tempo v4 gives issue ids; keys and summaries come from Jira.
-                raw |= {var: env.str(var, "") for var in SOURCE_CREDENTIALS["jira"]}
-            upper = name.upper()
-            poll = env.duration(f"{upper}_POLL_INTERVAL", DEFAULT_POLL_INTERVAL[name])
-            sources[name] = SourceSettings(
-                name=name,
-                env=raw,
-                poll_interval=poll,
-                # Stale when two polls in a row have been missed (plus slack for a slow pass).
-                stale_after=env.duration(f"{upper}_STALE_AFTER", 2 * poll + 300),
-                rate=env.rate(f"{upper}_RATE_LIMIT", DEFAULT_RATE_LIMIT[name]),
-            )
-        sandbox = env.str("SANDBOX", "auto").lower()
-        if sandbox not in ("auto", "on", "off"):
-            raise SettingsError(f"SANDBOX must be auto, on or off, not {sandbox!r}")
-        return cls(
-            home=Path(env.str("VECTOR_SYNC_HOME", ".vector-sync")).absolute(),
-            database_url=env.url("DATABASE_URL", ("postgres", "postgresql")),
-            redis_url=env.url("REDIS_URL", ("redis", "rediss", "unix")),
-            host=env.str("HOST", "127.0.0.1"),
-            port=env.int("PORT", 8080, 1, 65535),
-            admin_api_key=Secret(env.str("ADMIN_API_KEY", "")),
-            log_level=env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
-            http_timeout=env.duration("HTTP_TIMEOUT", 10.0),
-            chunk_tokens=env.int("CHUNK_TOKENS", 512, 32, 8000),
-            chunk_overlap_tokens=env.int("CHUNK_OVERLAP_TOKENS", 48, 0, 1000),
-            embedding_model=env.str("EMBEDDING_MODEL", "text-embedding-3-small"),
-            embedding_dimensions=env.int("EMBEDDING_DIMENSIONS", 1536, 8, 2000),
-            embedding_batch_size=env.int("EMBEDDING_BATCH_SIZE", 2048, 1, 2048),
-            openai_api_key=Secret(env.str("OPENAI_API_KEY", "")),
-            openai_base_url=env.str("OPENAI_BASE_URL", ""),
-            pinecone_api_key=Secret(env.str("PINECONE_API_KEY", "")),
-            pinecone_host=env.str("PINECONE_HOST", ""),
-            pinecone_namespace=env.str("PINECONE_NAMESPACE", "vector-sync"),
-            webhook_max_bytes=env.int("WEBHOOK_MAX_BYTES", 1024 * 1024, 1024, 64 * 1024 * 1024),
-            worker_processes=env.int("WORKER_PROCESSES", 1, 1, 64),
-            worker_threads=env.int("WORKER_THREADS", 8, 1, 256),
-            max_retries=env.int("MAX_RETRIES", 8, 0, 100),
-            max_wait=env.duration("MAX_WAIT", 3 * 86400.0),
-            reconcile_overlap=env.duration("RECONCILE_OVERLAP", 600.0),
-            reconcile_tick=env.duration("RECONCILE_TICK", 5.0),
-            prune_interval=env.duration("PRUNE_INTERVAL", 86400.0),
-            verify_interval=env.duration("VERIFY_INTERVAL", 86400.0),
-            heartbeat_interval=env.duration("HEARTBEAT_INTERVAL", 10.0),
-            heartbeat_timeout=env.duration("HEARTBEAT_TIMEOUT", 60.0),
-            worker_recovery_after=env.duration("WORKER_RECOVERY_AFTER", 30.0),
-            stuck_after=env.duration("STUCK_AFTER", 900.0),
-            document_failing_after=env.duration("DOCUMENT_FAILING_AFTER", 60.0),
-            alert_slack_webhook_url=env.str("ALERT_SLACK_WEBHOOK_URL", ""),
-            sandbox=sandbox,
-            sandbox_port_base=env.int("SANDBOX_PORT_BASE", 8200, 1024, 65000),
-            sources=sources,
-            **exposure_settings(env),
-        )
+        env = read_secret_files(os.environ if environ is None else environ)
+        check_names(env)
+        values = _Environment(cls, env)()
+        sources = {name: _source_settings(name, _Env(env)) for name in SOURCE_NAMES}
+        present = tuple(var for name in SOURCE_NAMES for var in SOURCE_INTENT[name]
+                        if env.get(var, "").strip())
+        check_sources(sources, present)
+        try:
+            return cls(**values, sources=sources)
+        except ValidationError as exc:
+            raise SettingsError(_one_line(exc)) from None
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (``Settings`` is frozen; it is no dataclass, so
+        ``dataclasses.replace`` does not apply)."""
+        unknown = set(changes) - set(type(self).model_fields)
+        if unknown:
+            raise TypeError(f"not a field of Settings: {', '.join(sorted(unknown))}")
+        values = {name: getattr(self, name) for name in type(self).model_fields}
+        return type(self)(**{**values, **changes})  # validated again: secrets stay Secret
 
     @property
     def embedded_postgres(self) -> bool:
@@ -256,27 +414,104 @@ class Settings:
         return [name for name, s in self.sources.items() if s.configured]
 
     def wants_sandbox(self) -> bool:
-        """Sandbox mode: asked for, or ``auto`` with no real source credential set."""
+        """Sandbox mode: asked for, or ``auto`` with no source configured. A source variable
+        set without its credentials is a start-up error (``check_sources``), so ``auto`` never
+        shows simulated data to someone who set one."""
         if self.sandbox == "auto":
             return not self.configured_sources()
         return self.sandbox == "on"
 
 
-def exposure_settings(env: _Env) -> dict[str, Any]:
-    """Who may read what besides the webhooks, and how metrics leave each process
-    (docs/operations.md, "Exposing the receiver" and "Metrics")."""
-    status_key = env.str("STATUS_API_KEY", "")
-    # Setting a status key is asking for the status to be protected: the default follows it.
-    public = (env.str("PUBLIC_ROUTES", "") or ("webhooks" if status_key else "all")).lower()
-    if public not in ("all", "webhooks"):
-        raise SettingsError(f"PUBLIC_ROUTES must be all or webhooks, not {public!r}")
-    return {
-        "status_api_key": Secret(status_key),
-        "public_routes": public,
-        "status_cache_ttl": env.duration("STATUS_CACHE_TTL", 5.0),
-        "metrics_port": env.int("METRICS_PORT", 0, 0, 65535),
-        "metrics_host": env.str("METRICS_HOST", "0.0.0.0") or "0.0.0.0",
-    }
+class _Environment(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping (``os.environ`` or a test's
+    dict) rather than the process environment. Reads exactly the fields' variables."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls, case_sensitive=True, env_ignore_empty=True)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        names = self.settings_cls.variables()  # type: ignore[attr-defined]
+        found = {name: self._environ.get(name) for name in names}
+        return {name: value for name, value in found.items()
+                if value is not None and value.strip() != ""}
+
+
+def _one_line(exc: ValidationError) -> str:
+    error = exc.errors(include_url=False)[0]
+    name = str(error["loc"][0]) if error["loc"] else "settings"
+    cause = (error.get("ctx") or {}).get("error")
+    return f"{name} {cause if isinstance(cause, _Invalid) else error['msg']}"
+
+
+def _source_settings(name: str, env: _Env) -> SourceSettings:
+    raw: dict[str, str] = {var: env.str(var, "") for var in SOURCE_CREDENTIALS[name]}
+    raw |= {var: env.str(var, default) for var, default in SOURCE_OPTIONS[name].items()}
+    if name == "tempo":  # Tempo v4 gives issue ids; keys and summaries come from Jira.
+        raw |= {var: env.str(var, "") for var in SOURCE_CREDENTIALS["jira"]}
+    for var in raw:
+        if var in SOURCE_URLS:
+            try:
+                check_http_url(raw[var], example=_URL_EXAMPLES.get(var, "https://host"))
+            except _Invalid as exc:
+                raise SettingsError(f"{var} {exc}") from None
+    raw = {var: Secret(value) if SECRET_NAME.fullmatch(var) else value for var, value in raw.items()}
+    upper = name.upper()
+    poll = env.duration(f"{upper}_POLL_INTERVAL", DEFAULT_POLL_INTERVAL[name])
+    return SourceSettings(
+        name=name,
+        env=raw,
+        poll_interval=poll,
+        # Stale when two polls in a row have been missed (plus slack for a slow pass).
+        stale_after=env.duration(f"{upper}_STALE_AFTER", 2 * poll + 300),
+        rate=env.rate(f"{upper}_RATE_LIMIT", DEFAULT_RATE_LIMIT[name]),
+    )
+
+
+_URL_EXAMPLES = {"JIRA_URL": "https://your-site.atlassian.net"}
+
+
+def known_variables() -> set[str]:
+    """Every variable vector-sync reads (``NAME_FILE`` forms of secrets included)."""
+    names = set(Settings.variables()) | set(COMMAND_VARIABLES)
+    for name in SOURCE_NAMES:
+        upper = name.upper()
+        names |= set(SOURCE_CREDENTIALS[name]) | set(SOURCE_OPTIONS[name])
+        names |= {f"{upper}_POLL_INTERVAL", f"{upper}_STALE_AFTER", f"{upper}_RATE_LIMIT"}
+    return names | {f"{n}_FILE" for n in names if SECRET_NAME.fullmatch(n)}
+
+
+def check_names(environ: Mapping[str, str]) -> None:
+    """A set variable in one of our prefixes (``JIRA_``, ..., ``VECTOR_SYNC_``) that is no
+    setting is a typo: ``JIRA_PROJECT=ENG`` ignored would sync every project the token sees."""
+    known = known_variables()
+    for var in sorted(environ):
+        if (var.startswith(OWN_PREFIXES) and var not in known and var not in FOREIGN_VARIABLES
+                and str(environ[var]).strip()):
+            close = difflib.get_close_matches(var, sorted(known), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}?" if close else "see docs/configuration.md"
+            raise SettingsError(f"{var} is not a vector-sync setting; {hint} (unset {var} to go on)")
+
+
+def check_sources(sources: Mapping[str, SourceSettings], present: tuple[str, ...]) -> None:
+    """Half a source (some of its variables set, a credential missing) stops start-up naming
+    what is missing: silently "not configured", it would look like a source that works."""
+    for name in SOURCE_NAMES:
+        given = [var for var in SOURCE_INTENT[name] if var in present]
+        if not given:
+            continue
+        missing = [var for var in SOURCE_CREDENTIALS[name] if not sources[name].get(var)]
+        if missing:
+            verb = "is" if len(missing) == 1 else "are"
+            raise SettingsError(
+                f"{name} is configured by half: {_and(missing)} {verb} not set "
+                f"({_and(given)} {'is' if len(given) == 1 else 'are'}); set {_and(missing)} "
+                f"or unset {'it' if len(given) == 1 else 'them'}"
+            )
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def read_secret_files(environ: Mapping[str, str]) -> Mapping[str, str]:
@@ -287,7 +522,7 @@ def read_secret_files(environ: Mapping[str, str]) -> Mapping[str, str]:
     URLs that may carry a password. Setting both ``NAME`` and ``NAME_FILE`` is an error, and so
     is a file that cannot be read; neither message shows a value.
     """
-    secret = re.compile(r"[A-Z0-9_]+_(TOKEN|KEY|SECRET|PASSWORD)|DATABASE_URL|REDIS_URL|ALERT_SLACK_WEBHOOK_URL")
+    secret = SECRET_NAME
     resolved: dict[str, str] = {}
     for var, path in environ.items():
         name = var.removesuffix("_FILE")
@@ -329,18 +564,6 @@ class _Env:
     def str(self, name: str, default: str) -> str:
         return self.environ.get(name, default).strip()
 
-    def int(self, name: str, default: int, low: int, high: int) -> int:
-        raw = self.environ.get(name)
-        if raw is None or raw.strip() == "":
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise SettingsError(f"{name} must be a whole number, not {raw!r}") from None
-        if not low <= value <= high:
-            raise SettingsError(f"{name} must be between {low} and {high}, not {value}")
-        return value
-
     def duration(self, name: str, default: float) -> float:
         raw = self.environ.get(name)
         if raw is None or raw.strip() == "":
@@ -360,17 +583,3 @@ class _Env:
             raise SettingsError(
                 f"{name} must be a rate such as 5/s, 60/min or 50/day, not {raw!r}"
             ) from None
-
-    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.environ.get(name, default).strip().upper() or default
-        if value not in choices:
-            raise SettingsError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
-        return value
-
-    def url(self, name: str, schemes: tuple[str, ...]) -> str:
-        raw = self.environ.get(name, "").strip()
-        if raw and raw.split("://", 1)[0] not in schemes:
-            allowed = ", ".join(f"{s}://" for s in schemes)
-            # Never echo the value: URLs carry passwords.
-            raise SettingsError(f"{name} must start with one of {allowed}")
-        return raw

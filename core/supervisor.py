@@ -18,23 +18,27 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import errno
 import fcntl
 import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from core import state
 from core.embedded import EmbeddedPostgres, EmbeddedRedis
+from core.home import require_home, sandbox_env_header
 from core.index import build_index
 from core.logs import configure_logging
+from core.runtime import Unreachable, probe
 from core.settings import Settings
 
 log = logging.getLogger("vector_sync.up")
@@ -127,7 +131,7 @@ def start_embedded(settings: Settings) -> tuple[Settings, list[EmbeddedPostgres 
     except BaseException:
         stop_embedded(started)
         raise
-    return replace(settings, database_url=database_url, redis_url=redis_url), started
+    return settings.replace(database_url=database_url, redis_url=redis_url), started
 
 
 def stop_embedded(started: list[EmbeddedPostgres | EmbeddedRedis]) -> None:
@@ -139,14 +143,16 @@ def stop_embedded(started: list[EmbeddedPostgres | EmbeddedRedis]) -> None:
 
 
 def attached_settings(settings: Settings) -> Settings:
-    """For one-shot commands: use the embedded servers of a running ``up`` (or start them for
-    the duration of the command)."""
+    """For one-shot commands: use the embedded servers of a running ``up`` (or start them on
+    its data for the duration of the command). Never a new home: a home without the data
+    ``up`` leaves is the wrong one, and the command stops naming it (core/home.py)."""
     if settings.database_url and settings.redis_url:
         return settings
+    require_home(settings)
     if not settings.redis_url:
         existing = EmbeddedRedis(settings.home / "redis")
         if existing._ping():
-            settings = replace(settings, redis_url=existing.url)
+            settings = settings.replace(redis_url=existing.url)
     settings, started = start_embedded(settings)
     atexit.register(stop_embedded, started)
     return settings
@@ -200,9 +206,14 @@ def start_sandbox(settings: Settings, receiver_url: str) -> tuple[Child, dict[st
 
 
 def write_sandbox_env(home: Path, env: dict[str, str]) -> Path:
+    """``sandbox.env``: the simulators' settings, marked as the sandbox's (``SANDBOX=on``, so a
+    shell that sourced it stays in sandbox mode on the next ``up`` instead of taking the
+    simulators' credentials for real ones) and naming its home (``VECTOR_SYNC_HOME``)."""
     path = home / "sandbox.env"
     tmp = path.with_suffix(".env.tmp")
-    tmp.write_text("".join(f"{k}={v}\n" for k, v in sorted(env.items())))
+    env = {**env, "SANDBOX": "on", "VECTOR_SYNC_HOME": str(home)}
+    lines = [f"{line}\n" for line in sandbox_env_header(home)]
+    tmp.write_text("".join(lines) + "".join(f"{k}={v}\n" for k, v in sorted(env.items())))
     tmp.chmod(0o600)
     tmp.replace(path)
     return path
@@ -221,7 +232,8 @@ def sandbox_banner(path: Path) -> str:
         "  │ To sync your real tools, set their credentials (e.g. JIRA_URL, JIRA_EMAIL,\n"
         "  │ JIRA_API_TOKEN; SLACK_BOT_TOKEN; GITHUB_TOKEN; NOTION_TOKEN; TEMPO_API_TOKEN;\n"
         "  │ FIREFLIES_API_KEY; see docs/configuration.md) and run again: any real source credential\n"
-        "  │ turns the sandbox off. SANDBOX=off forces it off; docs/sandbox.md explains it.\n"
+        "  │ turns the sandbox off. SANDBOX=off forces it off (a shell that sourced sandbox.env\n"
+        "  │ has SANDBOX=on); docs/sandbox.md explains it.\n"
         "  └──────────────────────────────────────────────────────────────────────────────\n"
     )
 
@@ -244,12 +256,42 @@ def lock_home(home: Path) -> IO[str]:
     return handle
 
 
+def check_port(host: str, port: int) -> None:
+    """The receiver's address can be bound: a port in use fails start-up naming ``PORT``,
+    before anything starts (uvicorn would exit later with status 3 and no port in the line)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise StartupError(f"HOST {host!r} does not resolve: {exc.strerror or exc}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise StartupError(f"PORT {port} is already in use on {host} (another program or "
+                                   "another vector-sync up); set PORT to a free port") from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise StartupError(f"HOST {host} is not an address of this machine") from None
+            if exc.errno == errno.EACCES:
+                raise StartupError(f"PORT {port} on {host}: permission denied (ports below 1024 "
+                                   "need privileges); set PORT to 1024 or above") from None
+            raise StartupError(f"PORT {port} on {host} cannot be used: {exc.strerror or exc}") from None
+
+
 def up(settings: Settings) -> int:
     configure_logging(settings.log_level)
     settings.home.mkdir(parents=True, exist_ok=True)
     try:
         home_lock = lock_home(settings.home)
     except StartupError as exc:
+        print(f"vector-sync: {exc}", file=sys.stderr, flush=True)
+        return 1
+    try:
+        check_port(settings.host, settings.port)
+    except StartupError as exc:
+        home_lock.close()
         print(f"vector-sync: {exc}", file=sys.stderr, flush=True)
         return 1
     stop = threading.Event()
@@ -261,6 +303,9 @@ def up(settings: Settings) -> int:
     reason: str | None = None
     try:
         settings, embedded = start_embedded(settings)
+        # One direct connection each, a few seconds at most: a wrong URL ends here in one line
+        # naming it and the cause, not after the pool's retries in a PoolTimeout.
+        probe(settings)
         pool = state.open_pool(settings.database_url, max_size=1)
         try:
             applied = state.migrate(pool)
@@ -302,7 +347,7 @@ def up(settings: Settings) -> int:
             print(f"  receiver on {receiver_url}  (status: {receiver_url}/api/status)\n",
                   file=sys.stderr, flush=True)
         reason = supervise(children, stop, embedded)
-    except StartupError as exc:
+    except (StartupError, Unreachable) as exc:
         reason = str(exc)
     except Exception as exc:
         log.exception("start-up failed")

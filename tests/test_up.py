@@ -328,6 +328,29 @@ def test_sandbox_mode_announces_itself_and_writes_sandbox_env(first_run: dict[st
     assert first_run["status"]["sources"]["jira"]["configured"]
 
 
+def test_sandbox_env_keeps_sandbox_mode_and_names_its_home(first_run: dict[str, Any]) -> None:
+    """Issue 13: sourcing sandbox.env as the README says made the next `make run` take the
+    simulators' credentials for real ones, leave sandbox mode, and fail every source."""
+    from core.settings import Settings
+
+    env, home = first_run["sandbox_env"], first_run["home"]
+    assert env["SANDBOX"] == "on" and env["VECTOR_SYNC_HOME"] == str(home)
+    assert (home / "sandbox.env").read_text().startswith("# The sandbox's settings")
+    # What the next `up` in a shell that sourced it reads: sandbox mode, this home.
+    sourced = Settings.from_environ({**clean_environ(), **env})
+    assert sourced.wants_sandbox() and sourced.home == home
+
+
+def test_no_secret_in_the_logs_or_the_status_of_a_run(first_run: dict[str, Any]) -> None:
+    """The simulators' tokens and webhook secrets and the admin key appear in no line `up`
+    and its children wrote, nor in /api/status."""
+    secrets = [v for k, v in first_run["sandbox_env"].items()
+               if k.endswith(("_TOKEN", "_KEY", "_SECRET")) and len(v) >= 8]
+    assert len(secrets) >= 8
+    shown = first_run["output"] + json.dumps(first_run["status"])
+    assert [s for s in secrets if s in shown] == []
+
+
 def test_sandbox_documents_of_all_push_sources_are_searchable(first_run: dict[str, Any]) -> None:
     hits = first_run["search_hits"]
     for source in PUSH_SOURCES:
@@ -522,6 +545,52 @@ def test_bad_setting_exits_2_with_one_line_naming_it(tmp_path: Path, name: str, 
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and name in lines[0] and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "home" / "pg").exists()
+
+
+def test_half_a_source_stops_up_instead_of_running_the_sandbox(tmp_path: Path) -> None:
+    """Issue 13: JIRA_URL and JIRA_EMAIL without JIRA_API_TOKEN ran the sandbox and showed
+    simulated data to someone who believed they had configured Jira."""
+    env = {**clean_environ(), "VECTOR_SYNC_HOME": str(tmp_path / "home"),
+           "JIRA_URL": "https://acme.atlassian.net", "JIRA_EMAIL": "ops@acme.example"}
+    result = subprocess.run(vector_sync_command() + ["up"], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "JIRA_API_TOKEN is not set" in lines[0], result.stderr
+    assert "SANDBOX MODE" not in result.stderr and not (tmp_path / "home").exists()
+
+
+def test_port_in_use_fails_before_announcing_the_receiver(tmp_path: Path) -> None:
+    """Issue 13: the banner announced the receiver before binding, and the last line said
+    `web exited with status 3` without naming the port."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**clean_environ(), "VECTOR_SYNC_HOME": str(tmp_path / "home"), "PORT": str(port), "SANDBOX": "off"}
+        result = subprocess.run(vector_sync_command() + ["up"], env=env, capture_output=True, text=True,
+                                timeout=120, check=False)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"PORT {port} is already in use" in lines[0], result.stderr
+    assert "receiver on" not in result.stderr
+    assert not (tmp_path / "home" / "pg").exists()  # nothing was started
+
+
+def test_unreachable_database_fails_fast_in_one_line_naming_it(tmp_path: Path) -> None:
+    """Issue 13: DATABASE_URL at an unknown host ended, after 10 s of JSON warnings and a
+    traceback, in PoolTimeout without naming the setting."""
+    env = {**clean_environ(), "VECTOR_SYNC_HOME": str(tmp_path / "home"), "SANDBOX": "off",
+           "DATABASE_URL": "postgresql://vsync:Pg-9f3Kq2LmX7vB@no-such-host.invalid:5432/vs",
+           "PORT": str(free_port()), "LOG_LEVEL": "WARNING"}  # any warning would be a line more
+    result = subprocess.run(vector_sync_command() + ["up"], env=env, capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("vector-sync: DATABASE_URL: cannot connect to no-such-host.invalid:5432: unknown host")
+    assert "PoolTimeout" not in result.stderr and "Traceback" not in result.stderr
+    assert "Pg-9f3Kq2LmX7vB" not in result.stderr
+    assert processes_naming(tmp_path / "home") == []  # the embedded Redis it started is stopped
 
 
 # --- the trickle ----------------------------------------------------------------------------

@@ -10,7 +10,6 @@ Everything runs for real: receiver, worker, Postgres, Redis, and reconciler tick
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -312,8 +311,8 @@ def _prune_due_in(system: System) -> float:
 def test_a_failed_prune_listing_is_retried_on_prune_interval_with_backoff(system: System) -> None:
     """A failed listing used to be retried after a fixed hour, whatever PRUNE_INTERVAL said."""
     system.reconcile("fireflies", "account")
-    short = dataclasses.replace(system.settings, prune_interval=120.0)
-    daily = dataclasses.replace(system.settings, prune_interval=86400.0)
+    short = system.settings.replace(prune_interval=120.0)
+    daily = system.settings.replace(prune_interval=86400.0)
     system.knobs("fireflies", fault_rate=1.0)
     try:
         _prune_once(system, short)

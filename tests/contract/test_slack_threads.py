@@ -170,7 +170,7 @@ def test_lookback_all_reads_old_threads_on_every_pass(system: System) -> None:
                          and not c.is_archived for ts, r in c.threads.items() if len(r) > 1
                          and float(r[-1]) < week_ago)
     source = system.settings.source("slack")
-    everything = dataclasses.replace(system.settings, sources={
+    everything = system.settings.replace(sources={
         **system.settings.sources,
         "slack": dataclasses.replace(source, env={**source.env, "SLACK_THREAD_LOOKBACK": "all"})})
     document_id = f"slack:{channel.id}:{root}"

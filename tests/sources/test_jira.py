@@ -299,6 +299,11 @@ def test_rate_limit_429_is_waited_out_through_source_http(server: SandboxServer)
 # --- webhooks -------------------------------------------------------------------------------
 
 
+#: A complete Jira configuration for the pure parse tests (JIRA_URL alone is half a source,
+#: a start-up error).
+PARSE_ONLY = {"JIRA_URL": "http://x", "JIRA_EMAIL": "bot@example.com", "JIRA_API_TOKEN": "t"}
+
+
 def _source(env: dict[str, str]) -> JiraSource:
     return build(settings_for(env), httpx.AsyncClient())
 
@@ -353,13 +358,13 @@ def _event(name: str, **extra: Any) -> bytes:
 ])
 def test_parse_issue_and_comment_events(event: str, op: str) -> None:
     body = _event(event)
-    result = _source({"JIRA_URL": "http://x"}).parse(signed(body), body)
+    result = _source(PARSE_ONLY).parse(signed(body), body)
     assert result.delivery_id == "d-1"
     assert result.refs == [Ref("jira", "10001", "SUBS", op, 1_700_000_000.123)]
 
 
 def test_parse_unknown_scope_and_malformed_events() -> None:
-    source = _source({"JIRA_URL": "http://x"})
+    source = _source(PARSE_ONLY)
     ignored = source.parse({}, _event("worklog_created"))
     assert ignored.refs == [] and "worklog_created" in ignored.note
     archived = source.parse({}, json.dumps({"webhookEvent": "project_archived",
@@ -376,7 +381,7 @@ def test_parse_unknown_scope_and_malformed_events() -> None:
 def test_parse_comment_event_names_its_issue_by_the_comment_url() -> None:
     """A comment event without an issue object (as a cascade's comment_deleted may come) still
     re-syncs its issue, named in comment.self; without either it is malformed."""
-    source = _source({"JIRA_URL": "http://x"})
+    source = _source(PARSE_ONLY)
     comment = {"id": "20001", "self": "https://acme.atlassian.net/rest/api/2/issue/10042/comment/20001"}
     body = json.dumps({"timestamp": 1_700_000_000_000, "webhookEvent": "comment_deleted",
                        "comment": comment}).encode()
