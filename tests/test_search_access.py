@@ -25,6 +25,8 @@ ADMIN_REQUESTS = [
     ("GET", "/api/scopes", None),
     ("POST", "/api/scopes/slack/activate", {"keys": ["C1"]}),
     ("POST", "/api/scopes/slack/deactivate", {"keys": ["C1"]}),
+    ("POST", "/api/scopes/slack/sync", {"keys": ["C1"]}),
+    ("POST", "/api/admin/resync", {"document_ids": ["slack:C1:1.000001"]}),
     ("POST", "/api/scopes/slack/access", {"keys": ["C1"], "public": True}),
     ("POST", "/api/backfill/slack", {}),
     ("GET", "/api/runs", None),
