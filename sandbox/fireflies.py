@@ -45,7 +45,8 @@ from sandbox.base import Knobs, Simulator
 API_KEY = "ff-sandbox-api-key-0001"
 WEBHOOK_SECRET = "ff-sandbox-signing-secret"  # 16–32 characters, as Fireflies requires
 MAX_LIMIT = 50
-PLANS = {"business": (60, 60.0), "free": (50, 86400.0)}
+#: Requests per period: Business and Enterprise 60 a minute; Free and Pro 50 a day.
+PLANS = {"business": (60, 60.0), "enterprise": (60, 60.0), "free": (50, 86400.0), "pro": (50, 86400.0)}
 HELP = "https://docs.fireflies.ai/miscellaneous/error-codes#"
 
 # --- the schema: which fields exist on which type, and what each returns --------------------
@@ -60,17 +61,34 @@ TYPES: dict[str, dict[str, str | None]] = {
         "organizer_email": None, "host_email": None, "participants": None,
         "speakers": "Speaker", "transcript_url": None, "sentences": "Sentence",
         "summary": "Summary",
+        # The rest of the documented Transcript schema (docs.fireflies.ai/schema/transcript).
+        "privacy": None, "fireflies_users": None, "audio_url": None, "video_url": None,
+        "meeting_link": None, "calendar_id": None, "cal_id": None, "calendar_type": None,
+        "meeting_attendees": "MeetingAttendee", "meeting_attendance": "MeetingAttendance",
+        "meeting_info": "MeetingInfo",
     },
     "Speaker": {"id": None, "name": None},
+    "MeetingAttendee": {"displayName": None, "email": None, "phoneNumber": None, "name": None,
+                        "location": None},
+    "MeetingAttendance": {"name": None, "join_time": None, "leave_time": None},
+    "MeetingInfo": {"fred_joined": None, "silent_meeting": None, "summary_status": None},
     "Sentence": {
         "index": None, "text": None, "raw_text": None, "speaker_name": None,
-        "speaker_id": None, "start_time": None, "end_time": None,
+        "speaker_id": None, "start_time": None, "end_time": None, "ai_filters": "AIFilter",
     },
+    "AIFilter": {"task": None, "pricing": None, "metric": None, "question": None,
+                 "date_and_time": None, "text_cleanup": None, "sentiment": None},
     "Summary": {
         "overview": None, "action_items": None, "keywords": None, "short_summary": None,
-        "outline": None, "bullet_gist": None,
+        "outline": None, "bullet_gist": None, "gist": None, "shorthand_bullet": None,
+        "short_overview": None, "meeting_type": None, "topics_discussed": None,
+        "transcript_chapters": None,
     },
 }
+#: Transcript fields the control API may not set (derived from the others).
+DERIVED = {"id", "dateString", "host_email", "fireflies_users", "cal_id", "meeting_attendees",
+           "meeting_attendance", "meeting_info", "privacy", "audio_url", "video_url",
+           "meeting_link", "calendar_id", "calendar_type"}
 ARGUMENTS = {
     ("Query", "transcripts"): {"fromDate", "toDate", "limit", "skip"},
     ("Query", "transcript"): {"id"},
@@ -301,10 +319,36 @@ class Transcript:
                 "%Y-%m-%dT%H:%M:%S.000Z")
         if name == "host_email":
             return self.organizer_email
+        if name == "meeting_attendees":
+            return [{"displayName": _display(email), "email": email, "phoneNumber": None,
+                     "name": _display(email), "location": None} for email in self.participants]
+        if name == "meeting_attendance":
+            if self.sentences is None:
+                return []
+            start = datetime.fromtimestamp(self.date / 1000, timezone.utc)
+            end = datetime.fromtimestamp(self.date / 1000 + self.duration * 60, timezone.utc)
+            return [{"name": s["name"], "join_time": start.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+                     "leave_time": end.strftime("%Y-%m-%dT%H:%M:%S.000Z")} for s in self.speakers]
+        if name == "meeting_info":
+            return {"fred_joined": True, "silent_meeting": False,
+                    "summary_status": "processed" if self.summary is not None else "processing"}
+        if name == "fireflies_users":
+            return [self.organizer_email]
+        if name == "privacy":
+            return "link"
+        if name in ("audio_url", "video_url", "calendar_id", "cal_id", "calendar_type"):
+            return None  # no recording or calendar event in the sandbox
+        if name == "meeting_link":
+            return f"https://meet.google.com/{self.id[-10:-7].lower()}-{self.id[-7:-3].lower()}-{self.id[-3:].lower()}"
         return getattr(self, name)
 
     def to_dict(self) -> dict[str, Any]:
         return {name: self.resolve(name) for name in TYPES["Transcript"]}
+
+
+def _display(email: str) -> str:
+    """A display name from an email's local part: ``ada.okafor@x`` → ``Ada Okafor``."""
+    return " ".join(part.capitalize() for part in re.split(r"[._-]+", email.split("@")[0]) if part)
 
 
 class RollingWindow:
@@ -444,7 +488,12 @@ class FirefliesSimulator(Simulator):
             length = round(rng.uniform(2.0, 9.0), 2)
             sentences.append({"index": index, "text": text, "raw_text": text,
                               "speaker_name": speaker["name"], "speaker_id": speaker["id"],
-                              "start_time": round(clock, 2), "end_time": round(clock + length, 2)})
+                              "start_time": round(clock, 2), "end_time": round(clock + length, 2),
+                              "ai_filters": {"task": text if text.startswith(("I'll", "Can someone")) else None,
+                                             "pricing": None, "metric": None,
+                                             "question": text if text.endswith("?") else None,
+                                             "date_and_time": text if "tomorrow" in text else None,
+                                             "text_cleanup": text, "sentiment": "neutral"}})
             clock += length + 0.3
         t.sentences = sentences
         owner = t.speakers[-1]["name"]
@@ -455,6 +504,12 @@ class FirefliesSimulator(Simulator):
             "short_summary": f"Sync on {topics[0]}.",
             "outline": f"- {topics[0]}\n- {topics[1]}\n- {topics[2]}",
             "bullet_gist": f"- {topics[0]}",
+            "gist": f"Sync on {topics[0]} and {topics[1]}.",
+            "shorthand_bullet": f"- {topics[0]}\n- {topics[1]}",
+            "short_overview": f"The team discussed {topics[0]}.",
+            "meeting_type": "Status update",
+            "topics_discussed": list(topics),
+            "transcript_chapters": [],
         }
 
     # --- the API ----------------------------------------------------------------------------
@@ -638,7 +693,7 @@ class FirefliesSimulator(Simulator):
         if t is None:
             return JSONResponse({"error": "no such transcript"}, 404)
         for key, value in (await _json(request)).items():
-            if key not in TYPES["Transcript"] or key in ("id", "dateString", "host_email"):
+            if key not in TYPES["Transcript"] or key in DERIVED:
                 return JSONResponse({"error": f"cannot edit {key!r}"}, 400)
             setattr(t, key, value)
         return JSONResponse(t.to_dict())
