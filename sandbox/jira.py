@@ -690,7 +690,9 @@ class JiraSimulator(Simulator):
             base = f"/rest/api/{version}"
             routes += [
                 Route(f"{base}/search/jql", wrap(self.search), methods=["GET", "POST"]),
+                Route(f"{base}/search/approximate-count", wrap(self.approximate_count), methods=["POST"]),
                 Route(f"{base}/issue/bulkfetch", wrap(self.bulkfetch), methods=["POST"]),
+                Route(f"{base}/issue/{{id_or_key}}/comment", wrap(self.issue_comments), methods=["GET"]),
                 Route(f"{base}/issue/{{id_or_key}}", wrap(self.get_issue), methods=["GET"]),
                 Route(f"{base}/project/search", wrap(self.project_search), methods=["GET"]),
                 Route(f"{base}/project", wrap(self.project_list), methods=["GET"]),
@@ -722,6 +724,41 @@ class JiraSimulator(Simulator):
             "defaultLocale": {"locale": "en_US"},
             "serverTimeZone": str(self.time_zone),
         })
+
+    async def approximate_count(self, request: Request) -> Response:
+        """POST /rest/api/{2,3}/search/approximate-count ``{"jql"}`` → ``{"count": n}`` (the
+        enhanced search's replacement for ``total``; exact here)."""
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except json.JSONDecodeError:
+            return error(400, BAD_PAYLOAD)
+        if not isinstance(body, dict) or not isinstance(body.get("jql"), str):
+            return error(400, BAD_PAYLOAD)
+        try:
+            where, _ = JqlParser(self, body["jql"]).parse()
+        except JqlError as exc:
+            return error(400, str(exc))
+        if where is None:
+            return error(400, UNBOUNDED)
+        return JSONResponse({"count": sum(1 for i in self.issues.values() if where(i))})
+
+    async def issue_comments(self, request: Request) -> Response:
+        """GET /rest/api/{2,3}/issue/{idOrKey}/comment: ``startAt``/``maxResults`` paging (default
+        and cap 5000, as Jira documents), ``orderBy`` ``created`` or ``-created``."""
+        issue = self.resolve(request.path_params["id_or_key"])
+        if issue is None:
+            return error(404, NOT_FOUND)
+        params = request.query_params
+        try:
+            start = max(0, int(params.get("startAt") or 0))
+            size = max(1, min(int(params.get("maxResults") or 5000), 5000))
+        except ValueError:
+            return error(400, BAD_PAYLOAD)
+        ordered = sorted(issue.comments, key=lambda c: (c.created, c.id),
+                         reverse=params.get("orderBy", "").lstrip("+") == "-created")
+        page = ordered[start : start + size]
+        return JSONResponse({"startAt": start, "maxResults": size, "total": len(ordered),
+                             "comments": [self.render_comment(issue, c) for c in page]})
 
     async def field_list(self, request: Request) -> Response:
         """GET /rest/api/{2,3}/field: every field the simulator serves, system fields only."""

@@ -112,3 +112,20 @@ def test_atlassian_python_api_connects_and_pages(env: dict[str, str], server: Sa
     # v3 keeps rich text as Atlassian Document Format.
     described = [i for i in issues if i["fields"]["description"] is not None]
     assert described and all(i["fields"]["description"]["type"] == "doc" for i in described)
+
+
+def test_jira_client_counts_and_reads_comments(client: JIRA, server: SandboxServer) -> None:
+    sim = server.sims["jira"]
+    assert isinstance(sim, JiraSimulator)
+    assert client.approximate_issue_count("project = OPS") == sum(
+        1 for i in sim.issues.values() if sim.projects[i.project_id].key == "OPS")
+    issue = max(sim.issues.values(), key=lambda i: len(i.comments))
+    assert len(issue.comments) >= 2
+    comments = client.comments(issue.key)
+    assert [c.id for c in comments] == [str(c.id) for c in issue.comments]
+    assert all(isinstance(c.body, str) and c.body for c in comments)  # v2: text, not ADF
+    newest = client.comments(issue.key, order_by="-created")
+    assert newest[0].id == str(issue.comments[-1].id)
+    with pytest.raises(JIRAError) as missing:
+        client.comments("NOPE-1")
+    assert missing.value.status_code == 404
