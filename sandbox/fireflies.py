@@ -52,7 +52,7 @@ HELP = "https://docs.fireflies.ai/miscellaneous/error-codes#"
 # --- the schema: which fields exist on which type, and what each returns --------------------
 # A field maps to None (a scalar) or to the name of the object type it returns.
 TYPES: dict[str, dict[str, str | None]] = {
-    "Query": {"transcripts": "Transcript", "transcript": "Transcript", "user": "User"},
+    "Query": {"transcripts": "Transcript", "transcript": "Transcript", "user": "User", "users": "User"},
     # The API key's owner (``user`` without ``id``), or a teammate by ``id``.
     "User": {"user_id": None, "email": None, "name": None, "num_transcripts": None,
              "minutes_consumed": None, "is_admin": None, "integrations": None},
@@ -65,7 +65,7 @@ TYPES: dict[str, dict[str, str | None]] = {
         "privacy": None, "fireflies_users": None, "audio_url": None, "video_url": None,
         "meeting_link": None, "calendar_id": None, "cal_id": None, "calendar_type": None,
         "meeting_attendees": "MeetingAttendee", "meeting_attendance": "MeetingAttendance",
-        "meeting_info": "MeetingInfo",
+        "meeting_info": "MeetingInfo", "user": "User",
     },
     "Speaker": {"id": None, "name": None},
     "MeetingAttendee": {"displayName": None, "email": None, "phoneNumber": None, "name": None,
@@ -86,11 +86,16 @@ TYPES: dict[str, dict[str, str | None]] = {
     },
 }
 #: Transcript fields the control API may not set (derived from the others).
-DERIVED = {"id", "dateString", "host_email", "fireflies_users", "cal_id", "meeting_attendees",
+DERIVED = {"id", "dateString", "host_email", "user", "fireflies_users", "cal_id", "meeting_attendees",
            "meeting_attendance", "meeting_info", "privacy", "audio_url", "video_url",
            "meeting_link", "calendar_id", "calendar_type"}
 ARGUMENTS = {
-    ("Query", "transcripts"): {"fromDate", "toDate", "limit", "skip"},
+    # The documented filters (docs.fireflies.ai/graphql-api/query/transcripts); ``title``,
+    # ``date``, ``host_email``, ``organizer_email`` and ``participant_email`` are deprecated there
+    # but still served.
+    ("Query", "transcripts"): {"fromDate", "toDate", "limit", "skip", "keyword", "scope", "title",
+                               "date", "organizers", "participants", "user_id", "mine",
+                               "host_email", "organizer_email", "participant_email"},
     ("Query", "transcript"): {"id"},
     ("Query", "user"): {"id"},
 }
@@ -343,7 +348,7 @@ class Transcript:
         return getattr(self, name)
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: self.resolve(name) for name in TYPES["Transcript"]}
+        return {name: self.resolve(name) for name in TYPES["Transcript"] if name != "user"}
 
 
 def _display(email: str) -> str:
@@ -571,6 +576,8 @@ class FirefliesSimulator(Simulator):
                 out[node.alias] = [self._select(t, node.selections or [], "Transcript") for t in items]
             elif node.name == "user":
                 out[node.alias] = self._select(self._user(args, out, node.alias), node.selections or [], "User")
+            elif node.name == "users":  # the team: only the API key's owner in the sandbox
+                out[node.alias] = [self._select(self._user({}, out, node.alias), node.selections or [], "User")]
             else:
                 t = self._one(args, out, node.alias)
                 out[node.alias] = self._select(t, node.selections or [], "Transcript")
@@ -615,7 +622,10 @@ class FirefliesSimulator(Simulator):
             return [self._select(item, selections, type_name) for item in obj]
         out: dict[str, Any] = {}
         for node in selections:
-            value = obj.resolve(node.name) if isinstance(obj, Transcript) else obj.get(node.name)
+            if isinstance(obj, Transcript) and node.name == "user":
+                value: Any = self._user({}, {}, "user")  # the owner recorded every meeting
+            else:
+                value = obj.resolve(node.name) if isinstance(obj, Transcript) else obj.get(node.name)
             target = TYPES[type_name][node.name]
             out[node.alias] = self._select(value, node.selections or [], target) if target else value
         return out
@@ -631,10 +641,11 @@ class FirefliesSimulator(Simulator):
             bad.append(("skip", "skip must not be less than 0"))
         start = _date_arg(args, "fromDate", bad)
         end = _date_arg(args, "toDate", bad)
+        keep = _filters(args, bad)
         if bad:
             raise _invalid(bad)
         items = [t for t in self.transcripts.values()
-                 if (start is None or t.date >= start) and (end is None or t.date <= end)]
+                 if (start is None or t.date >= start) and (end is None or t.date <= end) and keep(t)]
         # Newest meeting first, as the Fireflies app lists them; id breaks ties stably.
         items.sort(key=lambda t: (t.date, t.id), reverse=True)
         return items[skip: skip + limit]
@@ -775,6 +786,68 @@ def _date_arg(args: dict[str, Any], name: str, bad: list[tuple[str, str]]) -> in
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     return int(parsed.timestamp() * 1000)
+
+
+def _strings(args: dict[str, Any], name: str, bad: list[tuple[str, str]]) -> set[str] | None:
+    raw = args.get(name)
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        bad.append((name, f"{name} must be a list of strings"))
+        return None
+    return {x.strip().lower() for x in raw}
+
+
+def _filters(args: dict[str, Any], bad: list[tuple[str, str]]) -> Any:
+    """The documented ``transcripts`` filters other than the date range, as one predicate."""
+    keyword, title, scope = args.get("keyword"), args.get("title"), args.get("scope")
+    if keyword is not None and title is not None:
+        bad.append(("keyword", "keyword and title are mutually exclusive"))
+    if scope is not None and keyword is None:
+        bad.append(("keyword", "keyword is required when scope is provided"))
+    scope = str(scope or "title").lower()
+    if scope not in ("title", "sentences", "all"):
+        bad.append(("scope", "scope must be one of title, sentences, all"))
+    for name, most in (("keyword", 255), ("title", 256)):
+        value = args.get(name)
+        if value is not None and (not isinstance(value, str) or len(value) > most):
+            bad.append((name, f"{name} must be a string of at most {most} characters"))
+    organizers = _strings(args, "organizers", bad) or set()
+    participants = _strings(args, "participants", bad) or set()
+    for name, into in (("host_email", organizers), ("organizer_email", organizers),
+                       ("participant_email", participants)):
+        if args.get(name) is not None:
+            into.add(str(args[name]).strip().lower())
+    day = args.get("date")
+    if day is not None and not isinstance(day, (int, float)):
+        bad.append(("date", "date must be a number (epoch ms)"))
+        day = None
+    user_id, mine = args.get("user_id"), args.get("mine")
+    if mine is not None and not isinstance(mine, bool):
+        bad.append(("mine", "mine must be a boolean"))
+    nobody = user_id is not None and user_id != OWNER["user_id"]
+
+    def keep(t: Transcript) -> bool:
+        if nobody:  # every sandbox meeting was recorded by the API key's owner
+            return False
+        if organizers and t.organizer_email.lower() not in organizers:
+            return False
+        if participants and not participants & {p.lower() for p in t.participants}:
+            return False
+        if day is not None and t.date // 86_400_000 != int(day) // 86_400_000:
+            return False
+        if title is not None and str(title).lower() not in t.title.lower():
+            return False
+        if keyword is not None:
+            needle = str(keyword).lower()
+            in_title = needle in t.title.lower()
+            in_words = any(needle in s["text"].lower() for s in t.sentences or [])
+            hit = {"title": in_title, "sentences": in_words, "all": in_title or in_words}.get(scope, False)
+            if not hit:
+                return False
+        return True
+
+    return keep
 
 
 def _invalid(bad: list[tuple[str, str]]) -> GraphQLError:

@@ -194,3 +194,35 @@ def test_pro_plan_allows_50_requests_a_day(api: httpx.Client, server: SandboxSer
     assert error["code"] == "too_many_requests"
     # The first slot frees a day after the first request (retryAfter is epoch ms).
     assert error["extensions"]["metadata"]["retryAfter"] > (time.time() + 86400 - 3600) * 1000
+
+
+def test_documented_transcripts_filters(api: httpx.Client, server: SandboxServer) -> None:
+    truth = httpx.get(server.url("fireflies") + "/_sandbox/transcripts").json()["transcripts"]
+    some = truth[0]
+    query = ("query T($keyword: String, $scope: TranscriptsQueryScope, $organizers: [String], "
+             "$participants: [String], $userId: String, $mine: Boolean) { transcripts(keyword: $keyword, "
+             "scope: $scope, organizers: $organizers, participants: $participants, user_id: $userId, "
+             "mine: $mine) { id user { user_id name } } }")
+
+    def ids(**variables: object) -> set[str]:
+        response = gql(api, server, query, **variables)
+        assert response.status_code == 200, response.text
+        return {t["id"] for t in response.json()["data"]["transcripts"]}
+
+    word = some["title"].split()[-1]
+    assert ids(keyword=word.upper()) == {t["id"] for t in truth if word.lower() in t["title"].lower()}
+    spoken = next(t for t in truth if t["sentences"])["sentences"][0]["text"].split()[-1].strip(".?")
+    assert ids(keyword=spoken, scope="sentences") == {
+        t["id"] for t in truth if any(spoken.lower() in s["text"].lower() for s in t["sentences"] or [])}
+    assert ids(organizers=[some["organizer_email"]]) == {
+        t["id"] for t in truth if t["organizer_email"] == some["organizer_email"]}
+    person = some["participants"][-1]
+    assert ids(participants=[person]) == {t["id"] for t in truth if person in t["participants"]}
+    everyone = ids(mine=True)
+    assert everyone == {t["id"] for t in truth} and ids(userId="01SOMEONEELSE") == set()
+    owner = gql(api, server, "{ users { user_id } transcripts(limit: 1) { user { user_id } } }").json()["data"]
+    assert owner["users"][0]["user_id"] == owner["transcripts"][0]["user"]["user_id"]
+    # Documented constraints: scope needs keyword; keyword and title exclude each other.
+    for bad in ('{ transcripts(scope: all) { id } }', '{ transcripts(keyword: "a", title: "b") { id } }'):
+        response = gql(api, server, bad)
+        assert response.status_code == 400 and response.json()["errors"][0]["code"] == "invalid_arguments"
