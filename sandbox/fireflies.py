@@ -1,8 +1,8 @@
 """Fireflies.ai simulator: the GraphQL API, plan quotas, and V2 webhooks.
 
 ``POST /graphql`` with ``Authorization: Bearer <key>`` and ``{"query", "variables"}``. A small,
-honest executor answers exactly the shapes vector-sync needs: ``transcripts(fromDate, toDate,
-limit, skip)`` and ``transcript(id)``. It parses the selection set so only the requested fields
+honest executor answers ``transcripts`` (the date range, paging and the other documented
+filters), ``transcript(id)``, ``user`` and ``users``, over the documented Transcript schema. It parses the selection set so only the requested fields
 come back, and refuses unknown fields, unknown arguments and fragments with a GraphQL error.
 
 Error bodies follow docs.fireflies.ai/fundamentals/errors: ``{"data", "errors": [{"message",
@@ -11,8 +11,8 @@ status equals ``extensions.status`` (UNCONFIRMED: the docs name that field ``htt
 a client must also read errors from a 200). Validation errors use the Apollo shape
 (``extensions.code = GRAPHQL_VALIDATION_FAILED``) with status 400.
 
-Quota: a plan setting, "business" (60 requests per rolling minute, the default) or "free"
-(50 per rolling day), or any ``{"limit", "period"}``; ``knobs.rate_limit`` (per second) replaces
+Quota: a plan setting, "business" or "enterprise" (60 requests per rolling minute; business is
+the default) or "free" or "pro" (50 per rolling day), or any ``{"limit", "period"}``; ``knobs.rate_limit`` (per second) replaces
 the plan when set, 0 = unlimited. Exceeding it answers HTTP 429 with code ``too_many_requests`` and
 ``extensions.metadata.retryAfter`` = epoch ms when a slot frees up (UNCONFIRMED semantics).
 The rolling window is the strictest reading of "N requests per minute/day".
