@@ -1,4 +1,5 @@
-"""Jira Cloud simulator: REST API v3 search/jql, bulkfetch, issues, projects, signed webhooks.
+"""Jira Cloud simulator: REST API v3 (and v2) search/jql, bulkfetch, issues, comments, projects,
+fields, serverInfo, signed webhooks.
 
 Faithful to the facts in research/saas-apis.md §1 (see docs/sandbox/jira.md for the choices made
 where a fact is UNCONFIRMED):
@@ -10,6 +11,9 @@ where a fact is UNCONFIRMED):
 - JQL dates are read in the account's time zone at minute precision; a number is epoch ms.
 - The removed ``/rest/api/{2,3}/search`` answer 410 with Atlassian's migration message.
 - Over the request budget: 429 with ``Retry-After`` and ``X-RateLimit-*`` headers.
+- Everything is served under ``/rest/api/2/`` too, with rich text as plain text instead of ADF:
+  the ``jira`` client (REST v2 by default) and atlassian-python-api connect and page
+  (``serverInfo`` answers without auth and says ``deploymentType: Cloud``).
 
 Changes made through the control API (under ``/_sandbox/jira/``) fire the webhooks an admin
 webhook with a secret would: ``X-Hub-Signature: sha256=<hmac>``, a stable
