@@ -63,6 +63,8 @@ def test_jira_client_connects_as_cloud_and_lists_projects_and_fields(client: JIR
     fields = {f["id"]: f for f in client.fields()}
     assert {"summary", "description", "comment", "updated"} <= set(fields)
     assert "type" in fields["issuetype"]["clauseNames"]
+    issue = client.issue("OPS-1")
+    assert issue.key == "OPS-1" and issue.fields.project.key == "OPS" and issue.fields.summary
 
 
 def test_jira_client_pages_every_issue_exactly_once(client: JIRA, server: SandboxServer) -> None:
