@@ -1,8 +1,8 @@
 """Fireflies.ai simulator: the GraphQL API, plan quotas, and V2 webhooks.
 
 ``POST /graphql`` with ``Authorization: Bearer <key>`` and ``{"query", "variables"}``. A small,
-honest executor answers exactly the shapes vector-sync needs: ``transcripts(fromDate, toDate,
-limit, skip)`` and ``transcript(id)``. It parses the selection set so only the requested fields
+honest executor answers ``transcripts`` (the date range, paging and the other documented
+filters), ``transcript(id)``, ``user`` and ``users``, over the documented Transcript schema. It parses the selection set so only the requested fields
 come back, and refuses unknown fields, unknown arguments and fragments with a GraphQL error.
 
 Error bodies follow docs.fireflies.ai/fundamentals/errors: ``{"data", "errors": [{"message",
@@ -11,8 +11,8 @@ status equals ``extensions.status`` (UNCONFIRMED: the docs name that field ``htt
 a client must also read errors from a 200). Validation errors use the Apollo shape
 (``extensions.code = GRAPHQL_VALIDATION_FAILED``) with status 400.
 
-Quota: a plan setting, "business" (60 requests per rolling minute, the default) or "free"
-(50 per rolling day), or any ``{"limit", "period"}``; ``knobs.rate_limit`` (per second) replaces
+Quota: a plan setting, "business" or "enterprise" (60 requests per rolling minute; business is
+the default) or "free" or "pro" (50 per rolling day), or any ``{"limit", "period"}``; ``knobs.rate_limit`` (per second) replaces
 the plan when set, 0 = unlimited. Exceeding it answers HTTP 429 with code ``too_many_requests`` and
 ``extensions.metadata.retryAfter`` = epoch ms when a slot frees up (UNCONFIRMED semantics).
 The rolling window is the strictest reading of "N requests per minute/day".
@@ -45,13 +45,14 @@ from sandbox.base import Knobs, Simulator
 API_KEY = "ff-sandbox-api-key-0001"
 WEBHOOK_SECRET = "ff-sandbox-signing-secret"  # 16–32 characters, as Fireflies requires
 MAX_LIMIT = 50
-PLANS = {"business": (60, 60.0), "free": (50, 86400.0)}
+#: Requests per period: Business and Enterprise 60 a minute; Free and Pro 50 a day.
+PLANS = {"business": (60, 60.0), "enterprise": (60, 60.0), "free": (50, 86400.0), "pro": (50, 86400.0)}
 HELP = "https://docs.fireflies.ai/miscellaneous/error-codes#"
 
 # --- the schema: which fields exist on which type, and what each returns --------------------
 # A field maps to None (a scalar) or to the name of the object type it returns.
 TYPES: dict[str, dict[str, str | None]] = {
-    "Query": {"transcripts": "Transcript", "transcript": "Transcript", "user": "User"},
+    "Query": {"transcripts": "Transcript", "transcript": "Transcript", "user": "User", "users": "User"},
     # The API key's owner (``user`` without ``id``), or a teammate by ``id``.
     "User": {"user_id": None, "email": None, "name": None, "num_transcripts": None,
              "minutes_consumed": None, "is_admin": None, "integrations": None},
@@ -60,19 +61,41 @@ TYPES: dict[str, dict[str, str | None]] = {
         "organizer_email": None, "host_email": None, "participants": None,
         "speakers": "Speaker", "transcript_url": None, "sentences": "Sentence",
         "summary": "Summary",
+        # The rest of the documented Transcript schema (docs.fireflies.ai/schema/transcript).
+        "privacy": None, "fireflies_users": None, "audio_url": None, "video_url": None,
+        "meeting_link": None, "calendar_id": None, "cal_id": None, "calendar_type": None,
+        "meeting_attendees": "MeetingAttendee", "meeting_attendance": "MeetingAttendance",
+        "meeting_info": "MeetingInfo", "user": "User",
     },
     "Speaker": {"id": None, "name": None},
+    "MeetingAttendee": {"displayName": None, "email": None, "phoneNumber": None, "name": None,
+                        "location": None},
+    "MeetingAttendance": {"name": None, "join_time": None, "leave_time": None},
+    "MeetingInfo": {"fred_joined": None, "silent_meeting": None, "summary_status": None},
     "Sentence": {
         "index": None, "text": None, "raw_text": None, "speaker_name": None,
-        "speaker_id": None, "start_time": None, "end_time": None,
+        "speaker_id": None, "start_time": None, "end_time": None, "ai_filters": "AIFilter",
     },
+    "AIFilter": {"task": None, "pricing": None, "metric": None, "question": None,
+                 "date_and_time": None, "text_cleanup": None, "sentiment": None},
     "Summary": {
         "overview": None, "action_items": None, "keywords": None, "short_summary": None,
-        "outline": None, "bullet_gist": None,
+        "outline": None, "bullet_gist": None, "gist": None, "shorthand_bullet": None,
+        "short_overview": None, "meeting_type": None, "topics_discussed": None,
+        "transcript_chapters": None,
     },
 }
+#: Transcript fields the control API may not set (derived from the others).
+DERIVED = {"id", "dateString", "host_email", "user", "fireflies_users", "cal_id", "meeting_attendees",
+           "meeting_attendance", "meeting_info", "privacy", "audio_url", "video_url",
+           "meeting_link", "calendar_id", "calendar_type"}
 ARGUMENTS = {
-    ("Query", "transcripts"): {"fromDate", "toDate", "limit", "skip"},
+    # The documented filters (docs.fireflies.ai/graphql-api/query/transcripts); ``title``,
+    # ``date``, ``host_email``, ``organizer_email`` and ``participant_email`` are deprecated there
+    # but still served.
+    ("Query", "transcripts"): {"fromDate", "toDate", "limit", "skip", "keyword", "scope", "title",
+                               "date", "organizers", "participants", "user_id", "mine",
+                               "host_email", "organizer_email", "participant_email"},
     ("Query", "transcript"): {"id"},
     ("Query", "user"): {"id"},
 }
@@ -301,10 +324,36 @@ class Transcript:
                 "%Y-%m-%dT%H:%M:%S.000Z")
         if name == "host_email":
             return self.organizer_email
+        if name == "meeting_attendees":
+            return [{"displayName": _display(email), "email": email, "phoneNumber": None,
+                     "name": _display(email), "location": None} for email in self.participants]
+        if name == "meeting_attendance":
+            if self.sentences is None:
+                return []
+            start = datetime.fromtimestamp(self.date / 1000, timezone.utc)
+            end = datetime.fromtimestamp(self.date / 1000 + self.duration * 60, timezone.utc)
+            return [{"name": s["name"], "join_time": start.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+                     "leave_time": end.strftime("%Y-%m-%dT%H:%M:%S.000Z")} for s in self.speakers]
+        if name == "meeting_info":
+            return {"fred_joined": True, "silent_meeting": False,
+                    "summary_status": "processed" if self.summary is not None else "processing"}
+        if name == "fireflies_users":
+            return [self.organizer_email]
+        if name == "privacy":
+            return "link"
+        if name in ("audio_url", "video_url", "calendar_id", "cal_id", "calendar_type"):
+            return None  # no recording or calendar event in the sandbox
+        if name == "meeting_link":
+            return f"https://meet.google.com/{self.id[-10:-7].lower()}-{self.id[-7:-3].lower()}-{self.id[-3:].lower()}"
         return getattr(self, name)
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: self.resolve(name) for name in TYPES["Transcript"]}
+        return {name: self.resolve(name) for name in TYPES["Transcript"] if name != "user"}
+
+
+def _display(email: str) -> str:
+    """A display name from an email's local part: ``ada.okafor@x`` → ``Ada Okafor``."""
+    return " ".join(part.capitalize() for part in re.split(r"[._-]+", email.split("@")[0]) if part)
 
 
 class RollingWindow:
@@ -444,7 +493,12 @@ class FirefliesSimulator(Simulator):
             length = round(rng.uniform(2.0, 9.0), 2)
             sentences.append({"index": index, "text": text, "raw_text": text,
                               "speaker_name": speaker["name"], "speaker_id": speaker["id"],
-                              "start_time": round(clock, 2), "end_time": round(clock + length, 2)})
+                              "start_time": round(clock, 2), "end_time": round(clock + length, 2),
+                              "ai_filters": {"task": text if text.startswith(("I'll", "Can someone")) else None,
+                                             "pricing": None, "metric": None,
+                                             "question": text if text.endswith("?") else None,
+                                             "date_and_time": text if "tomorrow" in text else None,
+                                             "text_cleanup": text, "sentiment": "neutral"}})
             clock += length + 0.3
         t.sentences = sentences
         owner = t.speakers[-1]["name"]
@@ -455,6 +509,12 @@ class FirefliesSimulator(Simulator):
             "short_summary": f"Sync on {topics[0]}.",
             "outline": f"- {topics[0]}\n- {topics[1]}\n- {topics[2]}",
             "bullet_gist": f"- {topics[0]}",
+            "gist": f"Sync on {topics[0]} and {topics[1]}.",
+            "shorthand_bullet": f"- {topics[0]}\n- {topics[1]}",
+            "short_overview": f"The team discussed {topics[0]}.",
+            "meeting_type": "Status update",
+            "topics_discussed": list(topics),
+            "transcript_chapters": [],
         }
 
     # --- the API ----------------------------------------------------------------------------
@@ -516,6 +576,8 @@ class FirefliesSimulator(Simulator):
                 out[node.alias] = [self._select(t, node.selections or [], "Transcript") for t in items]
             elif node.name == "user":
                 out[node.alias] = self._select(self._user(args, out, node.alias), node.selections or [], "User")
+            elif node.name == "users":  # the team: only the API key's owner in the sandbox
+                out[node.alias] = [self._select(self._user({}, out, node.alias), node.selections or [], "User")]
             else:
                 t = self._one(args, out, node.alias)
                 out[node.alias] = self._select(t, node.selections or [], "Transcript")
@@ -560,7 +622,10 @@ class FirefliesSimulator(Simulator):
             return [self._select(item, selections, type_name) for item in obj]
         out: dict[str, Any] = {}
         for node in selections:
-            value = obj.resolve(node.name) if isinstance(obj, Transcript) else obj.get(node.name)
+            if isinstance(obj, Transcript) and node.name == "user":
+                value: Any = self._user({}, {}, "user")  # the owner recorded every meeting
+            else:
+                value = obj.resolve(node.name) if isinstance(obj, Transcript) else obj.get(node.name)
             target = TYPES[type_name][node.name]
             out[node.alias] = self._select(value, node.selections or [], target) if target else value
         return out
@@ -576,10 +641,11 @@ class FirefliesSimulator(Simulator):
             bad.append(("skip", "skip must not be less than 0"))
         start = _date_arg(args, "fromDate", bad)
         end = _date_arg(args, "toDate", bad)
+        keep = _filters(args, bad)
         if bad:
             raise _invalid(bad)
         items = [t for t in self.transcripts.values()
-                 if (start is None or t.date >= start) and (end is None or t.date <= end)]
+                 if (start is None or t.date >= start) and (end is None or t.date <= end) and keep(t)]
         # Newest meeting first, as the Fireflies app lists them; id breaks ties stably.
         items.sort(key=lambda t: (t.date, t.id), reverse=True)
         return items[skip: skip + limit]
@@ -638,7 +704,7 @@ class FirefliesSimulator(Simulator):
         if t is None:
             return JSONResponse({"error": "no such transcript"}, 404)
         for key, value in (await _json(request)).items():
-            if key not in TYPES["Transcript"] or key in ("id", "dateString", "host_email"):
+            if key not in TYPES["Transcript"] or key in DERIVED:
                 return JSONResponse({"error": f"cannot edit {key!r}"}, 400)
             setattr(t, key, value)
         return JSONResponse(t.to_dict())
@@ -720,6 +786,68 @@ def _date_arg(args: dict[str, Any], name: str, bad: list[tuple[str, str]]) -> in
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     return int(parsed.timestamp() * 1000)
+
+
+def _strings(args: dict[str, Any], name: str, bad: list[tuple[str, str]]) -> set[str] | None:
+    raw = args.get(name)
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        bad.append((name, f"{name} must be a list of strings"))
+        return None
+    return {x.strip().lower() for x in raw}
+
+
+def _filters(args: dict[str, Any], bad: list[tuple[str, str]]) -> Any:
+    """The documented ``transcripts`` filters other than the date range, as one predicate."""
+    keyword, title, scope = args.get("keyword"), args.get("title"), args.get("scope")
+    if keyword is not None and title is not None:
+        bad.append(("keyword", "keyword and title are mutually exclusive"))
+    if scope is not None and keyword is None:
+        bad.append(("keyword", "keyword is required when scope is provided"))
+    scope = str(scope or "title").lower()
+    if scope not in ("title", "sentences", "all"):
+        bad.append(("scope", "scope must be one of title, sentences, all"))
+    for name, most in (("keyword", 255), ("title", 256)):
+        value = args.get(name)
+        if value is not None and (not isinstance(value, str) or len(value) > most):
+            bad.append((name, f"{name} must be a string of at most {most} characters"))
+    organizers = _strings(args, "organizers", bad) or set()
+    participants = _strings(args, "participants", bad) or set()
+    for name, into in (("host_email", organizers), ("organizer_email", organizers),
+                       ("participant_email", participants)):
+        if args.get(name) is not None:
+            into.add(str(args[name]).strip().lower())
+    day = args.get("date")
+    if day is not None and not isinstance(day, (int, float)):
+        bad.append(("date", "date must be a number (epoch ms)"))
+        day = None
+    user_id, mine = args.get("user_id"), args.get("mine")
+    if mine is not None and not isinstance(mine, bool):
+        bad.append(("mine", "mine must be a boolean"))
+    nobody = user_id is not None and user_id != OWNER["user_id"]
+
+    def keep(t: Transcript) -> bool:
+        if nobody:  # every sandbox meeting was recorded by the API key's owner
+            return False
+        if organizers and t.organizer_email.lower() not in organizers:
+            return False
+        if participants and not participants & {p.lower() for p in t.participants}:
+            return False
+        if day is not None and t.date // 86_400_000 != int(day) // 86_400_000:
+            return False
+        if title is not None and str(title).lower() not in t.title.lower():
+            return False
+        if keyword is not None:
+            needle = str(keyword).lower()
+            in_title = needle in t.title.lower()
+            in_words = any(needle in s["text"].lower() for s in t.sentences or [])
+            hit = {"title": in_title, "sentences": in_words, "all": in_title or in_words}.get(scope, False)
+            if not hit:
+                return False
+        return True
+
+    return keep
 
 
 def _invalid(bad: list[tuple[str, str]]) -> GraphQLError:

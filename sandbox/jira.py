@@ -1,4 +1,5 @@
-"""Jira Cloud simulator: REST API v3 search/jql, bulkfetch, issues, projects, signed webhooks.
+"""Jira Cloud simulator: REST API v3 (and v2) search/jql, bulkfetch, issues, comments, projects,
+fields, serverInfo, signed webhooks.
 
 Faithful to the facts in research/saas-apis.md §1 (see docs/sandbox/jira.md for the choices made
 where a fact is UNCONFIRMED):
@@ -10,6 +11,9 @@ where a fact is UNCONFIRMED):
 - JQL dates are read in the account's time zone at minute precision; a number is epoch ms.
 - The removed ``/rest/api/{2,3}/search`` answer 410 with Atlassian's migration message.
 - Over the request budget: 429 with ``Retry-After`` and ``X-RateLimit-*`` headers.
+- Everything is served under ``/rest/api/2/`` too, with rich text as plain text instead of ADF:
+  the ``jira`` client (REST v2 by default) and atlassian-python-api connect and page
+  (``serverInfo`` answers without auth and says ``deploymentType: Cloud``).
 
 Changes made through the control API (under ``/_sandbox/jira/``) fire the webhooks an admin
 webhook with a secret would: ``X-Hub-Signature: sha256=<hmac>``, a stable
@@ -67,6 +71,22 @@ RETRY_STATUSES = {408, 409, 425, 429}
 ALL_FIELDS = (
     "summary", "description", "comment", "status", "assignee", "reporter", "labels",
     "priority", "issuetype", "project", "created", "updated",
+)
+#: GET /field: (id, name, JQL clause names, schema type, item type) for each system field.
+SYSTEM_FIELDS = (
+    ("summary", "Summary", ["summary"], "string", None),
+    ("description", "Description", ["description"], "string", None),
+    ("comment", "Comment", ["comment"], "comments-page", None),
+    ("status", "Status", ["status"], "status", None),
+    ("assignee", "Assignee", ["assignee"], "user", None),
+    ("reporter", "Reporter", ["reporter"], "user", None),
+    ("labels", "Labels", ["labels"], "array", "string"),
+    ("priority", "Priority", ["priority"], "priority", None),
+    ("issuetype", "Issue Type", ["issuetype", "type"], "issuetype", None),
+    ("project", "Project", ["project"], "project", None),
+    ("created", "Created", ["created", "createdDate"], "datetime", None),
+    ("updated", "Updated", ["updated", "updatedDate"], "datetime", None),
+    ("issuekey", "Key", ["id", "issue", "issuekey", "key"], "string", None),
 )
 NOT_FOUND = "Issue does not exist or you do not have permission to see it."
 REMOVED = (
@@ -661,16 +681,118 @@ class JiraSimulator(Simulator):
 
     # --- routes -----------------------------------------------------------------------------
     def routes(self) -> list[BaseRoute]:
-        return [
-            Route("/rest/api/3/search/jql", self.api(self.search), methods=["GET", "POST"]),
+        routes: list[BaseRoute] = [
             Route("/rest/api/3/search", self.removed, methods=["GET", "POST"]),
             Route("/rest/api/2/search", self.removed, methods=["GET", "POST"]),
-            Route("/rest/api/3/issue/bulkfetch", self.api(self.bulkfetch), methods=["POST"]),
-            Route("/rest/api/3/issue/{id_or_key}", self.api(self.get_issue), methods=["GET"]),
-            Route("/rest/api/3/project/search", self.api(self.project_search), methods=["GET"]),
-            Route("/rest/api/3/myself", self.api(self.myself), methods=["GET"]),
-            Route("/rest/api/3/mypermissions", self.api(self.mypermissions), methods=["GET"]),
         ]
+        # v3 and v2 serve the same resources; v2 differs in rich text (wiki-markup strings, not
+        # ADF) and in its own ``self`` links. The common clients use both: ``jira`` (pycontribs)
+        # defaults to v2, atlassian-python-api's JiraCloud to v3.
+        for version in (3, 2):
+            def wrap(handler: Callable[[Request], Awaitable[Response]], v: int = version) -> Any:
+                return self.api(handler if v == 3 else as_v2(handler))
+            base = f"/rest/api/{version}"
+            routes += [
+                Route(f"{base}/search/jql", wrap(self.search), methods=["GET", "POST"]),
+                Route(f"{base}/search/approximate-count", wrap(self.approximate_count), methods=["POST"]),
+                Route(f"{base}/issue/bulkfetch", wrap(self.bulkfetch), methods=["POST"]),
+                Route(f"{base}/issue/{{id_or_key}}/comment", wrap(self.issue_comments), methods=["GET"]),
+                Route(f"{base}/issue/{{id_or_key}}", wrap(self.get_issue), methods=["GET"]),
+                Route(f"{base}/project/search", wrap(self.project_search), methods=["GET"]),
+                Route(f"{base}/project", wrap(self.project_list), methods=["GET"]),
+                Route(f"{base}/project/{{key_or_id}}", wrap(self.project_get), methods=["GET"]),
+                Route(f"{base}/field", wrap(self.field_list), methods=["GET"]),
+                Route(f"{base}/myself", wrap(self.myself), methods=["GET"]),
+                Route(f"{base}/mypermissions", wrap(self.mypermissions), methods=["GET"]),
+                # Jira answers serverInfo without credentials (clients call it before anything).
+                Route(f"{base}/serverInfo", self.server_info if version == 3 else as_v2(self.server_info),
+                      methods=["GET"]),
+            ]
+        return routes
+
+    async def server_info(self, request: Request) -> Response:
+        """GET /rest/api/{2,3}/serverInfo, as Jira Cloud answers it (``deploymentType: Cloud`` is
+        what makes the ``jira`` client use the enhanced search)."""
+        now = datetime.now(self.time_zone)
+        return JSONResponse({
+            "baseUrl": self.base_url,
+            "displayUrl": self.base_url,
+            "version": "1001.0.0-SNAPSHOT",
+            "versionNumbers": [1001, 0, 0],
+            "deploymentType": "Cloud",
+            "buildNumber": 100295,
+            "buildDate": "2025-06-02T09:41:20.000" + now.strftime("%z"),
+            "serverTime": now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}" + now.strftime("%z"),
+            "scmInfo": "5b9b6ee6f6dbbd8e6fcbd2f7a2dac4b0f7b0e0f3",
+            "serverTitle": "Jira",
+            "defaultLocale": {"locale": "en_US"},
+            "serverTimeZone": str(self.time_zone),
+        })
+
+    async def approximate_count(self, request: Request) -> Response:
+        """POST /rest/api/{2,3}/search/approximate-count ``{"jql"}`` → ``{"count": n}`` (the
+        enhanced search's replacement for ``total``; exact here)."""
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except json.JSONDecodeError:
+            return error(400, BAD_PAYLOAD)
+        if not isinstance(body, dict) or not isinstance(body.get("jql"), str):
+            return error(400, BAD_PAYLOAD)
+        try:
+            where, _ = JqlParser(self, body["jql"]).parse()
+        except JqlError as exc:
+            return error(400, str(exc))
+        if where is None:
+            return error(400, UNBOUNDED)
+        return JSONResponse({"count": sum(1 for i in self.issues.values() if where(i))})
+
+    async def issue_comments(self, request: Request) -> Response:
+        """GET /rest/api/{2,3}/issue/{idOrKey}/comment: ``startAt``/``maxResults`` paging (default
+        and cap 5000, as Jira documents), ``orderBy`` ``created`` or ``-created``."""
+        issue = self.resolve(request.path_params["id_or_key"])
+        if issue is None:
+            return error(404, NOT_FOUND)
+        params = request.query_params
+        try:
+            start = max(0, int(params.get("startAt") or 0))
+            size = max(1, min(int(params.get("maxResults") or 5000), 5000))
+        except ValueError:
+            return error(400, BAD_PAYLOAD)
+        ordered = sorted(issue.comments, key=lambda c: (c.created, c.id),
+                         reverse=params.get("orderBy", "").lstrip("+") == "-created")
+        page = ordered[start : start + size]
+        return JSONResponse({"startAt": start, "maxResults": size, "total": len(ordered),
+                             "comments": [self.render_comment(issue, c) for c in page]})
+
+    async def field_list(self, request: Request) -> Response:
+        """GET /rest/api/{2,3}/field: every field the simulator serves, system fields only."""
+        return JSONResponse([
+            {"id": fid, "key": fid, "name": name, "custom": False, "orderable": fid not in ("created", "updated", "status", "comment"),
+             "navigable": True, "searchable": True, "clauseNames": clauses,
+             "schema": {"type": ftype, "system": fid, **({"items": items} if items else {})}}
+            for fid, name, clauses, ftype, items in SYSTEM_FIELDS
+        ])
+
+    def _browsable(self) -> list[Project]:
+        # Jira lists only the projects the caller may browse.
+        if "BROWSE_PROJECTS" not in self.granted:
+            return []
+        return sorted(self.projects.values(), key=lambda p: p.key)
+
+    async def project_list(self, request: Request) -> Response:
+        """GET /rest/api/{2,3}/project: every visible project, unpaged (deprecated but served)."""
+        return JSONResponse([self.render_project(p) for p in self._browsable()])
+
+    async def project_get(self, request: Request) -> Response:
+        project = self.find_project(request.path_params["key_or_id"])
+        if project is None or project not in self._browsable():
+            return error(404, "No project could be found with key "
+                              f"'{request.path_params['key_or_id']}'.")
+        return JSONResponse({**self.render_project(project), "description": "",
+                             "lead": self.user(next(iter(self.users))),
+                             "issueTypes": [{"id": str(10001 + n), "name": t, "subtask": False}
+                                            for n, t in enumerate(_TYPES)],
+                             "assigneeType": "UNASSIGNED", "isPrivate": False})
 
     async def removed(self, request: Request) -> Response:
         return error(410, REMOVED)
@@ -805,8 +927,7 @@ class JiraSimulator(Simulator):
             size = min(int(params.get("maxResults") or 50), 100)
         except ValueError:
             return error(400, BAD_PAYLOAD)
-        # Jira lists only the projects the caller may browse.
-        projects = sorted(self.projects.values(), key=lambda p: p.key) if "BROWSE_PROJECTS" in self.granted else []
+        projects = self._browsable()
         page = projects[start : start + max(1, size)]
         last = start + len(page) >= len(projects)
         base = f"{self.base_url}/rest/api/3/project/search"
@@ -1161,6 +1282,41 @@ class _Reverse:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _Reverse) and other.value == self.value
+
+
+def adf_text(node: Any) -> str:
+    """An ADF document as the plain text REST v2 returns (paragraphs separated by a blank line)."""
+    if node.get("type") == "text":
+        return str(node.get("text", ""))
+    parts = [adf_text(child) for child in node.get("content") or [] if isinstance(child, dict)]
+    return ("\n\n" if node.get("type") == "doc" else "").join(parts)
+
+
+def _to_v2(value: Any) -> Any:
+    """A v3 body as v2 gives it: ADF documents as text, ``self`` links under /rest/api/2/."""
+    if isinstance(value, dict):
+        if value.get("type") == "doc" and "version" in value:
+            return adf_text(value)
+        return {k: _to_v2(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_v2(v) for v in value]
+    if isinstance(value, str) and "/rest/api/3/" in value:
+        return value.replace("/rest/api/3/", "/rest/api/2/")
+    return value
+
+
+def as_v2(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """Serve a v3 handler under /rest/api/2/, its JSON rewritten as v2 renders it."""
+
+    async def v2(request: Request) -> Response:
+        response = await handler(request)
+        if not isinstance(response, JSONResponse):
+            return response
+        body = _to_v2(json.loads(bytes(response.body)))
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
+        return JSONResponse(body, response.status_code, headers=headers)
+
+    return v2
 
 
 def parse_fields(items: Iterable[str], default: set[str]) -> set[str]:

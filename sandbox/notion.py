@@ -3,7 +3,8 @@
 Facts it follows (research/saas-apis.md §4, developers.notion.com):
 
 - ``Authorization: Bearer`` (401 ``unauthorized``) and ``Notion-Version`` (400
-  ``missing_version``) on every call; versions 2022-06-28, 2025-09-03 and 2026-03-11. From
+  ``missing_version``) on every call; versions 2022-06-28, 2025-09-03 and 2026-03-11 (and the
+  older 2021-05-11 to 2022-02-22, answered as 2022-06-28 with pre-2022-02-22 block ``text``). From
   2026-03-11 pages and blocks carry ``in_trash`` only; older versions also carry ``archived``.
   From 2025-09-03 databases list ``data_sources`` and rows are queried through
   ``/v1/data_sources/{id}/query``; ``/v1/databases/{id}/query`` answers only 2022-06-28.
@@ -11,7 +12,7 @@ Facts it follows (research/saas-apis.md §4, developers.notion.com):
 - Search sorts only by ``last_edited_time``; ``page_size`` ≤ 100; trashed and unshared pages are
   never returned (the stricter reading of an UNCONFIRMED fact).
 - ~3 requests/s on average with bursts of 10 (burst size UNCONFIRMED), 429 ``rate_limited`` with
-  ``Retry-After`` in whole seconds.
+  ``Retry-After`` in whole seconds; a settings knob sheds load with 529 ``service_overload``.
 - Webhooks: an unsigned verification POST ``{"verification_token": ...}``, then events signed
   ``X-Notion-Signature: sha256=HMAC(verification_token, raw body)``, IDs only;
   ``page.content_updated`` events for one page are aggregated over ``aggregation_window``
@@ -42,6 +43,11 @@ from starlette.routing import BaseRoute, Route
 from sandbox.base import Delivery, Knobs, Simulator, TokenBucket
 
 VERSIONS = ("2022-06-28", "2025-09-03", "2026-03-11")
+#: Older versions the real API still serves. They answer as 2022-06-28 does, except that before
+#: 2022-02-22 a block's text lives in ``text``, not ``rich_text`` (Notion's 2022-02-22 change).
+OLDER_VERSIONS = ("2021-05-11", "2021-05-13", "2021-08-16", "2022-02-22")
+#: Notion's documented answer when it sheds load (status-codes page): 529 ``service_overload``.
+OVERLOAD_MESSAGE = "Notion is unavailable due to high load. Please try again later."
 TOKEN = "ntn_sandbox_notion_integration_token"
 VERIFICATION_TOKEN = "secret_sandbox_notion_verification_token"
 #: Notion's documented average; bursts above it are allowed (burst size UNCONFIRMED).
@@ -155,10 +161,30 @@ def _endpoint(handler: Any) -> Any:
     async def wrapped(self: NotionSimulator, request: Request) -> Response:
         try:
             version = self._gate(request)
+            if version in OLDER_VERSIONS:
+                result = await handler(self, request, "2022-06-28")
+                if version < "2022-02-22":
+                    result = _text_blocks(result)
+                return JSONResponse(result)
             return JSONResponse(await handler(self, request, version))
         except NotionError as err:
             return err.response()
     return wrapped
+
+
+def _text_blocks(value: Any) -> Any:
+    """Blocks as versions before 2022-02-22 render them: ``rich_text`` was called ``text``."""
+    if isinstance(value, list):
+        return [_text_blocks(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {k: _text_blocks(v) for k, v in value.items()}
+    kind = out.get("type")
+    if out.get("object") == "block" and isinstance(out.get(kind), dict) and "rich_text" in out[kind]:
+        content = dict(out[kind])
+        content["text"] = content.pop("rich_text")
+        out[kind] = content
+    return out
 
 
 def _control(handler: Any) -> Any:
@@ -198,6 +224,12 @@ class NotionSimulator(Simulator):
         #: First retry delay in seconds; doubles each attempt (real schedule UNCONFIRMED).
         self.retry_delay = 0.05
         self.verification_token = VERIFICATION_TOKEN
+        #: Knobs for Notion shedding load: the next ``overload_next`` API calls, and a share
+        #: ``overload_rate`` of the others, answer 529 ``service_overload``.
+        self.overload_next = 0
+        self.overload_rate = 0.0
+        self.overloaded = 0
+        self._overload_rng = random.Random(self.knobs.seed)
         self._pending: dict[str, _Pending] = {}
         self._bucket: TokenBucket | None = None
         self._bucket_rate: float | None = None
@@ -455,9 +487,13 @@ class NotionSimulator(Simulator):
         if not version:
             raise NotionError(400, "missing_version", "Notion-Version header failed validation: "
                               "Notion-Version header should be defined, instead was `undefined`.")
-        if version not in VERSIONS:
+        if version not in VERSIONS and version not in OLDER_VERSIONS:
             raise NotionError(400, "validation_error", f"Notion-Version header failed validation: "
                               f"`{version}` is not a supported version.")
+        if self.overload_next > 0 or (self.overload_rate and self._overload_rng.random() < self.overload_rate):
+            self.overload_next = max(0, self.overload_next - 1)
+            self.overloaded += 1
+            raise NotionError(529, "service_overload", OVERLOAD_MESSAGE)
         return version
 
     def _rate_wait(self) -> float:
@@ -829,7 +865,16 @@ class NotionSimulator(Simulator):
                 setattr(self, key, float(body[key]))
         if "verification_token" in body:
             self.verification_token = str(body["verification_token"])
-        return {"aggregation_window": self.aggregation_window, "retry_delay": self.retry_delay}
+        if "overload_next" in body:
+            self.overload_next = int(body["overload_next"])
+        if "overload_rate" in body:
+            rate = float(body["overload_rate"])
+            if not 0 <= rate <= 1:
+                raise ValueError("overload_rate must be between 0 and 1")
+            self.overload_rate = rate
+        return {"aggregation_window": self.aggregation_window, "retry_delay": self.retry_delay,
+                "overload_next": self.overload_next, "overload_rate": self.overload_rate,
+                "overloaded": self.overloaded}
 
     @_control
     async def c_clock(self, request: Request, body: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,10 @@ Control API (under ``/_sandbox/``; each change fires the Events API webhook Slac
   (fire ``member_joined_channel`` / ``member_left_channel``)
 - ``GET channels/{id}/truth`` (every thread as Slack holds it), ``GET truth`` (all channels)
 - ``POST url_verification`` (sends the signed handshake and reports whether it was echoed)
-- ``PUT config`` ``{"retry_delays": [s, s, s], "ack_timeout": s, "event_shape": "full"|"documented"}``
+- ``PUT config`` ``{"retry_delays": [s, s, s], "ack_timeout": s, "event_shape": "full"|"documented",
+  "app_distribution": "internal"|"non_marketplace", "limited_window": s}`` (``non_marketplace``:
+  Slack's 2025 limits for commercially distributed non-Marketplace apps, history and replies at
+  1 request per ``limited_window`` (60 s) and 15 messages per call)
   (``PATCH messages`` ``{"shape"}`` and ``DELETE messages?shape=`` choose the shape per call)
 
 Webhook deliveries that get no 2xx within ``ack_timeout`` (3 s) are resent with the same body
@@ -84,6 +87,12 @@ METHOD_TIERS = {
     "users.info": 4,
 }
 TIER_PER_MINUTE = {2: 20, 3: 50, 4: 100}
+#: Slack's 2025 limits for commercially distributed apps not on the Marketplace (new apps since
+#: 2025-05-29, existing installs since 2026-03-03): these methods allow 1 request a minute, and
+#: ``limit`` defaults to and is capped at 15 messages.
+NON_MARKETPLACE_METHODS = ("conversations.history", "conversations.replies")
+NON_MARKETPLACE_LIMIT = 15
+NON_MARKETPLACE_WINDOW = 60.0
 
 #: Slack's retry schedule for failed event deliveries, seconds after the previous attempt.
 DEFAULT_RETRY_DELAYS = (0.0, 60.0, 300.0)
@@ -240,6 +249,11 @@ class SlackSimulator(Simulator):
         #: examples: no ``previous_message``, so no ``thread_ts`` for a deleted reply).
         self.event_shape = "full"
         self.scopes: set[str] = set(BOT_SCOPES)
+        #: ``internal`` (or Marketplace: the published tiers) or ``non_marketplace`` (a
+        #: commercially distributed app off the Marketplace: history and replies at 1 request per
+        #: ``limited_window`` seconds, 15 messages per call, whatever ``knobs.rate_limit`` says).
+        self.app_distribution = "internal"
+        self.limited_window = NON_MARKETPLACE_WINDOW
         self._buckets: dict[str, TokenBucket] = {}
         self._bucket_setting: float | None = None
         self._add_user(BOT_USER, "vector-sync", "vector-sync", is_bot=True)
@@ -353,13 +367,18 @@ class SlackSimulator(Simulator):
             self._bucket_setting = setting
         bucket = self._buckets.get(method)
         if bucket is None:
-            if setting is None:
+            if self._non_marketplace(method):
+                bucket = TokenBucket(1.0 / self.limited_window, burst=1.0)
+            elif setting is None:
                 per_minute = TIER_PER_MINUTE[METHOD_TIERS.get(method, 3)]
                 bucket = TokenBucket(per_minute / 60.0, burst=per_minute)
             else:
                 bucket = TokenBucket(float(setting), burst=max(1.0, float(setting)))
             self._buckets[method] = bucket
         return bucket
+
+    def _non_marketplace(self, method: str) -> bool:
+        return self.app_distribution == "non_marketplace" and method in NON_MARKETPLACE_METHODS
 
     def _methods(self) -> dict[str, Any]:
         return {
@@ -440,7 +459,8 @@ class SlackSimulator(Simulator):
 
     def conversations_history(self, args: dict[str, Any]) -> dict[str, Any]:
         channel = self._readable(args)
-        limit = _limit(args, 100, 999)
+        limit = (_limit(args, NON_MARKETPLACE_LIMIT, NON_MARKETPLACE_LIMIT)
+                 if self._non_marketplace("conversations.history") else _limit(args, 100, 999))
         inclusive = _flag(args.get("inclusive"))
         oldest = _ts_arg(args, "oldest") or 0
         latest = _ts_arg(args, "latest")
@@ -477,7 +497,8 @@ class SlackSimulator(Simulator):
             raise SlackError("thread_not_found")
         root = message.get("thread_ts", ts)  # a reply's ts names its whole thread
         thread = [root, *channel.threads.get(root, [])]
-        limit = _limit(args, 1000, 1000)
+        limit = (_limit(args, NON_MARKETPLACE_LIMIT, NON_MARKETPLACE_LIMIT)
+                 if self._non_marketplace("conversations.replies") else _limit(args, 1000, 1000))
         oldest = _ts_arg(args, "oldest") or 0
         latest = _ts_arg(args, "latest")
         thread = [t for t in thread if ts_to_micro(t) >= oldest and (latest is None or ts_to_micro(t) <= latest)]
@@ -881,12 +902,28 @@ class SlackSimulator(Simulator):
             if body["event_shape"] not in ("full", "documented"):
                 return _bad("event_shape must be 'full' or 'documented'")
             self.event_shape = body["event_shape"]
+        if "app_distribution" in body:
+            if body["app_distribution"] not in ("internal", "non_marketplace"):
+                return _bad("app_distribution must be 'internal' or 'non_marketplace'")
+            self.app_distribution = body["app_distribution"]
+            self._buckets.clear()
+        if "limited_window" in body:
+            try:
+                window = float(body["limited_window"])
+            except (TypeError, ValueError):
+                window = 0.0
+            if window <= 0:
+                return _bad("limited_window must be a positive number of seconds")
+            self.limited_window = window
+            self._buckets.clear()
         if "scopes" in body:
             if not isinstance(body["scopes"], list) or not all(isinstance(x, str) for x in body["scopes"]):
                 return _bad("scopes must be a list of OAuth scope names")
             self.scopes = set(body["scopes"])
         return JSONResponse({"retry_delays": list(self.retry_delays), "ack_timeout": self.ack_timeout,
-                             "event_shape": self.event_shape, "scopes": sorted(self.scopes)})
+                             "event_shape": self.event_shape, "scopes": sorted(self.scopes),
+                             "app_distribution": self.app_distribution,
+                             "limited_window": self.limited_window})
 
     # --- seeding ------------------------------------------------------------------------
     def seed(self, profile: str, rng: random.Random, world: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -133,3 +134,95 @@ def _iso(ms: int) -> str:
     from datetime import datetime, timezone
 
     return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+# The documented Transcript schema, queried as Fireflies' docs do (docs.fireflies.ai/graphql-api/query/transcript).
+DOCS_TRANSCRIPT_QUERY = """
+query Transcript($transcriptId: String!) {
+  transcript(id: $transcriptId) {
+    id dateString privacy title host_email organizer_email calendar_id fireflies_users
+    participants date transcript_url audio_url video_url duration cal_id calendar_type meeting_link
+    speakers { id name }
+    sentences {
+      index speaker_name speaker_id text raw_text start_time end_time
+      ai_filters { task pricing metric question date_and_time text_cleanup sentiment }
+    }
+    meeting_attendees { displayName email phoneNumber name location }
+    meeting_attendance { name join_time leave_time }
+    meeting_info { fred_joined silent_meeting summary_status }
+    summary {
+      keywords action_items outline shorthand_bullet overview bullet_gist gist short_summary
+      short_overview meeting_type topics_discussed transcript_chapters
+    }
+  }
+}"""
+
+
+def test_documented_transcript_fields_are_served(api: httpx.Client, server: SandboxServer) -> None:
+    listed = gql(api, server, "query { transcripts(limit: 50) { id meeting_attendees { displayName email name } "
+                              "meeting_info { summary_status } } }")
+    assert listed.status_code == 200, listed.text
+    items = listed.json()["data"]["transcripts"]
+    assert items and all(t["meeting_attendees"] for t in items)
+    assert {t["meeting_info"]["summary_status"] for t in items} == {"processed", "processing"}
+    done = next(t for t in items if t["meeting_info"]["summary_status"] == "processed")
+    response = gql(api, server, DOCS_TRANSCRIPT_QUERY, transcriptId=done["id"])
+    assert response.status_code == 200, response.text
+    t = response.json()["data"]["transcript"]
+    assert [a["email"] for a in t["meeting_attendees"]] == t["participants"]
+    attendee = t["meeting_attendees"][0]
+    assert set(attendee) == {"displayName", "email", "phoneNumber", "name", "location"}
+    assert attendee["displayName"] and attendee["displayName"] == attendee["name"]
+    assert t["host_email"] == t["organizer_email"] and t["fireflies_users"] == [t["organizer_email"]]
+    assert {a["name"] for a in t["meeting_attendance"]} == {s["name"] for s in t["speakers"]}
+    assert set(t["sentences"][0]["ai_filters"]) == {"task", "pricing", "metric", "question",
+                                                     "date_and_time", "text_cleanup", "sentiment"}
+    assert t["summary"]["topics_discussed"] and t["summary"]["gist"]
+    # Made-up fields are still refused.
+    bad = gql(api, server, "{ transcripts { id meeting_attendees { nickname } } }")
+    assert bad.status_code == 400
+    assert bad.json()["errors"][0]["message"] == 'Cannot query field "nickname" on type "MeetingAttendee".'
+
+
+def test_pro_plan_allows_50_requests_a_day(api: httpx.Client, server: SandboxServer) -> None:
+    base = server.url("fireflies") + "/_sandbox"
+    api.put(f"{base}/knobs", json={"rate_limit": None})
+    assert api.put(f"{base}/plan", json={"plan": "pro"}).json() == {"plan": "pro", "limit": 50, "period": 86400.0}
+    statuses = [gql(api, server, "{ transcripts(limit: 1) { id } }").status_code for _ in range(51)]
+    assert statuses == [200] * 50 + [429]
+    error = gql(api, server, "{ transcripts { id } }").json()["errors"][0]
+    assert error["code"] == "too_many_requests"
+    # The first slot frees a day after the first request (retryAfter is epoch ms).
+    assert error["extensions"]["metadata"]["retryAfter"] > (time.time() + 86400 - 3600) * 1000
+
+
+def test_documented_transcripts_filters(api: httpx.Client, server: SandboxServer) -> None:
+    truth = httpx.get(server.url("fireflies") + "/_sandbox/transcripts").json()["transcripts"]
+    some = truth[0]
+    query = ("query T($keyword: String, $scope: TranscriptsQueryScope, $organizers: [String], "
+             "$participants: [String], $userId: String, $mine: Boolean) { transcripts(keyword: $keyword, "
+             "scope: $scope, organizers: $organizers, participants: $participants, user_id: $userId, "
+             "mine: $mine) { id user { user_id name } } }")
+
+    def ids(**variables: object) -> set[str]:
+        response = gql(api, server, query, **variables)
+        assert response.status_code == 200, response.text
+        return {t["id"] for t in response.json()["data"]["transcripts"]}
+
+    word = some["title"].split()[-1]
+    assert ids(keyword=word.upper()) == {t["id"] for t in truth if word.lower() in t["title"].lower()}
+    spoken = next(t for t in truth if t["sentences"])["sentences"][0]["text"].split()[-1].strip(".?")
+    assert ids(keyword=spoken, scope="sentences") == {
+        t["id"] for t in truth if any(spoken.lower() in s["text"].lower() for s in t["sentences"] or [])}
+    assert ids(organizers=[some["organizer_email"]]) == {
+        t["id"] for t in truth if t["organizer_email"] == some["organizer_email"]}
+    person = some["participants"][-1]
+    assert ids(participants=[person]) == {t["id"] for t in truth if person in t["participants"]}
+    everyone = ids(mine=True)
+    assert everyone == {t["id"] for t in truth} and ids(userId="01SOMEONEELSE") == set()
+    owner = gql(api, server, "{ users { user_id } transcripts(limit: 1) { user { user_id } } }").json()["data"]
+    assert owner["users"][0]["user_id"] == owner["transcripts"][0]["user"]["user_id"]
+    # Documented constraints: scope needs keyword; keyword and title exclude each other.
+    for bad in ('{ transcripts(scope: all) { id } }', '{ transcripts(keyword: "a", title: "b") { id } }'):
+        response = gql(api, server, bad)
+        assert response.status_code == 400 and response.json()["errors"][0]["code"] == "invalid_arguments"

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from notion_client import APIResponseError, AsyncClient, Client
-from notion_client.errors import APIErrorCode
+from notion_client.errors import APIErrorCode, UnknownHTTPResponseError
 from notion_client.helpers import async_collect_paginated_api, collect_paginated_api, iterate_paginated_api
 
 from sandbox.notion import NotionSimulator
@@ -354,3 +354,47 @@ def test_drain_flushes_pending_aggregation(server: SandboxServer, sim: NotionSim
     assert not sim._pending
     assert [e["type"] for e in sink.events()] == ["page.content_updated"]
     control(server, "PUT", "/settings", {"aggregation_window": 1.0})
+
+
+# --- older versions and load shedding ----------------------------------------------------------
+def test_older_versions_are_served_and_made_up_ones_refused(server: SandboxServer, sim: NotionSimulator) -> None:
+    page = next(p for p in sim.pages.values() if p.title == "Onboarding guide")
+    for version in ("2022-02-22", "2021-08-16", "2021-05-13"):
+        notion = client(server, version)
+        got = notion.pages.retrieve(page_id=page.id)
+        assert got["id"] == page.id and got["archived"] is False  # pre-2026 shape
+        blocks = collect_paginated_api(notion.blocks.children.list, block_id=page.id)
+        paragraph = next(b for b in blocks if b["type"] == "paragraph")["paragraph"]
+        # 2022-02-22 renamed a block's ``text`` to ``rich_text``.
+        key = "rich_text" if version >= "2022-02-22" else "text"
+        assert set(paragraph) & {"rich_text", "text"} == {key}
+        assert paragraph[key][0]["plain_text"]
+    db = next(iter(sim.databases.values()))
+    rows = client(server, "2022-02-22").request(path=f"databases/{db.id}/query", method="POST", body={})
+    assert rows["object"] == "list" and rows["results"]
+    for bogus in ("2022-06-29", "2020-01-01", "latest"):
+        with pytest.raises(APIResponseError) as err:
+            client(server, bogus).users.me()
+        assert err.value.status == 400 and err.value.code == APIErrorCode.ValidationError
+
+
+def test_overload_knob_answers_529_service_overload(server: SandboxServer, sim: NotionSimulator) -> None:
+    assert control(server, "PUT", "/settings", {"overload_next": 2})["overload_next"] == 2
+    try:
+        raw = httpx.get(server.url("notion") + "/v1/users/me", headers={
+            "Authorization": f"Bearer {server.env()['NOTION_TOKEN']}", "Notion-Version": "2022-06-28"})
+        assert raw.status_code == 529
+        assert raw.json() | {"request_id": ""} == {
+            "object": "error", "status": 529, "code": "service_overload",
+            "message": "Notion is unavailable due to high load. Please try again later.", "request_id": ""}
+        # notion-client knows no ``service_overload`` code: it raises its "unknown" error with the
+        # body, and does not retry (a caller must back off on 529 itself).
+        with pytest.raises(UnknownHTTPResponseError) as err:
+            client(server).users.me()
+        assert err.value.status == 529 and json.loads(err.value.body)["code"] == "service_overload"
+        assert client(server).users.me()["type"] == "bot"  # the knob's two calls are spent
+    finally:
+        control(server, "PUT", "/settings", {"overload_next": 0, "overload_rate": 0})
+    assert sim.overloaded >= 2
+    bad = httpx.put(server.url("notion") + "/_sandbox/settings", json={"overload_rate": 2})
+    assert bad.status_code == 400

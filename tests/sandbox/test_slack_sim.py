@@ -17,6 +17,7 @@ import httpx
 import pytest
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from slack_sdk.signature import SignatureVerifier
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -481,3 +482,59 @@ def test_scale_profile_sizes() -> None:
     for channel in slack.channels.values():
         assert len(set(channel.messages)) == len(channel.messages)
         assert all(float(ts) < time.time() for ts in channel.messages)
+
+
+# --- Slack's 2025 limits for commercially distributed non-Marketplace apps -------------------------
+def test_non_marketplace_limits_one_call_a_window_and_15_messages(
+    sandbox: tuple[SandboxServer, SlackSimulator, Receiver], env: dict[str, str], client: WebClient,
+    control: httpx.Client,
+) -> None:
+    channel = control.post("/channels", json={"name": "nm-limits"}).json()["id"]
+    roots = [control.post("/messages", json={"channel": channel, "text": f"root {n}"}).json()["ts"]
+             for n in range(20)]
+    replies = [control.post("/messages", json={"channel": channel, "text": f"reply {n}",
+                                               "thread_ts": roots[0]}).json()["ts"] for n in range(16)]
+    drain(sandbox)
+    try:
+        config = control.put("/config", json={"app_distribution": "non_marketplace"}).json()
+        assert config["app_distribution"] == "non_marketplace" and config["limited_window"] == 60
+        first = client.conversations_history(channel=channel, limit=100)
+        assert len(first["messages"]) == 15 and first["has_more"] is True  # capped at 15
+        with pytest.raises(SlackApiError) as caught:  # the second call within the minute
+            client.conversations_history(channel=channel, cursor=first["response_metadata"]["next_cursor"])
+        assert caught.value.response.status_code == 429
+        assert caught.value.response["error"] == "ratelimited"
+        assert int(caught.value.response.headers["Retry-After"]) >= 1
+        thread = client.conversations_replies(channel=channel, ts=roots[0])  # its own budget
+        assert len(thread["messages"]) == 15
+        with pytest.raises(SlackApiError):
+            client.conversations_replies(channel=channel, ts=roots[0])
+        assert client.conversations_info(channel=channel)["ok"]  # other methods keep their tiers
+
+        # A short window, and slack_sdk's own 429 handler: every message arrives exactly once.
+        control.put("/config", json={"limited_window": 0.2})
+        patient = WebClient(token=env["SLACK_BOT_TOKEN"], base_url=env["SLACK_API_URL"] + "/",
+                            retry_handlers=[RateLimitErrorRetryHandler(max_retry_count=20)])
+        seen: list[str] = []
+        cursor = None
+        while True:
+            page = patient.conversations_history(channel=channel, cursor=cursor)
+            assert len(page["messages"]) <= 15
+            seen += [m["ts"] for m in page["messages"]]
+            cursor = (page.get("response_metadata") or {}).get("next_cursor")
+            if not cursor:
+                break
+        assert sorted(seen) == sorted(roots) and len(seen) == len(set(seen))
+        got: list[str] = []
+        cursor = None
+        while True:
+            page = patient.conversations_replies(channel=channel, ts=roots[0], cursor=cursor)
+            got += [m["ts"] for m in page["messages"]]
+            cursor = page["response_metadata"]["next_cursor"]
+            if not cursor:
+                break
+        assert got == [roots[0], *replies]
+    finally:
+        control.put("/config", json={"app_distribution": "internal", "limited_window": 60})
+    assert control.put("/config", json={"app_distribution": "marketplace-ish"}).status_code == 400
+    assert control.put("/config", json={"limited_window": 0}).status_code == 400
