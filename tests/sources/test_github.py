@@ -17,7 +17,7 @@ from core.errors import InvalidWebhook, MalformedWebhook, NotConfigured, Permane
     TransientSourceError
 from core.settings import Settings
 from core.sources.base import Scope, Source
-from core.sources.github import GitHubSource, build, commit_to_document, issue_to_document, pull_to_document, \
+from core.sources.github import COMMIT_FILES_DAYS, GitHubSource, build, commit_to_document, issue_to_document, pull_to_document, \
     rate_limit_wait, verify_signature
 from sandbox.github import GitHubSimulator
 from sandbox.server import SandboxServer, create_simulators
@@ -113,10 +113,15 @@ def test_pull_and_commit_documents() -> None:
                          "author": {"name": "Octo Cat", "date": "2024-03-06T00:00:00Z"},
                          "committer": {"name": "Octo Cat", "date": "2024-03-07T00:00:00Z"}},
               "files": [{"filename": "billing/rounding.py", "status": "modified"}]}
-    doc = commit_to_document("acme/api", commit)
+    doc = commit_to_document("acme/api", commit, now=1709769600.0 + 86400)
     assert doc.id == f"acme/api/commits/{'a' * 40}" and doc.title == "Fix rounding"
     assert "Files changed: billing/rounding.py (modified)" in doc.text and "by octocat" in doc.text
     assert doc.updated_at == 1709769600.0 and doc.metadata["files"] == ["billing/rounding.py"]
+    # Older than COMMIT_FILES_DAYS: the message alone, as the commit listing gives it.
+    old = commit_to_document("acme/api", commit, now=1709769600.0 + (COMMIT_FILES_DAYS + 1) * 86400)
+    listed = commit_to_document("acme/api", {k: v for k, v in commit.items() if k != "files"},
+                                now=1709769600.0 + (COMMIT_FILES_DAYS + 1) * 86400)
+    assert "Files changed" not in old.text and old.metadata["files"] == [] and old == listed
 
 
 def test_rate_limit_wait_reads_githubs_signals() -> None:
