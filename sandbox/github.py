@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -379,6 +379,9 @@ class GitHubSimulator(Simulator):
             Route(f"{prefix}/commits/{{sha}}", api(self.get_commit), methods=["GET"]),
             Route(f"{prefix}/collaborators", api(self.list_collaborators), methods=["GET"]),
             Route("/users/{login}", api(self.get_user), methods=["GET"]),
+            Route("/orgs/{org}/hooks/{hook_id:int}/deliveries", api(self.list_hook_deliveries), methods=["GET"]),
+            Route("/orgs/{org}/hooks/{hook_id:int}/deliveries/{delivery_id:int}/attempts",
+                  api(self.redeliver_attempt), methods=["POST"]),
             Route("/{path:path}", api(self.not_found),
                   methods=["GET", "POST", "PATCH", "PUT", "DELETE"]),
         ]
@@ -722,6 +725,72 @@ class GitHubSimulator(Simulator):
         if commit is None:
             return error(422, f"No commit found for SHA: {sha}")
         return JSONResponse(self.commit_json(repo, commit, detail=True))
+
+    # --- the organisation hook's deliveries ("Redeliver failed deliveries") --------------------
+    def _hook(self, request: Request) -> bool:
+        return (request.state.caller == "token" and request.path_params["org"].lower() == ORG
+                and request.path_params["hook_id"] == HOOK_ID)
+
+    def _delivery_rows(self) -> list[dict[str, Any]]:
+        """Every finished attempt, as GitHub lists them: ``id`` (per attempt), ``guid`` (the
+        ``X-GitHub-Delivery``, shared by redeliveries), ``status_code`` (0 when the receiver
+        could not be reached, as for a dropped webhook), ``redelivery``. Oldest first."""
+        rows: list[dict[str, Any]] = []
+        guids: set[str] = set()
+        for n, sent in enumerate(self.webhooks.deliveries):
+            in_flight = sent.status is None and not sent.dropped and not sent.error
+            guid = sent.headers.get("X-GitHub-Delivery", "")
+            if in_flight or not guid:
+                continue
+            code = sent.status or 0
+            status = ("OK" if 200 <= code < 300 else f"Invalid HTTP Response: {code}") if code else \
+                "failed to connect to host"
+            payload = _delivered_payload(sent.body)
+            rows.append({
+                "id": n + 1, "guid": guid, "delivered_at": iso(sent.sent_at), "redelivery": guid in guids,
+                "duration": 0.01, "status": status, "status_code": code,
+                "event": sent.headers.get("X-GitHub-Event", ""), "action": payload.get("action"),
+                "installation_id": None, "repository_id": (payload.get("repository") or {}).get("id"),
+                "throttled_at": None,
+            })
+            guids.add(guid)
+        return rows
+
+    async def list_hook_deliveries(self, request: Request) -> Response:
+        """GET /orgs/{org}/hooks/{hook_id}/deliveries: newest first, ``per_page`` (default 30,
+        max 100), ``cursor`` paging through ``Link: rel="next"``, ``status`` success|failure."""
+        if not self._hook(request):
+            return error(404, "Not Found")
+        q = request.query_params
+        rows = self._delivery_rows()[::-1]
+        if q.get("status") in ("success", "failure"):
+            rows = [r for r in rows if (200 <= r["status_code"] < 300) == (q["status"] == "success")]
+        cursor = q.get("cursor", "")
+        if cursor:
+            try:
+                start = int(cursor.removeprefix("v1_"))
+            except ValueError:
+                return validation_failed("HookDelivery", "cursor")
+            rows = [r for r in rows if r["id"] <= start]
+        per_page = _int(q.get("per_page"), 30, 1, 100)
+        page, rest = rows[:per_page], rows[per_page:]
+        response = JSONResponse(page)
+        if rest:
+            url = request.url.include_query_params(cursor=f"v1_{rest[0]['id']}")
+            response.headers["link"] = f'<{url}>; rel="next"'
+        return response
+
+    async def redeliver_attempt(self, request: Request) -> Response:
+        """POST …/deliveries/{id}/attempts: send that delivery again (same bytes, same
+        ``X-GitHub-Delivery``); 202 Accepted."""
+        if not self._hook(request):
+            return error(404, "Not Found")
+        number = request.path_params["delivery_id"]
+        if not 1 <= number <= len(self.webhooks.deliveries):
+            return error(404, "Not Found")
+        past = self.webhooks.deliveries[number - 1]
+        self.webhooks.send_soon(past.body, dict(past.headers))
+        return JSONResponse({}, 202)
 
     # --- paging -----------------------------------------------------------------------------
     def _paged(self, request: Request, items: list[Any], render: Callable[[Any], Any] | None = None) -> Response:
@@ -1392,6 +1461,16 @@ class _Replay:
 
     async def body(self) -> bytes:
         return self._body
+
+
+def _delivered_payload(body: bytes) -> dict[str, Any]:
+    """A sent webhook's payload, whether it went as JSON or as a form's ``payload=``."""
+    try:
+        if body.startswith(b"payload="):
+            return dict(json.loads(parse_qs(body.decode())["payload"][0]))
+        return dict(json.loads(body))
+    except (ValueError, KeyError, TypeError):
+        return {}
 
 
 def _int(raw: str | None, default: int, low: int, high: int) -> int:

@@ -454,6 +454,31 @@ class GitHubSource:
             return Gone(SOURCE, ref.id)
         return await self._with_access(repo, commit_to_document(repo, response.json()))
 
+    # --- gap repair ---------------------------------------------------------------------------
+    async def redeliver_failed(self, hook: str, since: float) -> list[str]:
+        """Ask GitHub to send again every delivery of ``hook`` (``orgs/{org}/hooks/{id}`` or
+        ``repos/{owner}/{repo}/hooks/{id}``) made at or after ``since`` (epoch s) of which no
+        attempt succeeded; returns their ``X-GitHub-Delivery`` GUIDs. GitHub never redelivers
+        by itself; a redelivery keeps its GUID, so one that arrives twice is enqueued once.
+        Needs the hook's read permission (classic token: ``admin:org_hook`` / ``admin:repo_hook``)."""
+        attempts: dict[str, list[dict[str, Any]]] = {}
+        url: str | None = f"/{hook.strip('/')}/deliveries?per_page={PER_PAGE}"
+        while url:  # newest first: stop at the first page that reaches back past ``since``
+            response = await self._list(url)
+            rows = response.json()
+            for row in rows:
+                attempts.setdefault(str(row.get("guid") or ""), []).append(row)
+            url = _next(response) if rows and epoch(rows[-1].get("delivered_at")) >= since else None
+        redelivered = []
+        for guid, rows in attempts.items():
+            recent = [r for r in rows if epoch(r.get("delivered_at")) >= since]
+            if not guid or not recent or any(200 <= int(r.get("status_code") or 0) < 300 for r in rows):
+                continue
+            newest = max(recent, key=lambda r: int(r["id"]))
+            await self.http.post(f"/{hook.strip('/')}/deliveries/{newest['id']}/attempts")
+            redelivered.append(guid)
+        return redelivered
+
     # --- receiver side ------------------------------------------------------------------------
     def verify(self, headers: Mapping[str, str], body: bytes) -> None:
         secret = self.settings.secret("GITHUB_WEBHOOK_SECRET")

@@ -377,3 +377,31 @@ def test_reviews_and_review_comments_fire_signed_webhooks_and_page(world: dict[s
     assert json.loads(received(world, removed["delivery"])[0][1])["action"] == "deleted"
     assert [c["id"] for c in api.get(f"/repos/acme/api/pulls/{n}/comments").json()] == [line["id"]]
     assert api.get("/repos/acme/api/pulls/99999/reviews").status_code == 404
+
+
+def test_hook_deliveries_list_newest_first_with_cursor_paging_and_redelivery(world: dict[str, Any]) -> None:
+    api = world["api"]
+    world["rx"].status = 500
+    try:
+        lost = control(world, "POST", "/repos/acme/api/issues", {"title": "Receiver failing"})["delivery"]
+    finally:
+        world["rx"].status = 200
+    kept = control(world, "POST", "/repos/acme/api/issues", {"title": "Receiver fine"})["delivery"]
+    first = api.get("/orgs/acme/hooks/424242/deliveries", params={"per_page": 1})
+    assert first.status_code == 200 and 'rel="next"' in first.headers["link"]
+    [newest] = first.json()
+    assert newest["guid"] == kept and newest["status_code"] == 200 and newest["status"] == "OK"
+    assert newest["event"] == "issues" and newest["action"] == "opened" and newest["redelivery"] is False
+    [second] = api.get(first.links["next"]["url"]).json()
+    assert second["guid"] == lost and second["status_code"] == 500
+    failures = api.get("/orgs/acme/hooks/424242/deliveries", params={"status": "failure", "per_page": 100}).json()
+    assert lost in {r["guid"] for r in failures} and kept not in {r["guid"] for r in failures}
+
+    again = api.post(f"/orgs/acme/hooks/424242/deliveries/{second['id']}/attempts")
+    assert again.status_code == 202
+    world["server"].run_coroutine(world["sim"].webhooks.drain(5))
+    assert len(received(world, lost)) == 2
+    retried = api.get("/orgs/acme/hooks/424242/deliveries", params={"per_page": 1}).json()[0]
+    assert retried["guid"] == lost and retried["redelivery"] is True and retried["status_code"] == 200
+    assert api.get("/orgs/acme/hooks/1/deliveries").status_code == 404
+    assert api.post("/orgs/acme/hooks/424242/deliveries/999999/attempts").status_code == 404

@@ -447,3 +447,41 @@ def test_first_sync_of_old_commits_costs_listing_pages_not_a_request_each() -> N
         assert (commits, requests, to_fetch) == (1000, 16, 0)
     finally:
         server.stop()
+
+
+def test_redeliver_failed_sends_again_only_what_never_arrived() -> None:
+    from tests.sandbox.test_github_sim import Receiver
+
+    sims = create_simulators(["github"], profile="small")
+    receiver = Receiver()
+    server = SandboxServer({**sims, "receiver": receiver}).start()
+    sim = sims["github"]
+    sim.webhooks.target = server.url("receiver") + "/webhooks/github"
+    w = {"server": server, "sim": sim, "env": server.env(),
+         "control": httpx.Client(base_url=server.url("github") + "/_sandbox", timeout=10)}
+    try:
+        since = time.time() - 1
+        arrived = control(w, "POST", "/repos/acme/api/issues", {"title": "Arrived"})["delivery"]
+        receiver.status = 500  # the receiver is failing: this one is lost
+        failed = control(w, "POST", "/repos/acme/api/issues", {"title": "Lost"})["delivery"]
+        sim.knobs.webhook_drop_rate = 1  # and this one never reached it
+        dropped = control(w, "POST", "/repos/acme/web/issues", {"title": "Dropped"})["delivery"]
+        sim.knobs.webhook_drop_rate, receiver.status = 0, 200
+
+        async def repair(source: GitHubSource) -> list[str]:
+            return await source.redeliver_failed("orgs/acme/hooks/424242", since)
+
+        assert sorted(run(w["env"], repair)) == sorted([failed, dropped])
+        server.run_coroutine(sim.webhooks.drain(5))
+        got = [h["x-github-delivery"] for h, _ in receiver.received]
+        assert got.count(arrived) == 1 and got.count(failed) == 2 and got.count(dropped) == 1
+        assert run(w["env"], repair) == []  # now every one has a successful attempt
+
+        async def nothing_before(source: GitHubSource) -> list[str]:
+            return await source.redeliver_failed("orgs/acme/hooks/424242", time.time() + 60)
+
+        receiver.status = 500
+        control(w, "POST", "/repos/acme/api/issues", {"title": "Lost again"})
+        assert run(w["env"], nothing_before) == []  # older than ``since``: left alone
+    finally:
+        server.stop()
