@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -103,6 +103,35 @@ class Comment:
 
 
 @dataclass
+class Review:
+    """A submitted pull request review (``state`` APPROVED, CHANGES_REQUESTED, COMMENTED, DISMISSED)."""
+
+    id: int
+    user: str
+    body: str
+    state: str
+    submitted_at: float
+    commit_id: str
+
+
+@dataclass
+class ReviewComment:
+    """A comment on a line of a pull request's diff; a reply has ``in_reply_to_id``."""
+
+    id: int
+    review_id: int
+    user: str
+    body: str
+    path: str
+    line: int
+    diff_hunk: str
+    created_at: float
+    updated_at: float
+    commit_id: str
+    in_reply_to_id: int | None = None
+
+
+@dataclass
 class Issue:
     """An issue, or a pull request when ``head`` is set (they share one number space)."""
 
@@ -122,6 +151,8 @@ class Issue:
     base: str = "main"
     merged_at: float | None = None
     draft: bool = False
+    reviews: list[Review] = field(default_factory=list)
+    review_comments: list[ReviewComment] = field(default_factory=list)
     deleted: bool = False
     #: ``(owner/repo, number)`` after a transfer.
     moved_to: tuple[str, int] | None = None
@@ -279,6 +310,8 @@ class GitHubSimulator(Simulator):
                 item.comments.append(Comment(self.next_id(), rng.choice(_USERS),
                                              rng.choice(_SENTENCES), at, at))
                 item.updated_at = at
+            if item.is_pull:  # its own generator, so the seeded issues stay as they were
+                self._seed_reviews(repo, item, random.Random(f"reviews:{repo.full_name}:{number}"))
             if rng.random() < 0.35:
                 item.updated_at += rng.randint(60, 86400)
                 item.state, item.closed_at = "closed", item.updated_at
@@ -286,6 +319,25 @@ class GitHubSimulator(Simulator):
                 if item.is_pull and rng.random() < 0.8:
                     item.merged_at = item.closed_at
             repo.issues[number] = item
+
+    def _seed_reviews(self, repo: Repo, pull: Issue, rng: random.Random) -> None:
+        """0-2 reviews, each with 0-2 line comments (a reply now and then)."""
+        head = repo.commits[-1].sha if repo.commits else "0" * 40
+        for _ in range(rng.randint(0, 2)):
+            at = pull.updated_at + rng.randint(60, 86400)
+            review = Review(self.next_id(), rng.choice(_USERS), rng.choice(["", *_SENTENCES]),
+                            rng.choice(["APPROVED", "CHANGES_REQUESTED", "COMMENTED"]), at, head)
+            pull.reviews.append(review)
+            for _ in range(rng.randint(0, 2)):
+                root = ReviewComment(self.next_id(), review.id, review.user, rng.choice(_SENTENCES),
+                                     rng.choice(_FILES), rng.randint(1, 200), "@@ -1,3 +1,4 @@\n+changed line",
+                                     at, at, head)
+                pull.review_comments.append(root)
+                if rng.random() < 0.3:
+                    pull.review_comments.append(ReviewComment(
+                        self.next_id(), review.id, pull.user, rng.choice(_SENTENCES), root.path, root.line,
+                        root.diff_hunk, at + 60, at + 60, head, in_reply_to_id=root.id))
+            pull.updated_at = max(pull.updated_at, at + 60)
 
     def _seed_commits(self, repo: Repo, count: int, rng: random.Random) -> None:
         at = SEED_END - 180 * 86400
@@ -319,11 +371,17 @@ class GitHubSimulator(Simulator):
             Route(f"{prefix}/issues/{{number:int}}", api(self.get_issue), methods=["GET"]),
             Route(f"{prefix}/issues/{{number:int}}/comments", api(self.list_issue_comments), methods=["GET"]),
             Route(f"{prefix}/pulls", api(self.list_pulls), methods=["GET"]),
+            Route(f"{prefix}/pulls/comments", api(self.list_repo_review_comments), methods=["GET"]),
             Route(f"{prefix}/pulls/{{number:int}}", api(self.get_pull), methods=["GET"]),
+            Route(f"{prefix}/pulls/{{number:int}}/reviews", api(self.list_reviews), methods=["GET"]),
+            Route(f"{prefix}/pulls/{{number:int}}/comments", api(self.list_review_comments), methods=["GET"]),
             Route(f"{prefix}/commits", api(self.list_commits), methods=["GET"]),
             Route(f"{prefix}/commits/{{sha}}", api(self.get_commit), methods=["GET"]),
             Route(f"{prefix}/collaborators", api(self.list_collaborators), methods=["GET"]),
             Route("/users/{login}", api(self.get_user), methods=["GET"]),
+            Route("/orgs/{org}/hooks/{hook_id:int}/deliveries", api(self.list_hook_deliveries), methods=["GET"]),
+            Route("/orgs/{org}/hooks/{hook_id:int}/deliveries/{delivery_id:int}/attempts",
+                  api(self.redeliver_attempt), methods=["POST"]),
             Route("/{path:path}", api(self.not_found),
                   methods=["GET", "POST", "PATCH", "PUT", "DELETE"]),
         ]
@@ -569,9 +627,63 @@ class GitHubSimulator(Simulator):
         if repo is None or pull is None or not pull.is_pull or not pull.visible:
             return error(404, "Not Found")
         data = self.pull_json(repo, pull)
-        data |= {"comments": len(pull.comments), "commits": 1, "changed_files": 1,
+        data |= {"comments": len(pull.comments), "review_comments": len(pull.review_comments),
+                 "commits": 1, "changed_files": 1,
                  "mergeable": None if pull.state == "closed" else True}
         return JSONResponse(data)
+
+    def _pull(self, request: Request) -> tuple[Repo, Issue] | None:
+        repo = self._repo(request)
+        pull = repo.issues.get(request.path_params["number"]) if repo else None
+        if repo is None or pull is None or not pull.is_pull or not pull.visible:
+            return None
+        return repo, pull
+
+    async def list_reviews(self, request: Request) -> Response:
+        """GET /pulls/{n}/reviews: submitted reviews in chronological order (paged)."""
+        found = self._pull(request)
+        if found is None:
+            return error(404, "Not Found")
+        repo, pull = found
+        return self._paged(request, pull.reviews, lambda r: self.review_json(repo, pull, r))
+
+    async def list_review_comments(self, request: Request) -> Response:
+        """GET /pulls/{n}/comments: the PR's review comments; ``sort`` created (default) or
+        updated, ``direction`` (default asc), ``since`` (updated at or after)."""
+        found = self._pull(request)
+        if found is None:
+            return error(404, "Not Found")
+        repo, pull = found
+        picked = self._review_comments(request, [(pull, c) for c in pull.review_comments])
+        if isinstance(picked, Response):
+            return picked
+        return self._paged(request, picked, lambda p: self.review_comment_json(repo, p[0], p[1]))
+
+    async def list_repo_review_comments(self, request: Request) -> Response:
+        """GET /pulls/comments: every review comment in the repository, same parameters."""
+        repo = self._repo(request)
+        if repo is None:
+            return error(404, "Not Found")
+        pairs = [(i, c) for i in repo.issues.values() if i.is_pull and i.visible for c in i.review_comments]
+        picked = self._review_comments(request, pairs)
+        if isinstance(picked, Response):
+            return picked
+        return self._paged(request, picked, lambda p: self.review_comment_json(repo, p[0], p[1]))
+
+    def _review_comments(self, request: Request, pairs: list[tuple[Issue, ReviewComment]]
+                         ) -> list[tuple[Issue, ReviewComment]] | Response:
+        q = request.query_params
+        since = parse_iso(q["since"]) if "since" in q else None
+        if "since" in q and since is None:
+            return validation_failed("PullRequestReviewComment", "since")
+        sort, direction = q.get("sort", "created"), q.get("direction", "asc")
+        if sort not in ("created", "updated") or direction not in ("asc", "desc"):
+            return validation_failed("PullRequestReviewComment", "sort" if sort not in ("created", "updated")
+                                     else "direction")
+        picked = [p for p in pairs if since is None or p[1].updated_at >= since]
+        key = "updated_at" if sort == "updated" else "created_at"
+        picked.sort(key=lambda p: (getattr(p[1], key), p[1].id), reverse=direction == "desc")
+        return picked
 
     async def list_commits(self, request: Request) -> Response:
         repo = self._repo(request)
@@ -613,6 +725,72 @@ class GitHubSimulator(Simulator):
         if commit is None:
             return error(422, f"No commit found for SHA: {sha}")
         return JSONResponse(self.commit_json(repo, commit, detail=True))
+
+    # --- the organisation hook's deliveries ("Redeliver failed deliveries") --------------------
+    def _hook(self, request: Request) -> bool:
+        return (request.state.caller == "token" and request.path_params["org"].lower() == ORG
+                and request.path_params["hook_id"] == HOOK_ID)
+
+    def _delivery_rows(self) -> list[dict[str, Any]]:
+        """Every finished attempt, as GitHub lists them: ``id`` (per attempt), ``guid`` (the
+        ``X-GitHub-Delivery``, shared by redeliveries), ``status_code`` (0 when the receiver
+        could not be reached, as for a dropped webhook), ``redelivery``. Oldest first."""
+        rows: list[dict[str, Any]] = []
+        guids: set[str] = set()
+        for n, sent in enumerate(self.webhooks.deliveries):
+            in_flight = sent.status is None and not sent.dropped and not sent.error
+            guid = sent.headers.get("X-GitHub-Delivery", "")
+            if in_flight or not guid:
+                continue
+            code = sent.status or 0
+            status = ("OK" if 200 <= code < 300 else f"Invalid HTTP Response: {code}") if code else \
+                "failed to connect to host"
+            payload = _delivered_payload(sent.body)
+            rows.append({
+                "id": n + 1, "guid": guid, "delivered_at": iso(sent.sent_at), "redelivery": guid in guids,
+                "duration": 0.01, "status": status, "status_code": code,
+                "event": sent.headers.get("X-GitHub-Event", ""), "action": payload.get("action"),
+                "installation_id": None, "repository_id": (payload.get("repository") or {}).get("id"),
+                "throttled_at": None,
+            })
+            guids.add(guid)
+        return rows
+
+    async def list_hook_deliveries(self, request: Request) -> Response:
+        """GET /orgs/{org}/hooks/{hook_id}/deliveries: newest first, ``per_page`` (default 30,
+        max 100), ``cursor`` paging through ``Link: rel="next"``, ``status`` success|failure."""
+        if not self._hook(request):
+            return error(404, "Not Found")
+        q = request.query_params
+        rows = self._delivery_rows()[::-1]
+        if q.get("status") in ("success", "failure"):
+            rows = [r for r in rows if (200 <= r["status_code"] < 300) == (q["status"] == "success")]
+        cursor = q.get("cursor", "")
+        if cursor:
+            try:
+                start = int(cursor.removeprefix("v1_"))
+            except ValueError:
+                return validation_failed("HookDelivery", "cursor")
+            rows = [r for r in rows if r["id"] <= start]
+        per_page = _int(q.get("per_page"), 30, 1, 100)
+        page, rest = rows[:per_page], rows[per_page:]
+        response = JSONResponse(page)
+        if rest:
+            url = request.url.include_query_params(cursor=f"v1_{rest[0]['id']}")
+            response.headers["link"] = f'<{url}>; rel="next"'
+        return response
+
+    async def redeliver_attempt(self, request: Request) -> Response:
+        """POST …/deliveries/{id}/attempts: send that delivery again (same bytes, same
+        ``X-GitHub-Delivery``); 202 Accepted."""
+        if not self._hook(request):
+            return error(404, "Not Found")
+        number = request.path_params["delivery_id"]
+        if not 1 <= number <= len(self.webhooks.deliveries):
+            return error(404, "Not Found")
+        past = self.webhooks.deliveries[number - 1]
+        self.webhooks.send_soon(past.body, dict(past.headers))
+        return JSONResponse({}, 202)
 
     # --- paging -----------------------------------------------------------------------------
     def _paged(self, request: Request, items: list[Any], render: Callable[[Any], Any] | None = None) -> Response:
@@ -712,6 +890,33 @@ class GitHubSimulator(Simulator):
             "updated_at": iso(comment.updated_at), "author_association": "MEMBER",
         }
 
+    def review_json(self, repo: Repo, pull: Issue, review: Review) -> dict[str, Any]:
+        html = f"https://github.com/{repo.full_name}/pull/{pull.number}"
+        return {
+            "id": review.id, "node_id": f"PRR_{review.id}", "user": self.user_json(review.user),
+            "body": review.body, "state": review.state, "html_url": f"{html}#pullrequestreview-{review.id}",
+            "pull_request_url": f"{self._api_base()}/repos/{repo.full_name}/pulls/{pull.number}",
+            "author_association": "MEMBER", "submitted_at": iso(review.submitted_at),
+            "commit_id": review.commit_id,
+        }
+
+    def review_comment_json(self, repo: Repo, pull: Issue, comment: ReviewComment) -> dict[str, Any]:
+        api = f"{self._api_base()}/repos/{repo.full_name}"
+        data: dict[str, Any] = {
+            "id": comment.id, "node_id": f"PRRC_{comment.id}", "url": f"{api}/pulls/comments/{comment.id}",
+            "pull_request_review_id": comment.review_id, "diff_hunk": comment.diff_hunk, "path": comment.path,
+            "position": comment.line, "original_position": comment.line, "commit_id": comment.commit_id,
+            "original_commit_id": comment.commit_id, "user": self.user_json(comment.user), "body": comment.body,
+            "created_at": iso(comment.created_at), "updated_at": iso(comment.updated_at),
+            "html_url": f"https://github.com/{repo.full_name}/pull/{pull.number}#discussion_r{comment.id}",
+            "pull_request_url": f"{api}/pulls/{pull.number}", "author_association": "MEMBER",
+            "start_line": None, "original_start_line": None, "start_side": None,
+            "line": comment.line, "original_line": comment.line, "side": "RIGHT", "subject_type": "line",
+        }
+        if comment.in_reply_to_id is not None:
+            data["in_reply_to_id"] = comment.in_reply_to_id
+        return data
+
     def commit_json(self, repo: Repo, commit: Commit, detail: bool = False) -> dict[str, Any]:
         api = f"{self._api_base()}/repos/{repo.full_name}"
         person = {"name": commit.author, "email": commit.email, "date": iso(commit.date)}
@@ -778,6 +983,12 @@ class GitHubSimulator(Simulator):
             Route(f"{p}/issues/{{number:int}}/transfer", self.c_transfer, methods=["POST"]),
             Route(f"{p}/pulls", self.c_open_pull, methods=["POST"]),
             Route(f"{p}/pulls/{{number:int}}", self.c_edit_pull, methods=["PATCH"]),
+            Route(f"{p}/pulls/{{number:int}}/reviews", self.c_submit_review, methods=["POST"]),
+            Route(f"{p}/pulls/{{number:int}}/reviews/{{rid:int}}", self.c_edit_review, methods=["PUT"]),
+            Route(f"{p}/pulls/{{number:int}}/reviews/{{rid:int}}/dismissals", self.c_dismiss_review,
+                  methods=["PUT"]),
+            Route(f"{p}/pulls/{{number:int}}/comments", self.c_add_review_comment, methods=["POST"]),
+            Route(f"{p}/pulls/comments/{{cid:int}}", self.c_edit_review_comment, methods=["PATCH", "DELETE"]),
             Route(f"{p}/push", self.c_push, methods=["POST"]),
         ]
 
@@ -796,13 +1007,16 @@ class GitHubSimulator(Simulator):
             "archived": r.archived, "deleted": r.deleted,
             "issues": sorted(n for n, i in r.issues.items() if i.visible and not i.is_pull),
             "pulls": sorted(n for n, i in r.issues.items() if i.visible and i.is_pull),
+            "review_comments": sorted(c.id for i in r.issues.values() if i.visible and i.is_pull
+                                      for c in i.review_comments),
             "commits": [c.sha for c in reversed(r.commits)],
         } for r in self.repos.values()})
 
     async def c_ping(self, request: Request) -> Response:
         payload = {"zen": "Keep it logically awesome.", "hook_id": HOOK_ID,
                    "hook": {"type": "Organization", "id": HOOK_ID, "name": "web", "active": True,
-                            "events": ["issues", "issue_comment", "pull_request", "push", "repository"],
+                            "events": ["issues", "issue_comment", "pull_request", "pull_request_review",
+                                       "pull_request_review_comment", "push", "repository"],
                             "config": {"content_type": self.content_type, "insecure_ssl": "0",
                                        "url": self.webhooks.target or ""}}}
         return JSONResponse({"delivery": self.emit("ping", payload)})
@@ -1046,6 +1260,118 @@ class GitHubSimulator(Simulator):
             pull.merged_at = time.time()
         return await self.c_edit_issue(_Replay(request, body))
 
+    def _review_event(self, action: str, repo: Repo, pull: Issue, review: Review,
+                      changes: dict[str, Any] | None = None) -> dict[str, Any]:
+        payload: dict[str, Any] = {"action": action, "review": self.review_json(repo, pull, review),
+                                   "pull_request": self.pull_json(repo, pull), "_sender": review.user}
+        if changes is not None:
+            payload["changes"] = changes
+        return {**self.review_json(repo, pull, review),
+                "delivery": self.emit("pull_request_review", payload, repo)}
+
+    async def c_submit_review(self, request: Request) -> Response:
+        """``{user, body, event: APPROVE|REQUEST_CHANGES|COMMENT, comments: [{path, line, body}]}``:
+        a submitted review (its line comments fire ``pull_request_review_comment.created`` first)."""
+        found = self._c_issue(request, pull=True)
+        if isinstance(found, Response):
+            return found
+        repo, pull = found
+        body = await self._body(request)
+        state = {"APPROVE": "APPROVED", "REQUEST_CHANGES": "CHANGES_REQUESTED"}.get(body.get("event", ""), "COMMENTED")
+        now = time.time()
+        head = repo.commits[-1].sha if repo.commits else "0" * 40
+        user = body.get("user", "octocat")
+        review = Review(self.next_id(), user, body.get("body", ""), state, now, head)
+        pull.reviews.append(review)
+        pull.touch(now)
+        for spec in body.get("comments", []):
+            comment = ReviewComment(self.next_id(), review.id, user, spec.get("body", ""), spec.get("path", "README.md"),
+                                    int(spec.get("line", 1)), "@@ -1,3 +1,4 @@\n+changed line", now, now, head)
+            pull.review_comments.append(comment)
+            self._review_comment_event("created", repo, pull, comment)
+        return JSONResponse(self._review_event("submitted", repo, pull, review), 201)
+
+    def _c_review(self, request: Request) -> tuple[Repo, Issue, Review] | Response:
+        found = self._c_issue(request, pull=True)
+        if isinstance(found, Response):
+            return found
+        repo, pull = found
+        review = next((r for r in pull.reviews if r.id == request.path_params["rid"]), None)
+        if review is None:
+            return JSONResponse({"error": "no such review"}, 404)
+        return repo, pull, review
+
+    async def c_edit_review(self, request: Request) -> Response:
+        """``{body}``: ``pull_request_review.edited`` (the PR's ``updated_at`` is left alone)."""
+        found = self._c_review(request)
+        if isinstance(found, Response):
+            return found
+        repo, pull, review = found
+        old, review.body = review.body, (await self._body(request)).get("body", review.body)
+        return JSONResponse(self._review_event("edited", repo, pull, review, {"body": {"from": old}}))
+
+    async def c_dismiss_review(self, request: Request) -> Response:
+        """``{message}``: the review's state becomes DISMISSED; ``pull_request_review.dismissed``."""
+        found = self._c_review(request)
+        if isinstance(found, Response):
+            return found
+        repo, pull, review = found
+        review.state = "DISMISSED"
+        pull.touch(time.time())
+        return JSONResponse(self._review_event("dismissed", repo, pull, review))
+
+    def _review_comment_event(self, action: str, repo: Repo, pull: Issue, comment: ReviewComment,
+                              changes: dict[str, Any] | None = None) -> dict[str, Any]:
+        payload: dict[str, Any] = {"action": action, "comment": self.review_comment_json(repo, pull, comment),
+                                   "pull_request": self.pull_json(repo, pull), "_sender": comment.user}
+        if changes is not None:
+            payload["changes"] = changes
+        return {**self.review_comment_json(repo, pull, comment),
+                "delivery": self.emit("pull_request_review_comment", payload, repo)}
+
+    async def c_add_review_comment(self, request: Request) -> Response:
+        """``{user, body, path, line}`` or ``{user, body, in_reply_to}``: a single review comment
+        (GitHub wraps it in a COMMENTED review of its own); ``pull_request_review_comment.created``."""
+        found = self._c_issue(request, pull=True)
+        if isinstance(found, Response):
+            return found
+        repo, pull = found
+        body = await self._body(request)
+        now = time.time()
+        head = repo.commits[-1].sha if repo.commits else "0" * 40
+        user = body.get("user", "octocat")
+        parent = next((c for c in pull.review_comments if c.id == body.get("in_reply_to")), None)
+        if body.get("in_reply_to") is not None and parent is None:
+            return JSONResponse({"error": "no such review comment"}, 404)
+        review = Review(self.next_id(), user, "", "COMMENTED", now, head)
+        pull.reviews.append(review)
+        comment = ReviewComment(self.next_id(), review.id, user, body.get("body", ""),
+                                parent.path if parent else body.get("path", "README.md"),
+                                parent.line if parent else int(body.get("line", 1)),
+                                parent.diff_hunk if parent else "@@ -1,3 +1,4 @@\n+changed line", now, now, head,
+                                in_reply_to_id=parent.id if parent else None)
+        pull.review_comments.append(comment)
+        pull.touch(now)
+        return JSONResponse(self._review_comment_event("created", repo, pull, comment), 201)
+
+    async def c_edit_review_comment(self, request: Request) -> Response:
+        """PATCH ``{body}`` → ``edited``; DELETE → ``deleted``. Neither moves the PR's
+        ``updated_at`` (an assumption; the connector reads ``/pulls/comments?since`` instead)."""
+        repo = self._c_repo(request)
+        cid = request.path_params["cid"]
+        pair = next(((i, c) for i in (repo.issues.values() if repo else []) if i.visible and i.is_pull
+                     for c in i.review_comments if c.id == cid), None)
+        if repo is None or pair is None:
+            return JSONResponse({"error": "no such review comment"}, 404)
+        pull, comment = pair
+        if request.method == "DELETE":
+            pull.review_comments.remove(comment)
+            return JSONResponse(self._review_comment_event("deleted", repo, pull, comment))
+        old = comment.body
+        comment.body = (await self._body(request)).get("body", comment.body)
+        comment.updated_at = max(time.time(), comment.updated_at)
+        return JSONResponse(self._review_comment_event("edited", repo, pull, comment, {"body": {"from": old}}))
+
     async def c_push(self, request: Request) -> Response:
         """``{"commits": [{"message", "author", "files": [[name, status]]}], "ref"?, "deleted"?}``."""
         repo = self._c_repo(request)
@@ -1135,6 +1461,16 @@ class _Replay:
 
     async def body(self) -> bytes:
         return self._body
+
+
+def _delivered_payload(body: bytes) -> dict[str, Any]:
+    """A sent webhook's payload, whether it went as JSON or as a form's ``payload=``."""
+    try:
+        if body.startswith(b"payload="):
+            return dict(json.loads(parse_qs(body.decode())["payload"][0]))
+        return dict(json.loads(body))
+    except (ValueError, KeyError, TypeError):
+        return {}
 
 
 def _int(raw: str | None, default: int, low: int, high: int) -> int:

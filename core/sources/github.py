@@ -1,12 +1,16 @@
-"""GitHub: issues, pull requests (with their conversation) and default-branch commits per repo.
+"""GitHub: issues, pull requests (with their conversation, reviews and review comments) and
+default-branch commits per repo.
 
 Stable ids (lower-cased, since GitHub names are case-insensitive): ``{owner}/{repo}/issues/{n}``,
 ``{owner}/{repo}/pulls/{n}``, ``{owner}/{repo}/commits/{sha}``; the scope key is ``owner/repo``.
 
 - Listing: ``/issues?state=all&since=…&sort=updated&direction=asc`` (it includes pull requests,
-  told apart by their ``pull_request`` key; ``/pulls`` has no ``since``), then ``/commits?since=…``,
-  both followed through ``Link: rel="next"``. The checkpoint is the listing and the next URL.
-- Fetch: an issue or PR plus every issue comment; a commit with its changed files. 404 and 410
+  told apart by their ``pull_request`` key; ``/pulls`` has no ``since``), then on incremental
+  passes ``/pulls/comments?since=…`` (review comments edited since), then ``/commits?since=…``,
+  all followed through ``Link: rel="next"``. The checkpoint is the listing and the next URL.
+  Commits older than ``COMMIT_FILES_DAYS`` carry their document from the listing (no fetch).
+- Fetch: an issue plus its comments; a PR plus its comments, reviews and review comments (a
+  listing whose count the item gives as 0 is not asked); a recent commit with its changed files. 404 and 410
   (deleted), 301 (transferred away) and 422 "No commit found" are ``Gone``; anything else raises.
 - Webhooks: ``X-Hub-Signature-256`` = HMAC-SHA256 of the raw body; GitHub never retries, so the
   reconciler is what catches a missed delivery.
@@ -21,7 +25,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -48,6 +52,10 @@ EMAIL_TTL = 3600.0
 PER_PAGE = 100
 #: Seconds to wait on a secondary limit that names no time (GitHub: "at least one minute").
 SECONDARY_WAIT = 60.0
+#: Commits older than this many days are indexed from the commit listing (message, author,
+#: date) without their changed files, which only the per-commit detail lists: a first sync of
+#: a long history then costs one request per 100 commits instead of one per commit.
+COMMIT_FILES_DAYS = 90
 _REF = re.compile(r"^(?P<repo>[^/]+/[^/]+)/(?P<kind>issues|pulls|commits)/(?P<key>[^/]+)$")
 
 
@@ -114,32 +122,91 @@ def issue_to_document(repo: str, issue: Mapping[str, Any], comments: list[Mappin
     )
 
 
-def pull_to_document(repo: str, pull: Mapping[str, Any], comments: list[Mapping[str, Any]]) -> Document:
-    """A pull request (title, body, state, base/head) and its conversation → one Document."""
+_REVIEW_STATES = {"APPROVED": "approved", "CHANGES_REQUESTED": "requested changes", "COMMENTED": "commented",
+                  "DISMISSED": "dismissed"}
+
+
+def _reviews_text(reviews: list[Mapping[str, Any]]) -> list[str]:
+    """One paragraph per submitted review; a bare "commented" review (the wrapper GitHub makes
+    around line comments) says nothing of its own and is left out."""
+    out = []
+    for review in reviews:
+        state, body = str(review.get("state") or ""), _paragraph(review.get("body"))
+        if state == "PENDING" or (state == "COMMENTED" and not body):
+            continue
+        line = (f"Review by {_login(review.get('user')) or 'unknown'} on {_day(review.get('submitted_at'))}: "
+                f"{_REVIEW_STATES.get(state, state.lower())}")
+        out.append(f"{line}\n{body}" if body else line)
+    return out
+
+
+def _review_comments_text(comments: list[Mapping[str, Any]]) -> list[str]:
+    """Review comments as threads: each root comment (file, line, the diff line it is on), then
+    its replies, each its own paragraph, in the order they were written."""
+    roots = {c.get("id"): c for c in comments if not c.get("in_reply_to_id")}
+    replies: dict[Any, list[Mapping[str, Any]]] = {}
+    for c in comments:
+        if c.get("in_reply_to_id"):
+            parent = c["in_reply_to_id"] if c["in_reply_to_id"] in roots else None
+            replies.setdefault(parent, []).append(c)
+    out = []
+    ordered = sorted(roots.values(), key=lambda c: (str(c.get("created_at") or ""), int(c.get("id") or 0)))
+    for root in ordered + ([{}] if None in replies else []):
+        if root:
+            line = root.get("line") or root.get("original_line")
+            where = f"{root.get('path') or 'a file'}" + (f" line {line}" if line else "")
+            hunk = [x for x in str(root.get("diff_hunk") or "").splitlines() if not x.startswith("@@")]
+            quoted = f"\n> {hunk[-1][:200]}" if hunk else ""
+            out.append(f"Review comment by {_login(root.get('user')) or 'unknown'} on {where} "
+                       f"({_day(root.get('created_at'))}):{quoted}\n{_paragraph(root.get('body'))}")
+        for reply in sorted(replies.get(root.get("id") if root else None, []),
+                            key=lambda c: (str(c.get("created_at") or ""), int(c.get("id") or 0))):
+            out.append(f"Reply by {_login(reply.get('user')) or 'unknown'} on "
+                       f"{reply.get('path') or 'a file'} ({_day(reply.get('created_at'))}):\n"
+                       f"{_paragraph(reply.get('body'))}")
+    return out
+
+
+def pull_to_document(repo: str, pull: Mapping[str, Any], comments: list[Mapping[str, Any]],
+                     reviews: Sequence[Mapping[str, Any]] = (),
+                     review_comments: Sequence[Mapping[str, Any]] = ()) -> Document:
+    """A pull request (title, body, state, base/head), its conversation, its reviews and its
+    review comments (threads on lines of the diff) → one Document."""
     number, author, labels = int(pull["number"]), _login(pull.get("user")), _labels(pull)
     state = "merged" if pull.get("merged_at") else str(pull.get("state", ""))
     head, base = (pull.get("head") or {}).get("ref", ""), (pull.get("base") or {}).get("ref", "")
     header = (f"Pull request #{number} in {repo} · {state}{' · draft' if pull.get('draft') else ''} · "
               f"{head} → {base} · opened by {author or 'unknown'} on {_day(pull.get('created_at'))}"
               + (f" · labels: {', '.join(labels)}" if labels else ""))
-    parts = [str(pull.get("title") or ""), header, _paragraph(pull.get("body")), *_comments_text(comments)]
+    parts = [str(pull.get("title") or ""), header, _paragraph(pull.get("body")), *_comments_text(comments),
+             *_reviews_text(list(reviews)), *_review_comments_text(list(review_comments))]
+    updated = max([_updated(pull, [*comments, *review_comments])]
+                  + [epoch(r.get("submitted_at")) for r in reviews])
     return Document(
         source=SOURCE, id=f"{repo}/pulls/{number}", scope=repo, title=str(pull.get("title") or ""),
-        text="\n\n".join(p for p in parts if p), updated_at=_updated(pull, comments),
+        text="\n\n".join(p for p in parts if p), updated_at=updated,
         url=str(pull.get("html_url") or ""), author=author,
         metadata={"kind": "pull", "repo": repo, "number": number, "state": state, "labels": labels,
                   "author": author, "head": head, "base": base, "merged": bool(pull.get("merged_at")),
-                  "draft": bool(pull.get("draft")), "comments": len(comments)},
+                  "draft": bool(pull.get("draft")), "comments": len(comments), "reviews": len(reviews),
+                  "review_comments": len(review_comments),
+                  "approved_by": sorted({_login(r.get("user")) for r in reviews if r.get("state") == "APPROVED"})},
     )
 
 
-def commit_to_document(repo: str, commit: Mapping[str, Any]) -> Document:
-    """A commit (message, author, date, changed files when the detail has them) → one Document."""
+def commit_to_document(repo: str, commit: Mapping[str, Any], now: float | None = None) -> Document:
+    """A commit (message, author, date, changed files when the detail has them) → one Document.
+
+    A commit older than ``COMMIT_FILES_DAYS`` is its message alone, even when the detail lists
+    files, so the listing's document and a fetched one are the same (no re-embedding when one
+    path replaces the other)."""
     sha, body = str(commit["sha"]), commit.get("commit") or {}
     person = body.get("author") or {}
     author = _login(commit.get("author")) or str(person.get("name") or "")
     message = str(body.get("message") or "")
     files = sorted((f.get("filename", ""), f.get("status", "")) for f in commit.get("files") or [])
+    if not wants_files(_commit_date(commit), now):
+        files = []
     lines = [f"Commit {sha[:12]} in {repo} by {author or 'unknown'} on {_day(person.get('date'))}", message]
     if files:
         lines.append("Files changed: " + ", ".join(f"{name} ({status})" for name, status in files))
@@ -151,6 +218,11 @@ def commit_to_document(repo: str, commit: Mapping[str, Any]) -> Document:
         metadata={"kind": "commit", "repo": repo, "sha": sha, "author": author,
                   "files": [name for name, _ in files]},
     )
+
+
+def wants_files(committed: float, now: float | None = None) -> bool:
+    """Whether a commit of this date (epoch s) is indexed with its changed files."""
+    return committed >= (time.time() if now is None else now) - COMMIT_FILES_DAYS * 86400
 
 
 def rate_limit_wait(response: httpx.Response, now: float | None = None) -> float | None:
@@ -202,8 +274,10 @@ class GitHubSource:
         return found
 
     async def changes(self, scope: Scope, since: float | None, checkpoint: str | None) -> AsyncIterator[Page]:
-        """Issues and PRs updated since ``since`` (oldest first), then commits since then."""
+        """Issues and PRs updated since ``since`` (oldest first), then (incremental passes only)
+        the PRs whose review comments changed since then, then commits since then."""
         state = json.loads(checkpoint) if checkpoint else {"listing": "issues", "next": None}
+        seen: set[str] = set()  # one ref per PR within a pass, however many listings name it
         if state["listing"] == "issues":
             params = {"state": "all", "sort": "updated", "direction": "asc", "per_page": PER_PAGE}
             url = state["next"] or self._url(scope.key, "issues", params, since)
@@ -211,18 +285,52 @@ class GitHubSource:
                 response = await self._list(url)
                 items, url = response.json(), _next(response)
                 refs = [self._item_ref(scope.key, i) for i in items]
+                seen.update(r.id for r in refs)
                 high = max((epoch(i.get("updated_at")) for i in items), default=None)
-                following = {"listing": "issues", "next": url} if url else {"listing": "commits", "next": None}
+                following = {"listing": "issues", "next": url} if url else {"listing": "review_comments", "next": None}
+                yield Page(refs, json.dumps(following), high)
+            state = {"listing": "review_comments", "next": None}
+        if state["listing"] == "review_comments":
+            # A review comment's edit does not move its PR's updated_at; this listing does see it.
+            # A backfill (no since) already lists every PR through /issues.
+            params = {"sort": "updated", "direction": "asc", "per_page": PER_PAGE}
+            url = state["next"] or (self._url(scope.key, "pulls/comments", params, since) if since is not None else None)
+            while url:
+                response = await self._list(url)
+                comments, url = response.json(), _next(response)
+                refs = []
+                for comment in comments:
+                    ref = self._review_comment_ref(scope.key, comment)
+                    if ref is not None and ref.id not in seen:
+                        seen.add(ref.id)
+                        refs.append(ref)
+                high = max((epoch(c.get("updated_at")) for c in comments), default=None)
+                following = {"listing": "review_comments", "next": url} if url else {"listing": "commits", "next": None}
                 yield Page(refs, json.dumps(following), high)
             state = {"listing": "commits", "next": None}
         url = state["next"] or self._url(scope.key, "commits", {"per_page": PER_PAGE}, since)
         while url:
             response = await self._list(url, empty_ok=True)
             commits, url = (response.json() if response.status_code == 200 else []), _next(response)
-            refs = [Ref(SOURCE, f"{scope.key}/commits/{c['sha']}", scope.key, event_at=_commit_date(c))
-                    for c in commits]
+            refs = [await self._commit_ref(scope.key, c) for c in commits]
             high = max((_commit_date(c) for c in commits), default=None)
             yield Page(refs, json.dumps({"listing": "commits", "next": url}) if url else None, high)
+
+    async def _commit_ref(self, repo: str, commit: Mapping[str, Any]) -> Ref:
+        """A listed commit: an old one carries its document (the listing holds all it is
+        indexed with, so no fetch); a recent one is fetched by the worker for its files."""
+        at = _commit_date(commit)
+        ref = Ref(SOURCE, f"{repo}/commits/{commit['sha']}", repo, event_at=at)
+        if wants_files(at):
+            return ref
+        return dataclasses.replace(ref, document=await self._with_access(repo, commit_to_document(repo, commit)))
+
+    @staticmethod
+    def _review_comment_ref(repo: str, comment: Mapping[str, Any]) -> Ref | None:
+        match = re.search(r"/pulls/(\d+)$", str(comment.get("pull_request_url") or ""))
+        if match is None:
+            return None
+        return Ref(SOURCE, f"{repo}/pulls/{match[1]}", repo, event_at=epoch(comment.get("updated_at")) or None)
 
     async def live_ids(self, scope: Scope) -> AsyncIterator[str]:
         """Every issue and PR number (state=all) and every default-branch commit sha."""
@@ -245,9 +353,20 @@ class GitHubSource:
         if response.status_code in (301, 404, 410) or not _same_repo(response, repo):
             return Gone(SOURCE, ref.id)
         item = response.json()
-        comments = [c async for c in self._items(f"/repos/{repo}/issues/{key}/comments?per_page={PER_PAGE}")]
-        document = pull_to_document(repo, item, comments) if kind == "pulls" else issue_to_document(repo, item, comments)
-        return await self._with_access(repo, document)
+        # The item says how many comments it has: none means no request for them.
+        comments = await self._all(f"/repos/{repo}/issues/{key}/comments?per_page={PER_PAGE}", item.get("comments"))
+        if kind == "issues":
+            return await self._with_access(repo, issue_to_document(repo, item, comments))
+        reviews = await self._all(f"/repos/{repo}/pulls/{key}/reviews?per_page={PER_PAGE}")
+        review_comments = await self._all(f"/repos/{repo}/pulls/{key}/comments?per_page={PER_PAGE}",
+                                          item.get("review_comments"))
+        return await self._with_access(repo, pull_to_document(repo, item, comments, reviews, review_comments))
+
+    async def _all(self, url: str, count: Any = None) -> list[dict[str, Any]]:
+        """Every item of a listing; nothing asked when ``count`` (the parent's own tally) is 0."""
+        if count == 0 and not isinstance(count, bool):
+            return []
+        return [c async for c in self._items(url)]
 
     # --- access -------------------------------------------------------------------------------
     async def _with_access(self, repo: str, document: Document) -> Document:
@@ -334,6 +453,31 @@ class GitHubSource:
         if response.status_code in (404, 410):
             return Gone(SOURCE, ref.id)
         return await self._with_access(repo, commit_to_document(repo, response.json()))
+
+    # --- gap repair ---------------------------------------------------------------------------
+    async def redeliver_failed(self, hook: str, since: float) -> list[str]:
+        """Ask GitHub to send again every delivery of ``hook`` (``orgs/{org}/hooks/{id}`` or
+        ``repos/{owner}/{repo}/hooks/{id}``) made at or after ``since`` (epoch s) of which no
+        attempt succeeded; returns their ``X-GitHub-Delivery`` GUIDs. GitHub never redelivers
+        by itself; a redelivery keeps its GUID, so one that arrives twice is enqueued once.
+        Needs the hook's read permission (classic token: ``admin:org_hook`` / ``admin:repo_hook``)."""
+        attempts: dict[str, list[dict[str, Any]]] = {}
+        url: str | None = f"/{hook.strip('/')}/deliveries?per_page={PER_PAGE}"
+        while url:  # newest first: stop at the first page that reaches back past ``since``
+            response = await self._list(url)
+            rows = response.json()
+            for row in rows:
+                attempts.setdefault(str(row.get("guid") or ""), []).append(row)
+            url = _next(response) if rows and epoch(rows[-1].get("delivered_at")) >= since else None
+        redelivered = []
+        for guid, rows in attempts.items():
+            recent = [r for r in rows if epoch(r.get("delivered_at")) >= since]
+            if not guid or not recent or any(200 <= int(r.get("status_code") or 0) < 300 for r in rows):
+                continue
+            newest = max(recent, key=lambda r: int(r["id"]))
+            await self.http.post(f"/{hook.strip('/')}/deliveries/{newest['id']}/attempts")
+            redelivered.append(guid)
+        return redelivered
 
     # --- receiver side ------------------------------------------------------------------------
     def verify(self, headers: Mapping[str, str], body: bytes) -> None:
@@ -491,6 +635,25 @@ def _on_pull(repo: str, payload: dict[str, Any]) -> WebhookResult:
     return WebhookResult([_item_sync(repo, pull, "pulls", at, "pull_request")])
 
 
+def _on_review(repo: str, payload: dict[str, Any]) -> WebhookResult:
+    """``pull_request_review`` submitted, edited or dismissed: the PR's document holds its reviews.
+    Only a submission carries a time of its own (``submitted_at``); an edit or a dismissal is
+    always re-fetched."""
+    pull, review = _required(payload, "pull_request"), obj(payload, "review", SOURCE)
+    action = text(payload, "action", SOURCE)
+    at = iso_time(review, "submitted_at", SOURCE, "review.submitted_at") if action == "submitted" else None
+    return WebhookResult([_item_sync(repo, pull, "pulls", at or None, "pull_request")])
+
+
+def _on_review_comment(repo: str, payload: dict[str, Any]) -> WebhookResult:
+    """``pull_request_review_comment`` created, edited or deleted: re-sync the PR (a deleted
+    comment leaves its text; the payload predates the deletion, so no event time)."""
+    pull, comment = _required(payload, "pull_request"), obj(payload, "comment", SOURCE)
+    deleted = text(payload, "action", SOURCE) == "deleted"
+    at = None if deleted else iso_time(comment, "updated_at", SOURCE, "comment.updated_at")
+    return WebhookResult([_item_sync(repo, pull, "pulls", at or None, "pull_request")])
+
+
 def _on_push(repo: str, payload: dict[str, Any]) -> WebhookResult:
     ref = text(payload, "ref", SOURCE)
     if payload.get("deleted"):
@@ -528,6 +691,7 @@ def _on_member(repo: str, payload: dict[str, Any]) -> WebhookResult:
 
 
 _HANDLERS = {"issues": _on_issues, "issue_comment": _on_comment, "pull_request": _on_pull,
+             "pull_request_review": _on_review, "pull_request_review_comment": _on_review_comment,
              "push": _on_push, "repository": _on_repository, "member": _on_member}
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import httpx
 import pytest
 
 from core.documents import vector_id
@@ -529,3 +530,55 @@ def test_jira_comment_deleted_cascade_after_an_issue_delete(system: System, orde
     assert system.row(item.document_id)["deleted_at"] is not None  # type: ignore[index]
     assert system.chunk_ids(survivor.document_id), "the project's other issue went too"
     assert system.stats("jira")["failed"] == 0
+
+
+# --- 9. GitHub: reviews and review comments live in their pull request's document ------------
+
+
+def test_github_review_comments_through_webhooks_reconcile_and_deletion(system: System) -> None:
+    approved, line_word, reply_word, edited = unique("approve"), unique("line"), unique("reply"), unique("edited")
+    pull = system.control("github", "POST", "/repos/acme/api/pulls",
+                          json={"title": "Contract review PR", "head": "fix/contract"}).json()
+    document_id = f"github:acme/api/pulls/{pull['number']}"
+    system.control("github", "POST", f"/repos/acme/api/pulls/{pull['number']}/reviews",
+                   json={"user": "mona", "event": "APPROVE", "body": f"Approved: {approved} {approved}.",
+                         "comments": [{"path": "billing/ledger.py", "line": 7, "body": f"{line_word} {line_word}"}]})
+    system.settle("github")
+    assert system.run_count() == 0  # webhooks alone
+    assert system.found(approved, document_id, "github") and system.found(line_word, document_id, "github")
+    [root] = httpx_get(system, f"/repos/acme/api/pulls/{pull['number']}/comments")
+    reply = system.control("github", "POST", f"/repos/acme/api/pulls/{pull['number']}/comments",
+                           json={"user": "hubot", "body": f"{reply_word} {reply_word}", "in_reply_to": root["id"]}).json()
+    system.settle("github")
+    assert system.found(reply_word, document_id, "github")
+    assert "on billing/ledger.py line 7" in system.chunk_texts(document_id)
+
+    # A deleted review comment leaves the index (its PR stays).
+    system.control("github", "DELETE", f"/repos/acme/api/pulls/comments/{reply['id']}")
+    system.settle("github")
+    assert reply_word not in system.chunk_texts(document_id) and line_word in system.chunk_texts(document_id)
+    assert system.row(document_id)["deleted_at"] is None  # type: ignore[index]
+
+    # A seeded (2024) PR's review comment edited with its webhook dropped: the PR's updated_at
+    # does not move, and the next pass finds the edit through /pulls/comments?since.
+    system.reconcile("github", "acme/api")
+    seeded = httpx_get(system, "/repos/acme/api/pulls/comments?per_page=1")[0]
+    old_id = "github:acme/api/pulls/" + seeded["pull_request_url"].rsplit("/", 1)[1]
+    assert f"on {seeded['path']} line {seeded['line']}" in system.chunk_texts(old_id)
+    system.knobs("github", webhook_drop_rate=1)
+    system.control("github", "PATCH", f"/repos/acme/api/pulls/comments/{seeded['id']}",
+                   json={"body": f"{edited} {edited}"})
+    system.settle("github")
+    assert edited not in system.chunk_texts(old_id)
+    system.reconcile("github", "acme/api")
+    assert system.last_run("reconcile", "github")["counters"]["since"] is not None
+    assert system.found(edited, old_id, "github")
+
+
+def httpx_get(system: System, path: str) -> Any:
+    """GET from the GitHub simulator's API as the connector's token."""
+    env = system.sandbox.env()
+    response = httpx.get(env["GITHUB_API_URL"] + path, headers={"Authorization": f"Bearer {env['GITHUB_TOKEN']}"},
+                         timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()

@@ -320,3 +320,88 @@ def test_ping_form_content_type_and_repository_events(world: dict[str, Any]) -> 
     assert payload["action"] == "archived" and payload["repository"]["archived"] is True
     assert world["api"].get("/repos/acme/web").json()["archived"] is True
     control(world, "POST", "/repos/acme/web/archive", {"archived": False})
+
+
+# --- reviews and review comments ---------------------------------------------------------------
+def test_reviews_and_review_comments_fire_signed_webhooks_and_page(world: dict[str, Any]) -> None:
+    api, secret = world["api"], world["env"]["GITHUB_WEBHOOK_SECRET"]
+    n = control(world, "POST", "/repos/acme/api/pulls", {"title": "Half-even rounding", "head": "fix/round"})["number"]
+    start = len(world["rx"].received)
+    review = control(world, "POST", f"/repos/acme/api/pulls/{n}/reviews",
+                     {"user": "mona", "event": "REQUEST_CHANGES", "body": "Needs a test.",
+                      "comments": [{"path": "billing/rounding.py", "line": 12, "body": "Use Decimal here."}]})
+    events = [(h["x-github-event"], json.loads(b)) for h, b in world["rx"].received[start:]]
+    assert [(e, p["action"]) for e, p in events] == [("pull_request_review_comment", "created"),
+                                                    ("pull_request_review", "submitted")]
+    for h, b in world["rx"].received[start:]:
+        _verify(h, b, secret)
+    submitted = events[1][1]
+    assert submitted["review"]["state"] == "CHANGES_REQUESTED" and submitted["pull_request"]["number"] == n
+    assert submitted["review"]["submitted_at"] and submitted["review"]["user"]["login"] == "mona"
+    line = events[0][1]["comment"]
+    assert line["path"] == "billing/rounding.py" and line["line"] == 12 and line["diff_hunk"].startswith("@@")
+    assert line["pull_request_review_id"] == review["id"] and line["pull_request_url"].endswith(f"/pulls/{n}")
+
+    reply = control(world, "POST", f"/repos/acme/api/pulls/{n}/comments",
+                    {"user": "hubot", "body": "Done.", "in_reply_to": line["id"]})
+    assert reply["in_reply_to_id"] == line["id"] and reply["path"] == "billing/rounding.py"
+    listed = api.get(f"/repos/acme/api/pulls/{n}/comments").json()
+    assert [c["id"] for c in listed] == [line["id"], reply["id"]]
+    reviews = api.get(f"/repos/acme/api/pulls/{n}/reviews", params={"per_page": 1})
+    assert reviews.status_code == 200 and reviews.json()[0]["id"] == review["id"]
+    assert 'rel="next"' in reviews.headers["link"]  # the reply made a second (COMMENTED) review
+    assert api.get(f"/repos/acme/api/pulls/{n}").json()["review_comments"] == 2
+
+    # An edit leaves the PR's updated_at alone; the repo-wide listing's since finds it. (A seeded
+    # comment, dated 2024, so "alone" and "since" mean something without waiting for the clock.)
+    seeded = follow(api, "/repos/acme/web/pulls/comments?per_page=2")
+    assert seeded and all(c["updated_at"] < "2025-02" for c in seeded)
+    target, number = seeded[0], int(seeded[0]["pull_request_url"].rsplit("/", 1)[1])
+    pr_updated = api.get(f"/repos/acme/web/pulls/{number}").json()["updated_at"]
+    edited = control(world, "PATCH", f"/repos/acme/web/pulls/comments/{target['id']}", {"body": "Use Decimal."})
+    [(headers, body)] = received(world, edited["delivery"])
+    payload = json.loads(body)
+    assert headers["x-github-event"] == "pull_request_review_comment" and payload["action"] == "edited"
+    assert payload["changes"]["body"]["from"] == target["body"] and payload["pull_request"]["number"] == number
+    assert api.get(f"/repos/acme/web/pulls/{number}").json()["updated_at"] == pr_updated
+    since = api.get("/repos/acme/web/pulls/comments",
+                    params={"since": edited["updated_at"], "sort": "updated", "direction": "asc"}).json()
+    assert [c["id"] for c in since] == [target["id"]] and since[0]["body"] == "Use Decimal."
+    assert api.get("/repos/acme/api/pulls/comments", params={"since": "junk"}).status_code == 422
+
+    dismissed = control(world, "PUT", f"/repos/acme/api/pulls/{n}/reviews/{review['id']}/dismissals", {})
+    assert json.loads(received(world, dismissed["delivery"])[0][1])["review"]["state"] == "DISMISSED"
+    changed = control(world, "PUT", f"/repos/acme/api/pulls/{n}/reviews/{review['id']}", {"body": "Fine now."})
+    assert json.loads(received(world, changed["delivery"])[0][1])["action"] == "edited"
+    removed = control(world, "DELETE", f"/repos/acme/api/pulls/comments/{reply['id']}")
+    assert json.loads(received(world, removed["delivery"])[0][1])["action"] == "deleted"
+    assert [c["id"] for c in api.get(f"/repos/acme/api/pulls/{n}/comments").json()] == [line["id"]]
+    assert api.get("/repos/acme/api/pulls/99999/reviews").status_code == 404
+
+
+def test_hook_deliveries_list_newest_first_with_cursor_paging_and_redelivery(world: dict[str, Any]) -> None:
+    api = world["api"]
+    world["rx"].status = 500
+    try:
+        lost = control(world, "POST", "/repos/acme/api/issues", {"title": "Receiver failing"})["delivery"]
+    finally:
+        world["rx"].status = 200
+    kept = control(world, "POST", "/repos/acme/api/issues", {"title": "Receiver fine"})["delivery"]
+    first = api.get("/orgs/acme/hooks/424242/deliveries", params={"per_page": 1})
+    assert first.status_code == 200 and 'rel="next"' in first.headers["link"]
+    [newest] = first.json()
+    assert newest["guid"] == kept and newest["status_code"] == 200 and newest["status"] == "OK"
+    assert newest["event"] == "issues" and newest["action"] == "opened" and newest["redelivery"] is False
+    [second] = api.get(first.links["next"]["url"]).json()
+    assert second["guid"] == lost and second["status_code"] == 500
+    failures = api.get("/orgs/acme/hooks/424242/deliveries", params={"status": "failure", "per_page": 100}).json()
+    assert lost in {r["guid"] for r in failures} and kept not in {r["guid"] for r in failures}
+
+    again = api.post(f"/orgs/acme/hooks/424242/deliveries/{second['id']}/attempts")
+    assert again.status_code == 202
+    world["server"].run_coroutine(world["sim"].webhooks.drain(5))
+    assert len(received(world, lost)) == 2
+    retried = api.get("/orgs/acme/hooks/424242/deliveries", params={"per_page": 1}).json()[0]
+    assert retried["guid"] == lost and retried["redelivery"] is True and retried["status_code"] == 200
+    assert api.get("/orgs/acme/hooks/1/deliveries").status_code == 404
+    assert api.post("/orgs/acme/hooks/424242/deliveries/999999/attempts").status_code == 404

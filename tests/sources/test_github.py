@@ -17,7 +17,7 @@ from core.errors import InvalidWebhook, MalformedWebhook, NotConfigured, Permane
     TransientSourceError
 from core.settings import Settings
 from core.sources.base import Scope, Source
-from core.sources.github import GitHubSource, build, commit_to_document, issue_to_document, pull_to_document, \
+from core.sources.github import COMMIT_FILES_DAYS, GitHubSource, build, commit_to_document, epoch, issue_to_document, pull_to_document, \
     rate_limit_wait, verify_signature
 from sandbox.github import GitHubSimulator
 from sandbox.server import SandboxServer, create_simulators
@@ -47,7 +47,10 @@ def small() -> Iterator[dict[str, Any]]:
     server = SandboxServer(sims).start()
     sim = sims["github"]
     assert isinstance(sim, GitHubSimulator)
-    yield {"server": server, "sim": sim, "env": server.env(),
+    env = server.env()
+    api = httpx.Client(base_url=env["GITHUB_API_URL"], headers={"Authorization": f"Bearer {env['GITHUB_TOKEN']}"},
+                       timeout=10)
+    yield {"server": server, "sim": sim, "env": env, "api_get": lambda path: api.get(path).json(),
            "control": httpx.Client(base_url=server.url("github") + "/_sandbox", timeout=10)}
     server.stop()
 
@@ -113,10 +116,15 @@ def test_pull_and_commit_documents() -> None:
                          "author": {"name": "Octo Cat", "date": "2024-03-06T00:00:00Z"},
                          "committer": {"name": "Octo Cat", "date": "2024-03-07T00:00:00Z"}},
               "files": [{"filename": "billing/rounding.py", "status": "modified"}]}
-    doc = commit_to_document("acme/api", commit)
+    doc = commit_to_document("acme/api", commit, now=1709769600.0 + 86400)
     assert doc.id == f"acme/api/commits/{'a' * 40}" and doc.title == "Fix rounding"
     assert "Files changed: billing/rounding.py (modified)" in doc.text and "by octocat" in doc.text
     assert doc.updated_at == 1709769600.0 and doc.metadata["files"] == ["billing/rounding.py"]
+    # Older than COMMIT_FILES_DAYS: the message alone, as the commit listing gives it.
+    old = commit_to_document("acme/api", commit, now=1709769600.0 + (COMMIT_FILES_DAYS + 1) * 86400)
+    listed = commit_to_document("acme/api", {k: v for k, v in commit.items() if k != "files"},
+                                now=1709769600.0 + (COMMIT_FILES_DAYS + 1) * 86400)
+    assert "Files changed" not in old.text and old.metadata["files"] == [] and old == listed
 
 
 def test_rate_limit_wait_reads_githubs_signals() -> None:
@@ -354,3 +362,126 @@ def test_parse_rejects_bad_signatures_and_bodies_and_ignores_unknown_events() ->
     pushed = source.parse({"X-GitHub-Event": "push", "Content-Type": "application/x-www-form-urlencoded"},
                           form.encode())
     assert [r.id for r in pushed.refs] == ["acme/api/commits/abc"]  # ids are lower-cased
+
+
+# --- reviews and review comments, and the cost of commits ----------------------------------
+def test_pull_document_holds_reviews_and_review_comment_threads() -> None:
+    pull = {**ISSUE, "head": {"ref": "fix/rounding"}, "base": {"ref": "main"}}
+    reviews = [{"user": {"login": "mona"}, "state": "APPROVED", "body": "", "submitted_at": "2024-03-08T00:00:00Z"},
+               {"user": {"login": "hubot"}, "state": "COMMENTED", "body": "", "submitted_at": "2024-03-08T00:00:00Z"}]
+    comments = [{"id": 2, "in_reply_to_id": 1, "user": {"login": "mona"}, "body": "Done.", "path": "billing/r.py",
+                 "created_at": "2024-03-09T00:00:00Z", "updated_at": "2024-03-10T00:00:00Z"},
+                {"id": 1, "user": {"login": "hubot"}, "body": "Use Decimal.", "path": "billing/r.py", "line": 12,
+                 "diff_hunk": "@@ -1 +1 @@\n+total = round(x)", "created_at": "2024-03-08T00:00:00Z",
+                 "updated_at": "2024-03-08T00:00:00Z"}]
+    doc = pull_to_document("acme/api", pull, [], reviews, comments)
+    paragraphs = doc.text.split("\n\n")
+    root = "Review comment by hubot on billing/r.py line 12 (2024-03-08):\n> +total = round(x)\nUse Decimal."
+    assert "Review by mona on 2024-03-08: approved" in paragraphs and root in paragraphs
+    assert paragraphs.index(root) + 1 == paragraphs.index("Reply by mona on billing/r.py (2024-03-09):\nDone.")
+    assert not any(p.startswith("Review by hubot") for p in paragraphs)  # a bare wrapper says nothing
+    assert doc.updated_at == epoch("2024-03-10T00:00:00Z")
+    assert doc.metadata["reviews"] == 2 and doc.metadata["review_comments"] == 2
+    assert doc.metadata["approved_by"] == ["mona"]
+
+
+def test_reviews_fetched_parsed_and_an_edit_found_by_the_next_pass(small: dict[str, Any]) -> None:
+    n = control(small, "POST", "/repos/acme/api/pulls", {"title": "Rounding PR", "head": "fix/r2"})["number"]
+    review = control(small, "POST", f"/repos/acme/api/pulls/{n}/reviews",
+                     {"user": "mona", "event": "APPROVE", "body": "Ship the ledger fix.",
+                      "comments": [{"path": "billing/ledger.py", "line": 3, "body": "Nice guard."}]})
+    [line] = small["api_get"](f"/repos/acme/api/pulls/{n}/comments")
+    ref = Ref("github", f"acme/api/pulls/{n}", "acme/api")
+    result = parsed(small, review["delivery"])
+    assert [(r.id, r.op) for r in result.refs] == [(ref.id, "sync")] and result.refs[0].event_at
+    comment_events = [d for d in small["sim"].webhooks.deliveries
+                      if d.headers["X-GitHub-Event"] == "pull_request_review_comment"]
+    assert parsed(small, comment_events[-1].headers["X-GitHub-Delivery"]).refs[0].id == ref.id
+
+    async def fetch(source: GitHubSource) -> Any:
+        return await source.fetch(ref)
+
+    doc = run(small["env"], fetch)
+    assert "Review by mona" in doc.text and "Ship the ledger fix." in doc.text
+    assert "on billing/ledger.py line 3" in doc.text and "Nice guard." in doc.text
+    # A seeded (2024) PR's review comment edited, its webhook lost: the PR's updated_at does not
+    # move, so /issues?since misses it; the pass's /pulls/comments?since lists it.
+    seeded = small["api_get"]("/repos/acme/web/pulls/comments?per_page=1")[0]
+    old = Ref("github", "acme/web/pulls/" + seeded["pull_request_url"].rsplit("/", 1)[1], "acme/web")
+    cursor = time.time() - 1
+    control(small, "PATCH", f"/repos/acme/web/pulls/comments/{seeded['id']}", {"body": "Nicer guard."})
+
+    async def listing(source: GitHubSource) -> list[Any]:
+        return [r for p in await collect(source.changes(Scope("github", "acme/web"), cursor, None)) for r in p.refs]
+
+    refs = run(small["env"], listing)
+    assert [r.id for r in refs if "/pulls/" in r.id] == [old.id] and refs[0].event_at >= int(cursor)
+
+    async def fetch_old(source: GitHubSource) -> Any:
+        return await source.fetch(old)
+
+    assert "Nicer guard." in run(small["env"], fetch_old).text
+    edited = control(small, "PATCH", f"/repos/acme/api/pulls/comments/{line['id']}", {"body": "Nicer guard."})
+    assert parsed(small, edited["delivery"]).refs[0].event_at
+    assert "Nicer guard." in run(small["env"], fetch).text
+    removed = control(small, "DELETE", f"/repos/acme/api/pulls/comments/{line['id']}")
+    assert parsed(small, removed["delivery"]).refs[0].event_at is None  # always re-fetched
+    assert "Nicer guard." not in run(small["env"], fetch).text
+
+
+def test_first_sync_of_old_commits_costs_listing_pages_not_a_request_each() -> None:
+    """A backfill of 1,000 commits older than COMMIT_FILES_DAYS: 10 listing pages, no fetch."""
+    sims = create_simulators(["github"], profile="scale")
+    server = SandboxServer(sims).start()
+    sim = sims["github"]
+    try:
+        async def body(source: GitHubSource) -> tuple[int, int, int]:
+            start = sim.requests
+            pages = await collect(source.changes(Scope("github", "acme/api"), None, None))
+            commits = [r for p in pages for r in p.refs if "/commits/" in r.id]
+            assert all(isinstance(r.document, Document) and r.document.id == r.id for r in commits)
+            return len(commits), sim.requests - start, sum(1 for r in commits if r.document is None)
+
+        commits, requests, to_fetch = run(server.env(), body)
+        # 5 issue pages + 10 commit pages + GET /repos/acme/api (its visibility, once).
+        assert (commits, requests, to_fetch) == (1000, 16, 0)
+    finally:
+        server.stop()
+
+
+def test_redeliver_failed_sends_again_only_what_never_arrived() -> None:
+    from tests.sandbox.test_github_sim import Receiver
+
+    sims = create_simulators(["github"], profile="small")
+    receiver = Receiver()
+    server = SandboxServer({**sims, "receiver": receiver}).start()
+    sim = sims["github"]
+    sim.webhooks.target = server.url("receiver") + "/webhooks/github"
+    w = {"server": server, "sim": sim, "env": server.env(),
+         "control": httpx.Client(base_url=server.url("github") + "/_sandbox", timeout=10)}
+    try:
+        since = time.time() - 1
+        arrived = control(w, "POST", "/repos/acme/api/issues", {"title": "Arrived"})["delivery"]
+        receiver.status = 500  # the receiver is failing: this one is lost
+        failed = control(w, "POST", "/repos/acme/api/issues", {"title": "Lost"})["delivery"]
+        sim.knobs.webhook_drop_rate = 1  # and this one never reached it
+        dropped = control(w, "POST", "/repos/acme/web/issues", {"title": "Dropped"})["delivery"]
+        sim.knobs.webhook_drop_rate, receiver.status = 0, 200
+
+        async def repair(source: GitHubSource) -> list[str]:
+            return await source.redeliver_failed("orgs/acme/hooks/424242", since)
+
+        assert sorted(run(w["env"], repair)) == sorted([failed, dropped])
+        server.run_coroutine(sim.webhooks.drain(5))
+        got = [h["x-github-delivery"] for h, _ in receiver.received]
+        assert got.count(arrived) == 1 and got.count(failed) == 2 and got.count(dropped) == 1
+        assert run(w["env"], repair) == []  # now every one has a successful attempt
+
+        async def nothing_before(source: GitHubSource) -> list[str]:
+            return await source.redeliver_failed("orgs/acme/hooks/424242", time.time() + 60)
+
+        receiver.status = 500
+        control(w, "POST", "/repos/acme/api/issues", {"title": "Lost again"})
+        assert run(w["env"], nothing_before) == []  # older than ``since``: left alone
+    finally:
+        server.stop()
