@@ -248,7 +248,7 @@ def identity_problem(source: str, stable_id: str, updated_at: float | None = Non
 def estimate_tokens(text: str) -> int:
     """A conservative token count from characters, for the offline embedder (no tokenizer).
 
-    The OpenAI embedder counts exactly instead (core.embeddings.tokens)."""
+    The OpenAI embedder counts exactly instead (``OpenAIEmbedder.count_tokens``)."""
     return int(len(text) / CHARS_PER_TOKEN) + 1
 
 
