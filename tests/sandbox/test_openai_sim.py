@@ -195,16 +195,18 @@ def test_rate_limit_headers_on_success(server: SandboxServer) -> None:
 
 
 def test_429_is_retried_after_retry_after_then_succeeds(server: SandboxServer, base: str) -> None:
-    httpx.put(f"{base}/_sandbox/knobs", json={"rate_limit": 4})  # 4 per second, burst 4
+    # One request every 2 s, burst 1: the second request is refused unless 2 s passed between
+    # two back-to-back calls (4 per second with a burst of 4 failed on a busy machine, where
+    # four calls took longer than the refill of one).
+    httpx.put(f"{base}/_sandbox/knobs", json={"rate_limit": 0.5})
     sdk = client(server, max_retries=3)
-    for _ in range(4):
-        sdk.embeddings.create(model=MODEL, input="spend the burst")
+    sdk.embeddings.create(model=MODEL, input="spend the burst")
     response = sdk.embeddings.create(model=MODEL, input="this one waits")
     assert len(response.data) == 1
     seen = stats(base)
     assert seen["rate_limited"] >= 1  # the simulator refused it at least once ...
-    assert seen["succeeded"] == 5  # ... and the SDK's retry got through
-    assert seen["requests"] == 5 + seen["rate_limited"]
+    assert seen["succeeded"] == 2  # ... and the SDK's retry got through
+    assert seen["requests"] == 2 + seen["rate_limited"]
 
 
 def test_429_body_and_headers(server: SandboxServer, base: str) -> None:
