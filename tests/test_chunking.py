@@ -8,6 +8,7 @@ that small, no cut inside a word that fits, the same text always gives the same 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -112,3 +113,29 @@ def test_chunk_properties(text: str, max_tokens: int, overlap: int) -> None:
     if len(chunks) > 1:
         floor = min_chunk_tokens(max_tokens)
         assert all(estimate_tokens(c) >= floor for c in chunks), [estimate_tokens(c) for c in chunks]
+
+
+@settings(max_examples=25, deadline=None)
+@given(text=texts(), max_tokens=st.integers(128, 400), overlap=st.integers(0, 60))
+def test_chunk_properties_with_the_exact_openai_count(text: str, max_tokens: int, overlap: int) -> None:
+    """The same properties when chunks are counted by cl100k_base, as with OpenAI embeddings (a
+    tokenizer can count a joined text above the sum of its pieces: the budget still holds)."""
+    count = _exact()
+    spans = chunk_spans(text, max_tokens, overlap, count)
+    chunks = [text[s:e] for s, e in spans]
+    assert chunks == chunk_text(text, max_tokens, overlap, count)
+    assert all(count(c) <= max_tokens for c in chunks)
+    assert all(a[0] < b[0] and a[1] < b[1] for a, b in zip(spans, spans[1:]))
+    covered = [False] * len(text)
+    for s, e in spans:
+        covered[s:e] = [True] * (e - s)
+    assert all(covered[i] for i, ch in enumerate(text) if not ch.isspace())
+    if len(chunks) > 1:
+        assert all(count(c) >= min_chunk_tokens(max_tokens) for c in chunks), [count(c) for c in chunks]
+
+
+def _exact() -> Callable[[str], int]:
+    import openai_bpe
+
+    encoding = openai_bpe.get_encoding("cl100k_base")
+    return lambda text: openai_bpe.count_tokens(text, encoding)
