@@ -268,6 +268,7 @@ _LEVELS = (
 )
 _HARD = len(_LEVELS)
 _PARAGRAPH_BREAK = _LEVELS[0]
+_WORD_START = re.compile(r"(?<=\s)\S")
 
 
 def min_chunk_tokens(max_tokens: int) -> int:
@@ -477,15 +478,18 @@ def _overlap(text: str, spans: list[tuple[int, int]], budget: int, overlap: int,
         if _PARAGRAPH_BREAK.search(text, prev_end, start):
             out.append((start, end))
             continue
-        best = start
-        words = [m.start() for m in re.finditer(r"(?<=\s)\S", text[prev_start:prev_end])]
-        for offset in reversed(words):
+        starts = [start]  # word starts to begin at, from the chunk's own start backwards
+        window = text[prev_start:prev_end]
+        for offset in reversed([m.start() for m in _WORD_START.finditer(window)]):
             candidate = prev_start + offset
-            if candidate <= out[-1][0] or count(text[candidate:prev_end]) > overlap \
-                    or count(text[candidate:end]) > budget:
+            if candidate <= out[-1][0] or count(text[candidate:prev_end]) > overlap:
                 break
-            best = candidate
-        out.append((best, end))
+            starts.append(candidate)
+        # The chunk was packed to the budget less the overlap, so the longest overlap nearly
+        # always fits; a tokenizer that counts the joined text higher gets a shorter one.
+        while len(starts) > 1 and count(text[starts[-1]:end]) > budget:
+            starts.pop()
+        out.append((starts[-1], end))
     return out
 
 
