@@ -305,7 +305,10 @@ class Pipeline:
             else:
                 writes.append(item)
                 if decision == "embed" and item.vectors is None:
-                    item.chunks = document_chunks(item.truth, self.settings, self._count)  # type: ignore[arg-type]
+                    # In a thread: an exact token count of a megabyte takes seconds, and the
+                    # loop serves the worker's other jobs meanwhile.
+                    item.chunks = await asyncio.to_thread(  # type: ignore[arg-type]
+                        document_chunks, item.truth, self.settings, self._count)
         await self._mark_checked(unchanged)
         await self._embed([i for i in writes if i.chunks and i.vectors is None], outcome)
         ready = [i for i in writes if i.ref.document_id not in outcome.failures]
