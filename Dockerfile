@@ -16,6 +16,7 @@ COPY workers ./workers
 COPY reconciler ./reconciler
 COPY sandbox ./sandbox
 COPY cli ./cli
+COPY openai_bpe ./openai_bpe
 RUN python -m venv /opt/vector-sync \
  && /opt/vector-sync/bin/python -m pip install -c constraints.txt --upgrade pip \
  && /opt/vector-sync/bin/python -m pip install -c constraints.txt .

@@ -10,12 +10,13 @@ Everything here is pure: no I/O.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
@@ -245,71 +246,250 @@ def identity_problem(source: str, stable_id: str, updated_at: float | None = Non
 
 
 def estimate_tokens(text: str) -> int:
-    """A conservative token count from characters (tiktoken would download its encoding)."""
+    """A conservative token count from characters, for the offline embedder (no tokenizer).
+
+    The OpenAI embedder counts exactly instead (``OpenAIEmbedder.count_tokens``)."""
     return int(len(text) / CHARS_PER_TOKEN) + 1
 
 
-_PARAGRAPH = re.compile(r"\n\s*\n")
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+#: Bump when chunk_text would cut the same text differently: the stored content hash includes it
+#: (workers/sync.py), so existing vectors are re-embedded rather than mixed with new cuts.
+CHUNKER_VERSION = 2
+
+TokenCounter = Callable[[str], int]
+
+#: Boundaries, strongest first: paragraphs (blank lines), lines, sentences (after . ! ? and the
+#: CJK full stops, which need no space after them), words. Below words, a hard cut.
+_LEVELS = (
+    re.compile(r"\n[^\S\n]*\n\s*"),
+    re.compile(r"\n\s*"),
+    re.compile(r"(?<=[.!?;])\s+|(?<=[\u3002\uff01\uff1f\uff1b])\s*"),
+    re.compile(r"\s+"),
+)
+_HARD = len(_LEVELS)
+_PARAGRAPH_BREAK = _LEVELS[0]
+_WORD_START = re.compile(r"(?<=\s)\S")
 
 
-def chunk_text(text: str, max_tokens: int = 512, overlap_tokens: int = 48) -> list[str]:
-    """Split ``text`` into chunks of at most ``max_tokens`` (estimated), on natural boundaries.
+def min_chunk_tokens(max_tokens: int) -> int:
+    """The smallest chunk a text split in several chunks may have (a quarter of the budget)."""
+    return max(1, max_tokens // 4)
 
-    Paragraphs (blank-line separated) are kept whole when they fit, so a source can make each
-    speaker turn or comment a paragraph and keep it in one piece; longer paragraphs split on
-    sentences, then on words, then hard on characters. Consecutive chunks of a split paragraph
-    overlap by about ``overlap_tokens``. Empty text gives no chunks.
+
+def chunk_text(text: str, max_tokens: int = 512, overlap_tokens: int = 48,
+               count: TokenCounter = estimate_tokens) -> list[str]:
+    """Split ``text`` into chunks of at most ``max_tokens`` (by ``count``), on natural boundaries.
+
+    See :func:`chunk_spans`; the chunks are exact slices of ``text``. Empty text gives none."""
+    return [text[start:end] for start, end in chunk_spans(text, max_tokens, overlap_tokens, count)]
+
+
+def chunk_spans(text: str, max_tokens: int = 512, overlap_tokens: int = 48,
+                count: TokenCounter = estimate_tokens) -> list[tuple[int, int]]:
+    """(start, end) offsets of the chunks of ``text``, in order.
+
+    A paragraph that fits is kept whole, so a source can make each speaker turn or comment a
+    paragraph and keep it in one piece; one that does not is split on lines, then sentences,
+    then words, and a word is cut only when it alone is over the budget. The pieces are packed
+    into as few chunks as fit, balanced so that no chunk is a tiny orphan (none below
+    :func:`min_chunk_tokens`, while finer boundaries allow it). Consecutive chunks inside one
+    paragraph overlap by up to ``overlap_tokens`` of whole words. Every chunk counts at most
+    ``max_tokens``; every non-blank character is in some chunk; the result depends on nothing
+    but the arguments.
     """
-    max_chars = max(16, int(max_tokens * CHARS_PER_TOKEN))
-    overlap_chars = min(int(overlap_tokens * CHARS_PER_TOKEN), max_chars // 4)
-    pieces: list[str] = []
-    for paragraph in _PARAGRAPH.split(text):
-        paragraph = paragraph.strip()
-        if paragraph:
-            pieces.extend(_split_long(paragraph, max_chars, overlap_chars))
-    chunks: list[str] = []
-    current = ""
-    for piece in pieces:
-        candidate = f"{current}\n\n{piece}" if current else piece
-        if len(candidate) <= max_chars:
-            current = candidate
-        else:
-            if current:
-                chunks.append(current)
-            current = piece
-    if current:
-        chunks.append(current)
-    return chunks
+    budget = max(1, max_tokens)
+    whole = _trim(text, 0, len(text))
+    if whole[0] >= whole[1]:
+        return []
+    if count(text[whole[0]:whole[1]]) <= budget:
+        return [whole]
+    overlap = max(0, min(overlap_tokens, budget // 4))
+    packer = _Packer(text, budget - overlap, min_chunk_tokens(budget), count)
+    spans = packer.pack([_Unit(whole[0], whole[1], 0)])
+    return _overlap(text, spans, budget, overlap, count) if overlap else spans
 
 
-def _split_long(paragraph: str, max_chars: int, overlap_chars: int) -> list[str]:
-    if len(paragraph) <= max_chars:
-        return [paragraph]
-    units = _SENTENCE.split(paragraph)
-    if len(units) == 1:
-        units = paragraph.split(" ")
-    out: list[str] = []
-    current = ""
-    for unit in units:
-        while len(unit) > max_chars:  # one enormous word: split hard
-            if current:
-                out.append(current)
-                current = ""
-            out.append(unit[:max_chars])
-            unit = unit[max_chars - overlap_chars :] if overlap_chars else unit[max_chars:]
-        candidate = f"{current} {unit}" if current else unit
-        if len(candidate) <= max_chars:
-            current = candidate
-        else:
-            out.append(current)
-            tail = current[-overlap_chars:] if overlap_chars else ""
-            tail = tail[tail.find(" ") + 1 :] if " " in tail else tail
-            current = f"{tail} {unit}".strip() if tail else unit
-            if len(current) > max_chars:
-                current = unit
-    if current:
-        out.append(current)
+@dataclass(frozen=True)
+class _Unit:
+    """A piece of text; ``level`` is the boundary kind it would be split on next."""
+
+    start: int
+    end: int
+    level: int
+
+
+class _Packer:
+    def __init__(self, text: str, budget: int, floor: int, count: TokenCounter) -> None:
+        self.text, self.budget, self.floor, self.count = text, max(1, budget), floor, count
+        self._costs: dict[tuple[int, int], int] = {}
+
+    def cost(self, start: int, end: int) -> int:
+        key = (start, end)
+        if key not in self._costs:
+            self._costs[key] = self.count(self.text[start:end])
+        return self._costs[key]
+
+    def pack(self, units: list[_Unit]) -> list[tuple[int, int]]:
+        units = [piece for unit in units for piece in self._fitting(unit)]
+        while True:
+            groups = self._balance(units)
+            small = len(groups) > 1 and any(self._span_cost(g) < self.floor for g in groups)
+            finer = self._refine(units) if small else units
+            if finer is units:
+                break
+            units = finer
+        return [span for group in groups for span in self._verified(group)]
+
+    def _fitting(self, unit: _Unit) -> list[_Unit]:
+        """``unit`` split at ever finer boundaries until every piece fits the budget."""
+        if self.cost(unit.start, unit.end) <= self.budget:
+            return [unit]
+        pieces = self._split(unit)
+        return [p for piece in pieces for p in self._fitting(piece)]
+
+    def _split(self, unit: _Unit) -> list[_Unit]:
+        """``unit`` cut at its next boundary level that divides it (hard cuts last)."""
+        pieces = _finer(self.text, unit)
+        return pieces if len(pieces) > 1 else self._hard(unit)
+
+    def _hard(self, unit: _Unit) -> list[_Unit]:
+        """A word longer than a chunk: cut into nearly equal pieces of about the minimum chunk
+        size, which the packer then joins up to the budget (with the words around it)."""
+        length = unit.end - unit.start
+        parts = max(2, -(-self.cost(unit.start, unit.end) // self.floor))
+        while True:
+            bounds = [unit.start + length * i // parts for i in range(parts + 1)]
+            pieces = [_Unit(a, b, _HARD) for a, b in zip(bounds, bounds[1:]) if b > a]
+            if all(self.cost(p.start, p.end) <= self.budget for p in pieces) or parts >= length:
+                return pieces
+            parts += 1
+
+    def _refine(self, units: list[_Unit]) -> list[_Unit]:
+        """Each unit that can be split further, split one level (to rebalance around orphans);
+        ``units`` itself when none can."""
+        finer: list[_Unit] = []
+        changed = False
+        for unit in units:
+            pieces = _finer(self.text, unit)
+            if len(pieces) > 1:
+                finer.extend(pieces)
+                changed = True
+            else:
+                finer.append(unit)
+        return finer if changed else units
+
+    def _span_cost(self, group: list[_Unit]) -> int:
+        return self.cost(group[0].start, group[-1].end)
+
+    def _balance(self, units: list[_Unit]) -> list[list[_Unit]]:
+        """The fewest groups that fit, with cuts nearest to equal shares of the total."""
+        costs = [self.cost(u.start, u.end) for u in units]
+        prefix = [0]
+        for c in costs:
+            prefix.append(prefix[-1] + c)
+        parts = max(1, self._greedy_count(costs))
+        while parts < len(units):
+            cuts = _nearest_cuts(prefix, parts)
+            if cuts is not None and all(prefix[b] - prefix[a] <= self.budget
+                                        for a, b in zip(cuts, cuts[1:])):
+                return [units[a:b] for a, b in zip(cuts, cuts[1:])]
+            parts += 1
+        return [[u] for u in units]
+
+    def _greedy_count(self, costs: list[int]) -> int:
+        parts, size = 0, 0
+        for c in costs:
+            if parts == 0 or size + c > self.budget:
+                parts, size = parts + 1, c
+            else:
+                size += c
+        return parts
+
+    def _verified(self, group: list[_Unit]) -> list[tuple[int, int]]:
+        """The group as one span, or split in two when its real count is over the budget (a
+        tokenizer may count a joined text above the sum of its pieces)."""
+        span = (group[0].start, group[-1].end)
+        if len(group) == 1 or self.cost(*span) <= self.budget:
+            return [span]
+        half = len(group) // 2
+        return self._verified(group[:half]) + self._verified(group[half:])
+
+
+def _finer(text: str, unit: _Unit) -> list[_Unit]:
+    """``unit`` split at the next boundary level that divides it; never a hard cut (a word that
+    fits is never cut to rebalance)."""
+    level = unit.level
+    while level < _HARD:
+        pieces = _pieces(text, unit.start, unit.end, level)
+        if len(pieces) > 1:
+            return pieces
+        level += 1
+    return [unit]
+
+
+def _nearest_cuts(prefix: list[int], parts: int) -> list[int] | None:
+    """Unit indexes cutting ``prefix`` (cumulative costs) nearest to ``parts`` equal shares."""
+    total, n = prefix[-1], len(prefix) - 1
+    cuts = [0]
+    for j in range(1, parts):
+        ideal = total * j / parts
+        i = bisect.bisect_left(prefix, ideal)
+        if i > 0 and (i > n or ideal - prefix[i - 1] <= prefix[i] - ideal):
+            i -= 1
+        i = max(i, cuts[-1] + 1)
+        if i > n - (parts - j):
+            return None
+        cuts.append(i)
+    cuts.append(n)
+    return cuts
+
+
+def _trim(text: str, start: int, end: int) -> tuple[int, int]:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
+def _pieces(text: str, start: int, end: int, level: int) -> list[_Unit]:
+    """The non-blank pieces of text[start:end] between boundaries of ``level``."""
+    out: list[_Unit] = []
+    at = start
+    for match in _LEVELS[level].finditer(text, start, end):
+        if match.end() == match.start() and match.start() in (start, end):
+            continue
+        a, b = _trim(text, at, match.start())
+        if b > a:
+            out.append(_Unit(a, b, level + 1))
+        at = match.end()
+    a, b = _trim(text, at, end)
+    if b > a:
+        out.append(_Unit(a, b, level + 1))
+    return out
+
+
+def _overlap(text: str, spans: list[tuple[int, int]], budget: int, overlap: int,
+             count: TokenCounter) -> list[tuple[int, int]]:
+    """Start each chunk that continues a paragraph with the previous chunk's last whole words
+    (up to ``overlap`` tokens, within the budget)."""
+    out = [spans[0]]
+    for (prev_start, prev_end), (start, end) in zip(spans, spans[1:]):
+        if _PARAGRAPH_BREAK.search(text, prev_end, start):
+            out.append((start, end))
+            continue
+        starts = [start]  # word starts to begin at, from the chunk's own start backwards
+        window = text[prev_start:prev_end]
+        for offset in reversed([m.start() for m in _WORD_START.finditer(window)]):
+            candidate = prev_start + offset
+            if candidate <= out[-1][0] or count(text[candidate:prev_end]) > overlap:
+                break
+            starts.append(candidate)
+        # The chunk was packed to the budget less the overlap, so the longest overlap nearly
+        # always fits; a tokenizer that counts the joined text higher gets a shorter one.
+        while len(starts) > 1 and count(text[starts[-1]:end]) > budget:
+            starts.pop()
+        out.append((starts[-1], end))
     return out
 
 

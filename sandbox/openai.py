@@ -12,11 +12,11 @@ What it enforces (research/saas-apis.md §8, confirmed against the openai-python
   (``tokens_per_minute``, default 1,000,000) answer 429 with ``retry-after`` and
   ``retry-after-ms``; every answer carries the ``x-ratelimit-*`` headers.
 
-Token counting is a deterministic estimate, ``ceil(characters / 4)`` (at least 1): about what
-tiktoken gives for English prose. It is deliberately never above vector-sync's own conservative
-estimate (``int(characters / 3) + 1``, core.documents.estimate_tokens), so anything vector-sync
-batches as fitting also fits here. Real tokenizers can exceed 1 token per 3 characters on
-unusual text (CJK, long digit runs); that gap is documented in docs/sandbox/openai.md.
+Tokens are counted as OpenAI counts them: tiktoken with the model's encoding (cl100k_base for
+all three embedding models), built from the encoding files shipped in ``openai_bpe`` (nothing is
+downloaded). An input over 8,192 tokens and a request over 300,000 tokens summed are refused with
+the real API's 400 and messages; ``usage`` reports the same counts. Token-array inputs count
+their length.
 
 Vectors are deterministic: the same (model, text) always gives the same unit vector. Each word
 adds a few hashed +/-1 features (so texts sharing words are closer, honest lexical similarity)
@@ -40,6 +40,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+import openai_bpe
 from sandbox.base import Knobs, Simulator
 
 #: Model name -> native output dimensions.
@@ -54,8 +55,6 @@ SHORTENABLE = {"text-embedding-3-small", "text-embedding-3-large"}
 MAX_INPUTS = 2048
 MAX_INPUT_TOKENS = 8192
 MAX_REQUEST_TOKENS = 300_000
-#: Characters per token in the simulator's estimate (see module docstring).
-SIM_CHARS_PER_TOKEN = 4
 #: Default budgets when knobs.rate_limit is None (tier-1-like figures; UNCONFIRMED per account).
 DEFAULT_REQUESTS_PER_MINUTE = 3000
 DEFAULT_TOKENS_PER_MINUTE = 1_000_000
@@ -68,9 +67,9 @@ _FEATURES_PER_WORD = 4
 _DENSE_WEIGHT = 0.35
 
 
-def count_tokens(text: str) -> int:
-    """The simulator's token count for one string: ceil(chars / 4), at least 1 if non-empty."""
-    return max(1, math.ceil(len(text) / SIM_CHARS_PER_TOKEN)) if text else 0
+def count_tokens(text: str, model: str = "text-embedding-3-small") -> int:
+    """Tokens of ``text`` as OpenAI counts them for ``model`` (its tiktoken encoding)."""
+    return openai_bpe.count_tokens(text, openai_bpe.encoding_for_model(model))
 
 
 def embed_text(model: str, text: str, dimensions: int) -> list[float]:
@@ -301,7 +300,7 @@ class OpenAISimulator(Simulator):
                 status=404, code="model_not_found",
             )
         texts = _parse_input(body.get("input"))
-        tokens = [_token_count(t) for t in texts]
+        tokens = [_token_count(t, model) for t in texts]
         _check_tokens(tokens)
         dimensions = _parse_dimensions(model, body.get("dimensions"))
         fmt = body.get("encoding_format", "float")
@@ -454,8 +453,8 @@ def _parse_input(value: Any) -> list[str | list[int]]:
     return items
 
 
-def _token_count(item: str | list[int]) -> int:
-    return len(item) if isinstance(item, list) else count_tokens(item)
+def _token_count(item: str | list[int], model: str) -> int:
+    return len(item) if isinstance(item, list) else count_tokens(item, model)
 
 
 def _as_text(item: str | list[int]) -> str:
@@ -466,11 +465,9 @@ def _as_text(item: str | list[int]) -> str:
 def _check_tokens(tokens: list[int]) -> None:
     for count in tokens:
         if count > MAX_INPUT_TOKENS:
-            raise BadRequest(
-                f"This model's maximum context length is {MAX_INPUT_TOKENS} tokens, however you "
-                f"requested {count} tokens ({count} in your prompt; 0 for the completion). "
-                "Please reduce your prompt; or completion length."
-            )
+            # The API's current wording (reported 2026); before, it was "This model's maximum
+            # context length is 8192 tokens, however you requested N tokens (...)". Same 400.
+            raise BadRequest(f"Invalid 'input': maximum context length is {MAX_INPUT_TOKENS} tokens.")
     total = sum(tokens)
     if total > MAX_REQUEST_TOKENS:
         raise BadRequest(

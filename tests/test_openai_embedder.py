@@ -10,7 +10,6 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from core.documents import estimate_tokens
 from core.embeddings import build_embedder
 from core.embeddings.openai import OpenAIEmbedder, plan_batches, prepare_input
 from core.embeddings.batching import BatchingEmbedder
@@ -91,13 +90,13 @@ def test_dimensions_are_honoured(server: SandboxServer, base: str) -> None:
 
 
 def test_batches_respect_the_token_budget(server: SandboxServer, base: str) -> None:
-    text = "w" * 60_000  # over 8,191 estimated tokens: truncated to 24,570 characters
+    text = "w" * 60_000  # 30,000 tokens: cut to 8,191
     embedder = make(server)
     vectors = embed(embedder, [text] * 80)
     assert len(vectors) == 80
-    per_input = estimate_tokens(prepare_input(text))
-    assert per_input <= 8191
-    per_request = 300_000 // per_input  # 36 inputs of 8,191 estimated tokens
+    per_input = embedder.count_tokens(prepare_input(text, 0, embedder.encoding))
+    assert per_input == 8191
+    per_request = 300_000 // per_input  # 36 inputs of 8,191 tokens
     assert per_request < 40
     assert stats(base)["batch_sizes"] == [per_request, per_request, 80 - 2 * per_request]
     assert embedder.requests == 3
@@ -111,8 +110,8 @@ def test_empty_strings_are_sent_as_a_space(server: SandboxServer) -> None:
 def test_overlong_input_is_truncated_and_logged(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="core.embeddings.openai"):
         prepared = prepare_input("q" * 100_000, position=7)
-    assert estimate_tokens(prepared) <= 8191
-    assert "input 7 truncated" in caplog.text
+    assert OpenAIEmbedder(api_key="k").count_tokens(prepared) == 8191
+    assert "input 7 cut from 50000 to 8191 tokens" in caplog.text
 
 
 def test_plan_batches_keeps_order_and_limits() -> None:

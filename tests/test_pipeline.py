@@ -248,6 +248,24 @@ class TestEmbeddingRecipe:
         assert second.pipeline.embedder.requests == 1
         assert len(chunk_ids(services, "api:r")) > before
 
+    def test_a_new_chunker_version_reembeds_unchanged_documents(self, receiver, worker_factory, monkeypatch):
+        """A chunker that cuts differently is a new recipe: nothing mixes two ways of cutting."""
+        doc = {"id": "v", "title": "Version", "text": long_text(4, "kappa"), "updated_at": 1700000002}
+        first = worker_factory()
+        push(receiver, doc)
+        first.drain()
+        first.stop()
+        same = worker_factory()
+        push(receiver, doc)
+        same.drain()
+        assert same.pipeline.embedder.requests == 0  # the control: unchanged, not re-embedded
+        same.stop()
+        monkeypatch.setattr("workers.sync.CHUNKER_VERSION", 99)
+        bumped = worker_factory()
+        push(receiver, doc)
+        bumped.drain()
+        assert bumped.pipeline.embedder.requests == 1
+
 
 class TestPriorities:
     def test_live_work_overtakes_a_bulk_backlog(self, services, worker_factory):

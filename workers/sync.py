@@ -55,16 +55,19 @@ from psycopg_pool import ConnectionPool
 
 from core import access, state
 from core.documents import (
+    CHUNKER_VERSION,
     Document,
     Gone,
     Ref,
+    TokenCounter,
     chunk_text,
     clean_document,
     escape_unstorable,
+    estimate_tokens,
     identity_problem,
     vector_id,
 )
-from core.embeddings import Embedder
+from core.embeddings import Embedder, token_counter
 from core.errors import (
     DocumentInvalid,
     EmbeddingRejected,
@@ -164,8 +167,10 @@ def vector_metadata(doc: Document, chunk: int, text: str) -> dict[str, Any]:
     return meta
 
 
-def document_chunks(doc: Document, settings: Settings) -> list[str]:
-    chunks = chunk_text(doc.text, settings.chunk_tokens, settings.chunk_overlap_tokens)
+def document_chunks(doc: Document, settings: Settings,
+                    count: TokenCounter = estimate_tokens) -> list[str]:
+    """``count`` is the embedder's own token count (exact for OpenAI), so chunks fit its limits."""
+    chunks = chunk_text(doc.text, settings.chunk_tokens, settings.chunk_overlap_tokens, count)
     return chunks or [doc.title or doc.document_id]
 
 
@@ -187,6 +192,7 @@ class Pipeline:
         self.pool = pool
         self.index = index
         self.embedder = embedder
+        self._count = token_counter(embedder)
         self.sources = sources
         #: Write phases that had to wait for another writer's lock (tests and benchmarks read it).
         self.lock_waits = 0
@@ -299,7 +305,10 @@ class Pipeline:
             else:
                 writes.append(item)
                 if decision == "embed" and item.vectors is None:
-                    item.chunks = document_chunks(item.truth, self.settings)  # type: ignore[arg-type]
+                    # In a thread: an exact token count of a megabyte takes seconds, and the
+                    # loop serves the worker's other jobs meanwhile.
+                    item.chunks = await asyncio.to_thread(  # type: ignore[arg-type]
+                        document_chunks, item.truth, self.settings, self._count)
         await self._mark_checked(unchanged)
         await self._embed([i for i in writes if i.chunks and i.vectors is None], outcome)
         ready = [i for i in writes if i.ref.document_id not in outcome.failures]
@@ -491,7 +500,7 @@ class Pipeline:
             for item in group:
                 doc = item.truth
                 assert isinstance(doc, Document)
-                chunks = document_chunks(doc, self.settings)
+                chunks = document_chunks(doc, self.settings, self._count)
                 # Under the lock the stored count is what the index holds for this content.
                 for n, chunk in enumerate(chunks[: rows[doc.document_id].chunk_count]):
                     out[vector_id(doc.document_id, n)] = vector_metadata(doc, n, chunk)
@@ -585,12 +594,14 @@ class Pipeline:
     def content_key(self, doc: Document) -> str:
         """The stored content hash: the document's content *and* how its vectors were made.
 
-        Vectors from another embedder, dimension or chunking are as stale as vectors of old text:
-        switching any of them re-embeds every document the next time it is seen, instead of
-        leaving unchanged documents in an old embedding space.
+        Vectors from another embedder, dimension or chunking (its settings, or a new version of
+        the chunker) are as stale as vectors of old text: switching any of them re-embeds every
+        document the next time it is seen, instead of leaving unchanged documents in an old
+        embedding space or mixing two ways of cutting them.
         """
         recipe = (f"{self.embedder.model}/{self.embedder.dimensions}/"
-                  f"{self.settings.chunk_tokens}/{self.settings.chunk_overlap_tokens}")
+                  f"{self.settings.chunk_tokens}/{self.settings.chunk_overlap_tokens}/"
+                  f"chunker-{CHUNKER_VERSION}")
         return hashlib.sha256(f"{recipe}:{doc.content_hash()}".encode()).hexdigest()
 
     # --- bookkeeping -------------------------------------------------------------------

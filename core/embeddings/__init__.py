@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from core.documents import TokenCounter, estimate_tokens
 from core.settings import Settings
 
 
@@ -25,6 +26,13 @@ class Embedder(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+def token_counter(embedder: object) -> TokenCounter:
+    """How ``embedder`` counts tokens (its ``count_tokens``: exact for OpenAI), else the
+    conservative character estimate. Chunks are cut and requests planned with it."""
+    count = getattr(embedder, "count_tokens", None)
+    return count if callable(count) else estimate_tokens
 
 
 def build_embedder(settings: Settings) -> Embedder:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 
-from core.embeddings import Embedder
+from core.embeddings import Embedder, token_counter
 from core.errors import EmbeddingRejected
 
 
@@ -33,6 +33,10 @@ class BatchingEmbedder:
     @property
     def requests(self) -> int:
         return self.inner.requests
+
+    def count_tokens(self, text: str) -> int:
+        """The inner embedder's count (exact for OpenAI), so chunks are cut to its limits."""
+        return token_counter(self.inner)(text)
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         if not texts:

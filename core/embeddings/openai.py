@@ -2,10 +2,13 @@
 
 Limits respected per request (OpenAI's API reference): at most 2,048 inputs, at most 300,000
 tokens summed, each input at most 8,192 tokens (8,191 on the older model pages: we keep to
-8,191), no empty strings. Tokens are estimated from characters with
-:func:`core.documents.estimate_tokens` (3 characters per token, rounded up), because tiktoken
-downloads its encoding at run time; for English that over-counts by about a third, which keeps
-requests inside the limits with room to spare.
+8,191), no empty strings. Tokens are counted exactly, as OpenAI counts them: tiktoken with the
+model's encoding (cl100k_base for every OpenAI embedding model; a model tiktoken does not know,
+on an OpenAI-compatible server, is counted with cl100k_base too), built from the encoding files
+shipped in ``openai_bpe`` (nothing is downloaded). Chunks are cut with the same count
+(:meth:`OpenAIEmbedder.count_tokens`), so Chinese, Japanese or Korean text, hex and base64, which
+run far above the old estimate of one token per three characters, never make a request the API
+refuses.
 
 The SDK itself retries connection errors, 408, 409, 429 and 5xx (``max_retries`` times, waiting
 ``retry-after-ms``/``retry-after`` when given); whatever is left is classified (:func:`classify`)
@@ -28,9 +31,11 @@ import logging
 from collections.abc import Iterator
 
 import openai
+import tiktoken
 
+import openai_bpe
 from core import metrics
-from core.documents import CHARS_PER_TOKEN, estimate_tokens
+from core.documents import TokenCounter, estimate_tokens
 from core.errors import (
     EmbeddingError,
     EmbeddingRateLimited,
@@ -78,17 +83,23 @@ class OpenAIEmbedder:
         self.max_request_tokens = min(max_request_tokens, MAX_REQUEST_TOKENS)
         # Older models (ada-002) refuse the parameter and always answer at their native size.
         self._send_dimensions = model.startswith(SHORTENABLE_PREFIX)
+        self.encoding: tiktoken.Encoding = openai_bpe.encoding_for_model(model)
         self._client = openai.AsyncOpenAI(
             api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
         )
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         """One vector of ``dimensions`` floats per text, in order. Raises EmbeddingError."""
-        prepared = [prepare_input(text, i) for i, text in enumerate(texts)]
+        prepared = [prepare_input(text, i, self.encoding) for i, text in enumerate(texts)]
         vectors: list[list[float]] = []
-        for batch in plan_batches(prepared, self.max_inputs, self.max_request_tokens):
+        for batch in plan_batches(prepared, self.max_inputs, self.max_request_tokens,
+                                  self.count_tokens):
             vectors.extend(await self._embed_batch(batch))
         return vectors
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` as OpenAI counts them for this model."""
+        return openai_bpe.count_tokens(text, self.encoding)
 
     async def _embed_batch(self, batch: list[str]) -> list[list[float]]:
         self.requests += 1
@@ -121,31 +132,41 @@ class OpenAIEmbedder:
         await self._client.close()
 
 
-def prepare_input(text: str, position: int = 0) -> str:
-    """Make one text acceptable: a space for an empty string, truncated past 8,191 tokens.
+def prepare_input(text: str, position: int = 0, encoding: tiktoken.Encoding | None = None) -> str:
+    """Make one text acceptable: a space for an empty string, cut to 8,191 tokens.
 
-    Chunking upstream keeps chunks far below the limit, so truncation is a safety net; it is
-    logged because the tail of the text is then not represented in the vector.
+    Chunking upstream keeps chunks far below the limit, so the cut is a safety net; it is logged
+    because the tail of the text is then not represented in the vector. ``encoding`` None means
+    the model's default (cl100k_base).
     """
     if not text:
         return " "  # OpenAI refuses empty strings; a space embeds as "nothing".
-    if estimate_tokens(text) <= MAX_INPUT_TOKENS:
+    encoding = encoding or openai_bpe.get_encoding(openai_bpe.DEFAULT_ENCODING)
+    tokens = encoding.encode_ordinary(text)
+    if len(tokens) <= MAX_INPUT_TOKENS:
         return text
-    keep = int((MAX_INPUT_TOKENS - 1) * CHARS_PER_TOKEN)
+    keep = MAX_INPUT_TOKENS
+    while True:  # a cut inside a multi-byte character is dropped, which can re-tokenise longer
+        cut = encoding.decode(tokens[:keep], errors="ignore")
+        if openai_bpe.count_tokens(cut, encoding) <= MAX_INPUT_TOKENS:
+            break
+        keep -= 16
     log.warning(
-        "embedding input %d truncated from %d to %d characters (over %d estimated tokens)",
-        position, len(text), keep, MAX_INPUT_TOKENS,
+        "embedding input %d cut from %d to %d tokens (%d of %d characters kept)",
+        position, len(tokens), keep, len(cut), len(text),
     )
-    return text[:keep]
+    return cut
 
 
 def plan_batches(texts: list[str], max_inputs: int = MAX_INPUTS,
-                 max_tokens: int = MAX_REQUEST_TOKENS) -> Iterator[list[str]]:
-    """Split ``texts`` in order into requests of at most ``max_inputs`` and ``max_tokens``."""
+                 max_tokens: int = MAX_REQUEST_TOKENS,
+                 count: TokenCounter = estimate_tokens) -> Iterator[list[str]]:
+    """Split ``texts`` in order into requests of at most ``max_inputs`` and ``max_tokens``
+    (counted by ``count``: the embedder passes its exact count)."""
     batch: list[str] = []
     tokens = 0
     for text in texts:
-        cost = estimate_tokens(text)
+        cost = count(text)
         if batch and (len(batch) >= max_inputs or tokens + cost > max_tokens):
             yield batch
             batch, tokens = [], 0

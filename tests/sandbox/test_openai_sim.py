@@ -57,7 +57,8 @@ def test_embeddings_create_with_sdk_defaults(server: SandboxServer, base: str) -
     assert all(len(d.embedding) == 1536 for d in response.data)
     assert math.isclose(math.hypot(*response.data[0].embedding), 1.0, rel_tol=1e-5)
     assert response.model == MODEL
-    assert response.usage.prompt_tokens == response.usage.total_tokens == 2 + 3
+    # Counted as OpenAI counts (cl100k_base): "alpha" is 1 token, "beta gamma" 2.
+    assert response.usage.prompt_tokens == response.usage.total_tokens == 1 + 2
     # The SDK asks for base64 unless told otherwise, and decodes it itself.
     assert stats(base)["encoding_formats"] == ["base64"]
 
@@ -134,19 +135,24 @@ def test_empty_string_is_refused(server: SandboxServer) -> None:
 
 
 def test_input_over_8192_tokens_is_refused(server: SandboxServer) -> None:
-    assert count_tokens("x" * 4 * 8192) == 8192
-    client(server).embeddings.create(model=MODEL, input="x" * 4 * 8192)
+    assert count_tokens(" hello" * 8192) == 8192  # one cl100k token per " hello"
+    client(server).embeddings.create(model=MODEL, input=" hello" * 8192)
     with pytest.raises(openai.BadRequestError) as err:
-        client(server).embeddings.create(model=MODEL, input="x" * (4 * 8192 + 1))
-    assert "maximum context length is 8192 tokens" in err.value.message
+        client(server).embeddings.create(model=MODEL, input=" hello" * 8193)
+    assert err.value.status_code == 400
+    assert err.value.body == {"message": "Invalid 'input': maximum context length is 8192 tokens.",
+                              "type": "invalid_request_error", "param": None, "code": None}
 
 
 def test_over_300000_tokens_per_request_is_refused(server: SandboxServer) -> None:
-    text = "y" * 4 * 8000  # 8,000 tokens each
+    text = " hello" * 8000  # 8,000 tokens each
     with pytest.raises(openai.BadRequestError) as err:
         client(server).embeddings.create(model=MODEL, input=[text] * 38)  # 304,000
     assert err.value.code == "max_tokens_per_request"
-    assert "Requested 304000 tokens, max 300000 tokens per request" in err.value.message
+    assert err.value.status_code == 400
+    assert err.value.body == {"message": "Requested 304000 tokens, max 300000 tokens per request",
+                              "type": "max_tokens_per_request", "param": None,
+                              "code": "max_tokens_per_request"}
 
 
 def test_token_arrays_are_accepted(server: SandboxServer) -> None:
@@ -155,12 +161,19 @@ def test_token_arrays_are_accepted(server: SandboxServer) -> None:
     assert response.usage.prompt_tokens == 5
 
 
-def test_simulator_never_counts_more_tokens_than_vector_sync_estimates() -> None:
+def test_simulator_counts_what_vector_sync_counts_and_more_than_the_old_estimate() -> None:
+    """Both sides count exactly (same encoding): CJK and base64 run far above 1 token per 3
+    characters, which is what made the real API refuse what the old estimate let through."""
     from core.documents import estimate_tokens
+    from core.embeddings.openai import OpenAIEmbedder
 
-    for length in [1, 2, 3, 4, 5, 11, 12, 13, 100, 24_570, 900_001]:
-        text = "z" * length
-        assert count_tokens(text) <= estimate_tokens(text)
+    ours = OpenAIEmbedder(api_key="k")
+    cjk = "数据同步索引向量检索会议纪要" * 200
+    b64 = base64.b64encode(bytes(range(256)) * 30).decode()
+    for text in (cjk, b64, "plain English words " * 50):
+        assert count_tokens(text) == ours.count_tokens(text)
+    assert count_tokens(cjk) > 2 * estimate_tokens(cjk)
+    assert count_tokens(b64) > estimate_tokens(b64)
 
 
 def test_wrong_and_missing_api_keys_get_401(server: SandboxServer, base: str) -> None:
@@ -212,9 +225,9 @@ def test_429_body_and_headers(server: SandboxServer, base: str) -> None:
 def test_token_budget_gives_429_on_tokens(server: SandboxServer, base: str) -> None:
     httpx.put(f"{base}/_sandbox/limits", json={"tokens_per_minute": 6000})
     sdk = client(server, max_retries=0)
-    sdk.embeddings.create(model=MODEL, input="t" * 4 * 5000)  # 5,000 of 6,000
+    sdk.embeddings.create(model=MODEL, input=" hello" * 5000)  # 5,000 of 6,000
     with pytest.raises(openai.RateLimitError) as err:
-        sdk.embeddings.create(model=MODEL, input="t" * 4 * 5000)
+        sdk.embeddings.create(model=MODEL, input=" hello" * 5000)
     assert err.value.body["type"] == "tokens"  # type: ignore[index]
 
 
