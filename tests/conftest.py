@@ -7,6 +7,7 @@ Postgres is migrated once per session and truncated per test; Redis is flushed p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
@@ -26,7 +27,7 @@ from core.embedded import EmbeddedPostgres, EmbeddedRedis
 from core import queue
 from core.runtime import Services, open_services
 from core.settings import Settings
-from sandbox.server import bound_socket
+from sandbox.server import SandboxServer, bound_socket, create_simulators
 
 ADMIN_KEY = "test-admin-key"
 
@@ -55,6 +56,18 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@contextlib.contextmanager
+def running_sandbox(name: str, *, seed: int, profile: str = "small") -> Iterator[SandboxServer]:
+    """One simulator on loopback with its own rate limit off (for tests not about budgets)."""
+    sims = create_simulators([name], profile=profile, seed=seed)
+    sims[name].knobs.rate_limit = 0
+    server = SandboxServer(sims).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,7 @@ import pytest
 
 from core.runtime import SourceSet
 from reconciler.reconcile import Reconciler
-from sandbox.server import SandboxServer, create_simulators
-from tests.conftest import BASE_ENV, FAST_BUDGETS, make_settings
+from tests.conftest import BASE_ENV, FAST_BUDGETS, make_settings, running_sandbox
 from tests.test_search_access import (  # noqa: F401  (fixtures)
     ADMIN,
     bearer,
@@ -99,11 +98,8 @@ PRIVATE, PUBLIC = "acme/api", "acme/web"
 
 @pytest.fixture(scope="module")
 def github_sandbox():
-    sims = create_simulators(["github"], profile="small", seed=11)
-    sims["github"].knobs.rate_limit = 0
-    server = SandboxServer(sims).start()
-    yield server
-    server.stop()
+    with running_sandbox("github", seed=11) as server:
+        yield server
 
 
 def reconcile_github(settings, services) -> None:

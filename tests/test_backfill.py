@@ -11,17 +11,14 @@ import httpx
 import pytest
 
 from core import state
-from sandbox.server import SandboxServer, create_simulators
-from tests.conftest import ADMIN_KEY, BASE_ENV, FAST_BUDGETS, make_settings, reset_state, wait_for
+from sandbox.server import SandboxServer
+from tests.conftest import ADMIN_KEY, BASE_ENV, FAST_BUDGETS, make_settings, reset_state, running_sandbox, wait_for
 
 
 @pytest.fixture(scope="module")
 def sandbox():
-    sims = create_simulators(["jira"], profile="small", seed=3)
-    sims["jira"].knobs.rate_limit = 0
-    server = SandboxServer(sims).start()
-    yield server
-    server.stop()
+    with running_sandbox("jira", seed=3) as server:
+        yield server
 
 
 @pytest.fixture

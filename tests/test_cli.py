@@ -31,7 +31,7 @@ from core.runs import create_run, owner_name
 from core.settings import Rate
 from reconciler.backfill import Backfill
 from sandbox.server import SandboxServer, create_simulators
-from tests.conftest import ADMIN_KEY, BASE_ENV, FAST_BUDGETS, make_settings
+from tests.conftest import ADMIN_KEY, BASE_ENV, FAST_BUDGETS, make_settings, running_sandbox
 
 
 def vector_sync(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], env: dict[str, str],
@@ -151,11 +151,8 @@ class TestScopesAndIds:
 
 @pytest.fixture(scope="module")
 def jira_sandbox():
-    sims = create_simulators(["jira"], profile="small", seed=3)
-    sims["jira"].knobs.rate_limit = 0
-    server = SandboxServer(sims).start()
-    yield server
-    server.stop()
+    with running_sandbox("jira", seed=3) as server:
+        yield server
 
 
 class TestBackfillProgress:

@@ -15,8 +15,7 @@ import pytest
 from core import apikeys
 from core.runtime import SourceSet
 from reconciler.reconcile import Reconciler
-from sandbox.server import SandboxServer, create_simulators
-from tests.conftest import ADMIN_KEY, BASE_ENV, FAST_BUDGETS, make_settings
+from tests.conftest import ADMIN_KEY, BASE_ENV, FAST_BUDGETS, make_settings, running_sandbox
 
 ADMIN = {"X-Admin-Key": ADMIN_KEY}
 
@@ -129,11 +128,8 @@ def _matches(route_path: str, concrete: str) -> bool:
 
 @pytest.fixture(scope="module")
 def slack_sandbox():
-    sims = create_simulators(["slack"], profile="small", seed=11)
-    sims["slack"].knobs.rate_limit = 0
-    server = SandboxServer(sims).start()
-    yield server
-    server.stop()
+    with running_sandbox("slack", seed=11) as server:
+        yield server
 
 
 @pytest.fixture
