@@ -152,13 +152,13 @@ def _with_env(system: System, **env: str) -> Any:
         **system.settings.sources, "slack": dataclasses.replace(source, env={**source.env, **env})})
 
 
-def _reconcile_with(system: System, settings: Any, key: str) -> None:
+def _reconcile_with(system: System, settings: Any, key: str, prune: bool = False) -> None:
     async def one_tick() -> int:
         sources = SourceSet(settings, system.services.pool)
         try:
             reconciler = Reconciler(settings, system.services, sources, "threads-test")
             await reconciler.discover(sources.configured(), force=True)
-            await asyncio.to_thread(system._make_due, "slack", key, False)
+            await asyncio.to_thread(system._make_due, "slack", key, prune)
             return await reconciler.tick()
         finally:
             await sources.aclose()
@@ -228,24 +228,36 @@ def test_reply_changes_in_a_thread_older_than_the_lookback_reach_the_index(syste
     assert system.found(added, document_id, "slack")
 
 
-def test_replies_to_a_ninety_day_old_thread_reach_the_index_in_one_pass(system: System) -> None:
-    """Issue 15: a thread whose root is 90 days old, far past SLACK_THREAD_LOOKBACK, webhooks
-    lost. A reply added or deleted moves the parent's reply_count / latest_reply, which every
-    pass compares over the whole history (SLACK_THREAD_SWEEP=pass): one pass each."""
-    slack = sim(system)
-    cid = channel(system)
-    ch = slack.channels[cid]
-    start = int((time.time() - 90 * 86400) * 1_000_000)
+def _old_thread(system: System, cid: str, days: int, words: list[str]) -> tuple[str, list[str]]:
+    """A thread put straight into the simulator ``days`` ago: a root on words[0], a reply
+    a minute apart for each further word (a control call can only post at the current time)."""
+    ch = sim(system).channels[cid]
+    start = int((time.time() - days * 86400) * 1_000_000)
     root = micro_to_ts(start)
-    topic, first, second = unique("ancient"), unique("first"), unique("second")
-    ch.add_root({"type": "message", "user": ch.creator, "text": f"Old thread on {topic} {topic}",
+    ch.add_root({"type": "message", "user": ch.creator, "text": f"Old thread on {words[0]} {words[0]}",
                  "ts": root, "team": TEAM_ID})
     replies = []
-    for n, word in enumerate([first, second], 1):
+    for n, word in enumerate(words[1:], 1):
         ts = micro_to_ts(start + n * 60_000_000)
         ch.add_reply(root, {"type": "message", "user": ch.creator, "text": f"Reply {word} {word}",
                             "ts": ts, "thread_ts": root, "parent_user_id": ch.creator, "team": TEAM_ID})
         replies.append(ts)
+    return root, replies
+
+
+def edit(system: System, cid: str, ts: str, word: str) -> None:
+    system.control("slack", "PATCH", "/messages",
+                   json={"channel": cid, "ts": ts, "text": f"Now {word} {word}", "shape": "documented"})
+
+
+def test_replies_to_a_ninety_day_old_thread_reach_the_index_in_one_pass(system: System) -> None:
+    """Issue 15: a thread whose root is 90 days old, far past SLACK_THREAD_LOOKBACK, webhooks
+    lost. A reply added or deleted moves the parent's reply_count / latest_reply, which every
+    pass compares over the whole history (SLACK_THREAD_SWEEP=pass): one pass each."""
+    cid = channel(system)
+    first, second, quiet_word = unique("first"), unique("second"), unique("quiet")
+    root, replies = _old_thread(system, cid, 90, [unique("ancient"), first, second])
+    quiet, (quiet_reply,) = _old_thread(system, cid, 80, [unique("still"), quiet_word])
     post(system, cid, f"Today's chatter {unique('today')}")  # the pass cursor is now, not 90 days ago
     document_id = f"slack:{cid}:{root}"
     system.reconcile("slack", cid)  # the first pass: the whole channel
@@ -265,4 +277,19 @@ def test_replies_to_a_ninety_day_old_thread_reach_the_index_in_one_pass(system: 
     system.reconcile("slack", cid)
     assert first not in system.chunk_texts(document_id), "a deleted old reply is still indexed"
     assert system.found(second, document_id, "slack") and system.found(added, document_id, "slack")
+
+    # An edit moves no parent fact. In the thread just active (within the lookback) the prune
+    # re-reads it; in a thread quiet for 80 days neither a pass nor that prune sees it, only a
+    # prune with SLACK_THREAD_LOOKBACK=all (which re-reads every thread).
+    edited, hidden = unique("edited"), unique("hidden")
+    edit(system, cid, replies[1], edited)
+    edit(system, cid, quiet_reply, hidden)
+    system.settle("slack")
+    system.reconcile("slack", cid)
+    system.reconcile("slack", cid, prune=True)
+    assert system.found(edited, document_id, "slack") and second not in system.chunk_texts(document_id)
+    quiet_id = f"slack:{cid}:{quiet}"
+    assert quiet_word in system.chunk_texts(quiet_id) and hidden not in system.chunk_texts(quiet_id)
+    _reconcile_with(system, _with_env(system, SLACK_THREAD_LOOKBACK="all"), cid, prune=True)
+    assert system.found(hidden, quiet_id, "slack") and quiet_word not in system.chunk_texts(quiet_id)
     assert system.stats("slack")["failed"] == 0
