@@ -10,6 +10,10 @@ an old thread does not move its root, so ``changes`` reads back ``SLACK_THREAD_L
 (default 7 days) before ``since`` and keeps roots whose thread changed at or after ``since``
 (``latest_reply``, ``edited.ts``), and roots whose ``reply_count`` or ``latest_reply`` differ from
 what the last indexed fetch of the thread saw (``core.facts``: a deleted reply moves no ts).
+With ``SLACK_THREAD_SWEEP=pass`` (the default) every pass after the first reads the whole
+history for those facts, so a reply added to or deleted from a thread however old is found in
+one pass; ``prune`` leaves that to the prune pass. An edited reply moves no fact: without its
+webhook it is found only by the prune pass, and only within ``SLACK_THREAD_LOOKBACK``.
 Pruning reads the whole history, and re-reads old threads whose facts moved and threads active
 within the lookback (edited replies show nowhere in history).
 
@@ -321,10 +325,14 @@ class SlackSource:
     pushes = True
 
     def __init__(self, settings: SourceSettings, http: SourceHTTP, *, lookback: float,
-                 context: SourceContext | None = None) -> None:
+                 context: SourceContext | None = None, sweep_every_pass: bool = True) -> None:
         self.settings = settings
         self.http = http
         self.lookback = lookback
+        #: Read the whole history on every pass to compare each parent's thread facts, so a
+        #: reply added to or deleted from a thread however old is found in one pass
+        #: (``SLACK_THREAD_SWEEP=pass``); otherwise only the prune pass compares them.
+        self.sweep_every_pass = sweep_every_pass
         #: Where thread facts are remembered and follow-up syncs asked for (None: the listing
         #: alone decides, as without migration 0007).
         self.facts = context if isinstance(context, FactStore) else None
@@ -489,6 +497,11 @@ class SlackSource:
         # What the last indexed fetch of each thread saw, read once per pass.
         known = await self.facts.recall(NAME, scope.key) if self.facts is not None else None
         oldest = f"{max(0.0, since - self.lookback):.6f}" if since is not None else None
+        if known is not None and self.sweep_every_pass:
+            # Parents older than the window still show their thread's reply_count and
+            # latest_reply: the whole history is read (parents only, PAGE_SIZE a call) and only
+            # roots whose facts moved, or that changed since ``since``, become refs.
+            oldest = None
         cursor = checkpoint
         while True:
             data = await self._readable_call("conversations.history", scope.key, limit=PAGE_SIZE,
@@ -703,4 +716,8 @@ def build(
     except ValueError:
         raise SettingsError(
             f"SLACK_THREAD_LOOKBACK must be a duration such as 7d, or all, not {raw!r}") from None
-    return SlackSource(settings, http, lookback=lookback, context=context)
+    sweep = (settings.get("SLACK_THREAD_SWEEP") or "pass").strip().lower()
+    if sweep not in ("pass", "prune"):
+        raise SettingsError(f"SLACK_THREAD_SWEEP must be pass or prune, not {sweep!r}")
+    return SlackSource(settings, http, lookback=lookback, context=context,
+                       sweep_every_pass=sweep == "pass")

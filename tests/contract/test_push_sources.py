@@ -582,3 +582,40 @@ def httpx_get(system: System, path: str) -> Any:
                          timeout=30)
     assert response.status_code == 200, response.text
     return response.json()
+
+
+def test_jira_comment_changes_with_webhooks_lost_reach_the_index_in_one_pass(system: System) -> None:
+    """Issue 15: Jira comments kept in step with their issue without any webhook. Adding,
+    editing and deleting a comment move the issue's ``updated`` (as the simulator models Jira),
+    so the pass's ``updated >= since`` JQL lists the issue and the re-read carries the comments."""
+    adapter = JiraAdapter()
+    project = adapter.scope(system)
+    word, said, revised = unique("issue"), unique("said"), unique("revised")
+    item = make_item(system, adapter, project, word)
+    system.settle("jira")
+    system.reconcile("jira", project)  # the first pass sets the cursor
+    system.reconcile("jira", project)
+    assert indexed_with(system, item, word, "jira")
+
+    system.knobs("jira", webhook_drop_rate=1)
+    start = len(system.deliveries("jira"))
+    comment = _comment(system, item.handle["id"], f"Note {said} {said}")
+    system.settle("jira")
+    system.reconcile("jira", project)
+    assert indexed_with(system, item, said, "jira"), "an added comment was missed"
+
+    system.control("jira", "PUT", f"/jira/issues/{item.handle['id']}/comments/{comment}",
+                   json={"body": f"Note {revised} {revised}"})
+    system.settle("jira")
+    system.reconcile("jira", project)
+    text = system.chunk_texts(item.document_id)
+    assert revised in text and said not in text, "an edited comment was missed"
+
+    system.control("jira", "DELETE", f"/jira/issues/{item.handle['id']}/comments/{comment}")
+    system.settle("jira")
+    system.reconcile("jira", project)
+    text = system.chunk_texts(item.document_id)
+    assert revised not in text and word in text, "a deleted comment is still indexed"
+    deliveries = system.deliveries("jira")[start:]
+    assert deliveries and all(d.dropped for d in deliveries)
+    assert system.stats("jira")["failed"] == 0

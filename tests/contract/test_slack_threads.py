@@ -22,7 +22,7 @@ import pytest
 from core.runtime import SourceSet
 from reconciler.reconcile import Reconciler
 from sandbox.server import SandboxServer
-from sandbox.slack import BOT_USER, SlackSimulator
+from sandbox.slack import BOT_USER, TEAM_ID, SlackSimulator, micro_to_ts
 from tests.contract.conftest import System, start_sandbox, unique
 
 
@@ -146,13 +146,19 @@ def test_deleted_replies_with_their_webhooks_lost_are_gone_after_one_pass(system
     assert system.stats("slack")["failed"] == 0
 
 
-def _reconcile_with(system: System, settings: Any, key: str) -> None:
+def _with_env(system: System, **env: str) -> Any:
+    source = system.settings.source("slack")
+    return system.settings.replace(sources={
+        **system.settings.sources, "slack": dataclasses.replace(source, env={**source.env, **env})})
+
+
+def _reconcile_with(system: System, settings: Any, key: str, prune: bool = False) -> None:
     async def one_tick() -> int:
         sources = SourceSet(settings, system.services.pool)
         try:
             reconciler = Reconciler(settings, system.services, sources, "threads-test")
             await reconciler.discover(sources.configured(), force=True)
-            await asyncio.to_thread(system._make_due, "slack", key, False)
+            await asyncio.to_thread(system._make_due, "slack", key, prune)
             return await reconciler.tick()
         finally:
             await sources.aclose()
@@ -169,10 +175,7 @@ def test_lookback_all_reads_old_threads_on_every_pass(system: System) -> None:
     channel, root = next((c, ts) for c in slack.channels.values() if BOT_USER in c.members
                          and not c.is_archived for ts, r in c.threads.items() if len(r) > 1
                          and float(r[-1]) < week_ago)
-    source = system.settings.source("slack")
-    everything = system.settings.replace(sources={
-        **system.settings.sources,
-        "slack": dataclasses.replace(source, env={**source.env, "SLACK_THREAD_LOOKBACK": "all"})})
+    everything = _with_env(system, SLACK_THREAD_LOOKBACK="all")
     document_id = f"slack:{channel.id}:{root}"
     _reconcile_with(system, everything, channel.id)  # the first, full pass
     _reconcile_with(system, everything, channel.id)
@@ -183,7 +186,8 @@ def test_lookback_all_reads_old_threads_on_every_pass(system: System) -> None:
     system.knobs("slack", webhook_drop_rate=1)
     delete(system, channel.id, removed_ts, "documented")
     system.settle("slack")
-    system.reconcile("slack", channel.id)  # the default 7-day lookback: no pass sees it
+    # The 7-day lookback with the sweep left to the prune pass: no pass sees it.
+    _reconcile_with(system, _with_env(system, SLACK_THREAD_SWEEP="prune"), channel.id)
     assert removed in system.chunk_texts(document_id)
     _reconcile_with(system, everything, channel.id)
     assert system.last_run("reconcile", "slack")["counters"]["since"] is not None
@@ -193,7 +197,8 @@ def test_lookback_all_reads_old_threads_on_every_pass(system: System) -> None:
 def test_reply_changes_in_a_thread_older_than_the_lookback_reach_the_index(system: System) -> None:
     """A seeded thread from days ago, past SLACK_THREAD_LOOKBACK (7 days): new and deleted
     replies with their webhooks lost show in no pass's window; the prune pass, which reads the
-    whole history, compares every parent's reply_count and latest_reply and re-reads them."""
+    whole history, compares every parent's reply_count and latest_reply and re-reads them
+    (with SLACK_THREAD_SWEEP=prune; the default compares them on every pass)."""
     slack = sim(system)
     week_ago = time.time() - 8 * 86400
     old = [(c, ts) for c in slack.channels.values() if BOT_USER in c.members and not c.is_archived
@@ -211,8 +216,9 @@ def test_reply_changes_in_a_thread_older_than_the_lookback_reach_the_index(syste
     delete(system, general.id, general.threads[root][0], "documented")
     post(system, general.id, f"Late answer {added} {added}", root)
     system.settle("slack")
-    system.reconcile("slack", general.id)
-    assert removed in system.chunk_texts(document_id)  # past the lookback: no pass sees it
+    # Past the lookback, with SLACK_THREAD_SWEEP=prune: no pass sees it.
+    _reconcile_with(system, _with_env(system, SLACK_THREAD_SWEEP="prune"), general.id)
+    assert removed in system.chunk_texts(document_id)
     system.reconcile("slack", general.id, prune=True)
     system.worker.drain()
     prune = system.last_run("prune", "slack")
@@ -220,3 +226,70 @@ def test_reply_changes_in_a_thread_older_than_the_lookback_reach_the_index(syste
     text = system.chunk_texts(document_id)
     assert removed not in text and added in text
     assert system.found(added, document_id, "slack")
+
+
+def _old_thread(system: System, cid: str, days: int, words: list[str]) -> tuple[str, list[str]]:
+    """A thread put straight into the simulator ``days`` ago: a root on words[0], a reply
+    a minute apart for each further word (a control call can only post at the current time)."""
+    ch = sim(system).channels[cid]
+    start = int((time.time() - days * 86400) * 1_000_000)
+    root = micro_to_ts(start)
+    ch.add_root({"type": "message", "user": ch.creator, "text": f"Old thread on {words[0]} {words[0]}",
+                 "ts": root, "team": TEAM_ID})
+    replies = []
+    for n, word in enumerate(words[1:], 1):
+        ts = micro_to_ts(start + n * 60_000_000)
+        ch.add_reply(root, {"type": "message", "user": ch.creator, "text": f"Reply {word} {word}",
+                            "ts": ts, "thread_ts": root, "parent_user_id": ch.creator, "team": TEAM_ID})
+        replies.append(ts)
+    return root, replies
+
+
+def edit(system: System, cid: str, ts: str, word: str) -> None:
+    system.control("slack", "PATCH", "/messages",
+                   json={"channel": cid, "ts": ts, "text": f"Now {word} {word}", "shape": "documented"})
+
+
+def test_replies_to_a_ninety_day_old_thread_reach_the_index_in_one_pass(system: System) -> None:
+    """Issue 15: a thread whose root is 90 days old, far past SLACK_THREAD_LOOKBACK, webhooks
+    lost. A reply added or deleted moves the parent's reply_count / latest_reply, which every
+    pass compares over the whole history (SLACK_THREAD_SWEEP=pass): one pass each."""
+    cid = channel(system)
+    first, second, quiet_word = unique("first"), unique("second"), unique("quiet")
+    root, replies = _old_thread(system, cid, 90, [unique("ancient"), first, second])
+    quiet, (quiet_reply,) = _old_thread(system, cid, 80, [unique("still"), quiet_word])
+    post(system, cid, f"Today's chatter {unique('today')}")  # the pass cursor is now, not 90 days ago
+    document_id = f"slack:{cid}:{root}"
+    system.reconcile("slack", cid)  # the first pass: the whole channel
+    assert system.found(first, document_id, "slack") and system.found(second, document_id, "slack")
+    system.reconcile("slack", cid)
+
+    system.knobs("slack", webhook_drop_rate=1)
+    added = unique("added")
+    post(system, cid, f"Late reply {added} {added}", root)
+    system.settle("slack")
+    assert system.deliveries("slack")[-1].dropped
+    system.reconcile("slack", cid)
+    assert system.found(added, document_id, "slack"), "a new reply in an old thread was missed"
+
+    delete(system, cid, replies[0], "documented")
+    system.settle("slack")
+    system.reconcile("slack", cid)
+    assert first not in system.chunk_texts(document_id), "a deleted old reply is still indexed"
+    assert system.found(second, document_id, "slack") and system.found(added, document_id, "slack")
+
+    # An edit moves no parent fact. In the thread just active (within the lookback) the prune
+    # re-reads it; in a thread quiet for 80 days neither a pass nor that prune sees it, only a
+    # prune with SLACK_THREAD_LOOKBACK=all (which re-reads every thread).
+    edited, hidden = unique("edited"), unique("hidden")
+    edit(system, cid, replies[1], edited)
+    edit(system, cid, quiet_reply, hidden)
+    system.settle("slack")
+    system.reconcile("slack", cid)
+    system.reconcile("slack", cid, prune=True)
+    assert system.found(edited, document_id, "slack") and second not in system.chunk_texts(document_id)
+    quiet_id = f"slack:{cid}:{quiet}"
+    assert quiet_word in system.chunk_texts(quiet_id) and hidden not in system.chunk_texts(quiet_id)
+    _reconcile_with(system, _with_env(system, SLACK_THREAD_LOOKBACK="all"), cid, prune=True)
+    assert system.found(hidden, quiet_id, "slack") and quiet_word not in system.chunk_texts(quiet_id)
+    assert system.stats("slack")["failed"] == 0

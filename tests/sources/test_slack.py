@@ -445,6 +445,14 @@ def test_bad_lookback_setting_is_one_line_error(sandbox: tuple[SandboxServer, Sl
         build(settings_for(sandbox[0].env(), SLACK_THREAD_LOOKBACK="soon"), httpx.AsyncClient())
 
 
+def test_thread_sweep_setting(sandbox: tuple[SandboxServer, SlackSimulator]) -> None:
+    env = sandbox[0].env()
+    assert build(settings_for(env), httpx.AsyncClient()).sweep_every_pass
+    assert not build(settings_for(env, SLACK_THREAD_SWEEP="Prune"), httpx.AsyncClient()).sweep_every_pass
+    with pytest.raises(SettingsError, match="SLACK_THREAD_SWEEP"):
+        build(settings_for(env, SLACK_THREAD_SWEEP="sometimes"), httpx.AsyncClient())
+
+
 def test_deleted_root_with_replies_keeps_the_replies_until_they_go(
     sandbox: tuple[SandboxServer, SlackSimulator], sim: SlackSimulator
 ) -> None:
