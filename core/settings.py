@@ -49,7 +49,7 @@ SOURCE_OPTIONS: dict[str, dict[str, str]] = {
         "SLACK_SIGNING_SECRET": "",
         "SLACK_CHANNELS": "*",
         "SLACK_THREAD_LOOKBACK": "7d",
-        "SLACK_THREAD_SWEEP": "pass",
+        "SLACK_THREAD_SWEEP": "prune",
     },
     "github": {
         "GITHUB_API_URL": "https://api.github.com",

@@ -10,9 +10,10 @@ an old thread does not move its root, so ``changes`` reads back ``SLACK_THREAD_L
 (default 7 days) before ``since`` and keeps roots whose thread changed at or after ``since``
 (``latest_reply``, ``edited.ts``), and roots whose ``reply_count`` or ``latest_reply`` differ from
 what the last indexed fetch of the thread saw (``core.facts``: a deleted reply moves no ts).
-With ``SLACK_THREAD_SWEEP=pass`` (the default) every pass after the first reads the whole
-history for those facts, so a reply added to or deleted from a thread however old is found in
-one pass; ``prune`` leaves that to the prune pass. An edited reply moves no fact: without its
+With ``SLACK_THREAD_SWEEP=pass`` every pass after the first reads the whole history for those
+facts, so a reply added to or deleted from a thread however old is found in one pass; ``prune``
+(the default: the whole-history read costs a history call per 200 parents per channel, which a
+large workspace's budget cannot pay every 15 minutes) leaves that to the prune pass. An edited reply moves no fact: without its
 webhook it is found only by the prune pass, and only within ``SLACK_THREAD_LOOKBACK``.
 Pruning reads the whole history, and re-reads old threads whose facts moved and threads active
 within the lookback (edited replies show nowhere in history).
@@ -716,7 +717,7 @@ def build(
     except ValueError:
         raise SettingsError(
             f"SLACK_THREAD_LOOKBACK must be a duration such as 7d, or all, not {raw!r}") from None
-    sweep = (settings.get("SLACK_THREAD_SWEEP") or "pass").strip().lower()
+    sweep = (settings.get("SLACK_THREAD_SWEEP") or "prune").strip().lower()
     if sweep not in ("pass", "prune"):
         raise SettingsError(f"SLACK_THREAD_SWEEP must be pass or prune, not {sweep!r}")
     return SlackSource(settings, http, lookback=lookback, context=context,

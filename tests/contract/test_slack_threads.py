@@ -198,7 +198,7 @@ def test_reply_changes_in_a_thread_older_than_the_lookback_reach_the_index(syste
     """A seeded thread from days ago, past SLACK_THREAD_LOOKBACK (7 days): new and deleted
     replies with their webhooks lost show in no pass's window; the prune pass, which reads the
     whole history, compares every parent's reply_count and latest_reply and re-reads them
-    (with SLACK_THREAD_SWEEP=prune; the default compares them on every pass)."""
+    (SLACK_THREAD_SWEEP=prune, the default; with pass every pass compares them)."""
     slack = sim(system)
     week_ago = time.time() - 8 * 86400
     old = [(c, ts) for c in slack.channels.values() if BOT_USER in c.members and not c.is_archived
@@ -216,7 +216,7 @@ def test_reply_changes_in_a_thread_older_than_the_lookback_reach_the_index(syste
     delete(system, general.id, general.threads[root][0], "documented")
     post(system, general.id, f"Late answer {added} {added}", root)
     system.settle("slack")
-    # Past the lookback, with SLACK_THREAD_SWEEP=prune: no pass sees it.
+    # Past the lookback, with SLACK_THREAD_SWEEP=prune (the default): no pass sees it.
     _reconcile_with(system, _with_env(system, SLACK_THREAD_SWEEP="prune"), general.id)
     assert removed in system.chunk_texts(document_id)
     system.reconcile("slack", general.id, prune=True)
@@ -253,28 +253,30 @@ def edit(system: System, cid: str, ts: str, word: str) -> None:
 def test_replies_to_a_ninety_day_old_thread_reach_the_index_in_one_pass(system: System) -> None:
     """Issue 15: a thread whose root is 90 days old, far past SLACK_THREAD_LOOKBACK, webhooks
     lost. A reply added or deleted moves the parent's reply_count / latest_reply, which every
-    pass compares over the whole history (SLACK_THREAD_SWEEP=pass): one pass each."""
+    pass compares over the whole history with SLACK_THREAD_SWEEP=pass: one pass each. (The
+    default, prune, leaves that to the daily prune: tested above.)"""
+    every_pass = _with_env(system, SLACK_THREAD_SWEEP="pass")
     cid = channel(system)
     first, second, quiet_word = unique("first"), unique("second"), unique("quiet")
     root, replies = _old_thread(system, cid, 90, [unique("ancient"), first, second])
     quiet, (quiet_reply,) = _old_thread(system, cid, 80, [unique("still"), quiet_word])
     post(system, cid, f"Today's chatter {unique('today')}")  # the pass cursor is now, not 90 days ago
     document_id = f"slack:{cid}:{root}"
-    system.reconcile("slack", cid)  # the first pass: the whole channel
+    _reconcile_with(system, every_pass, cid)  # the first pass: the whole channel
     assert system.found(first, document_id, "slack") and system.found(second, document_id, "slack")
-    system.reconcile("slack", cid)
+    _reconcile_with(system, every_pass, cid)
 
     system.knobs("slack", webhook_drop_rate=1)
     added = unique("added")
     post(system, cid, f"Late reply {added} {added}", root)
     system.settle("slack")
     assert system.deliveries("slack")[-1].dropped
-    system.reconcile("slack", cid)
+    _reconcile_with(system, every_pass, cid)
     assert system.found(added, document_id, "slack"), "a new reply in an old thread was missed"
 
     delete(system, cid, replies[0], "documented")
     system.settle("slack")
-    system.reconcile("slack", cid)
+    _reconcile_with(system, every_pass, cid)
     assert first not in system.chunk_texts(document_id), "a deleted old reply is still indexed"
     assert system.found(second, document_id, "slack") and system.found(added, document_id, "slack")
 
@@ -285,8 +287,8 @@ def test_replies_to_a_ninety_day_old_thread_reach_the_index_in_one_pass(system: 
     edit(system, cid, replies[1], edited)
     edit(system, cid, quiet_reply, hidden)
     system.settle("slack")
-    system.reconcile("slack", cid)
-    system.reconcile("slack", cid, prune=True)
+    _reconcile_with(system, every_pass, cid)
+    _reconcile_with(system, every_pass, cid, prune=True)
     assert system.found(edited, document_id, "slack") and second not in system.chunk_texts(document_id)
     quiet_id = f"slack:{cid}:{quiet}"
     assert quiet_word in system.chunk_texts(quiet_id) and hidden not in system.chunk_texts(quiet_id)

@@ -447,8 +447,9 @@ def test_bad_lookback_setting_is_one_line_error(sandbox: tuple[SandboxServer, Sl
 
 def test_thread_sweep_setting(sandbox: tuple[SandboxServer, SlackSimulator]) -> None:
     env = sandbox[0].env()
-    assert build(settings_for(env), httpx.AsyncClient()).sweep_every_pass
-    assert not build(settings_for(env, SLACK_THREAD_SWEEP="Prune"), httpx.AsyncClient()).sweep_every_pass
+    assert not build(settings_for(env), httpx.AsyncClient()).sweep_every_pass  # prune by default
+    assert build(settings_for(env, SLACK_THREAD_SWEEP="Pass"), httpx.AsyncClient()).sweep_every_pass
+    assert not build(settings_for(env, SLACK_THREAD_SWEEP="prune"), httpx.AsyncClient()).sweep_every_pass
     with pytest.raises(SettingsError, match="SLACK_THREAD_SWEEP"):
         build(settings_for(env, SLACK_THREAD_SWEEP="sometimes"), httpx.AsyncClient())
 
