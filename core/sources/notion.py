@@ -5,7 +5,9 @@
 - ``changes`` pages through ``POST /v1/search`` newest-edited first (``last_edited_time`` is
   the only sort key) and stops at the first page older than ``since``. Notion rounds
   ``last_edited_time`` down to the minute, so ``since`` is floored to the minute too.
-- ``fetch`` reads the page, then its block children recursively (paged, ≤ 100 a call). A page
+- ``fetch`` reads the page, then its whole block tree (paged, ≤ 100 a call) with an explicit
+  stack, however deep; past ``MAX_BLOCKS`` blocks the fetch fails (PermanentSourceError, a
+  recorded document error) rather than index part of a page. A page
   in the trash (``in_trash``, or ``archived`` before 2026-03-11) or a 404 ``object_not_found``
   is Gone; any other failure raises.
 - Webhooks: the first POST is an unsigned ``{"verification_token": ...}`` handshake; every event
@@ -39,8 +41,12 @@ from core.sources.webhooks import (
 NAME = "notion"
 SCOPE = Scope(NAME, "workspace", "Notion workspace")
 PAGE_SIZE = 100  # Notion's maximum for search and block children
-#: Nesting depth past which block children are not read (toggles in toggles in ...).
-MAX_DEPTH = 12
+#: Blocks read per page at most. Past it the fetch fails loudly (a recorded document error)
+#: instead of indexing a silently truncated page; 20,000 blocks is ≥ 200 children calls.
+MAX_BLOCKS = 20_000
+#: Nesting levels shown by indentation; deeper blocks are kept, indented no further, so a
+#: very deep tree cannot grow the text quadratically.
+MAX_INDENT = 12
 #: Block types whose children are separate documents (or not content), never inlined.
 _OPAQUE = {"child_page", "child_database"}
 _HEADINGS = {"heading_1": "#", "heading_2": "##", "heading_3": "###"}
@@ -177,23 +183,30 @@ def block_line(block: Mapping[str, Any], number: int = 0) -> str:
 
 def blocks_to_sections(nodes: list[BlockNode]) -> list[str]:
     """Block trees → paragraphs: every heading starts a new section that holds what follows it,
-    so a heading and its content stay in one chunk when they fit."""
+    so a heading and its content stay in one chunk when they fit. Walked with an explicit
+    stack (pre-order), so no depth exhausts Python's recursion limit."""
     sections: list[list[str]] = [[]]
-    _walk(nodes, 0, sections)
-    return ["\n".join(lines) for lines in sections if any(line.strip() for line in lines)]
-
-
-def _walk(nodes: list[BlockNode], depth: int, sections: list[list[str]]) -> None:
-    number = 0
-    for node in nodes:
+    # Each frame: (siblings, next index, depth, running number of a numbered list).
+    stack: list[list[Any]] = [[nodes, 0, 0, 0]]
+    while stack:
+        frame = stack[-1]
+        siblings, index, depth, number = frame
+        if index >= len(siblings):
+            stack.pop()
+            continue
+        node = siblings[index]
         kind = node.raw.get("type", "")
         number = number + 1 if kind == "numbered_list_item" else 0
+        frame[1], frame[3] = index + 1, number
         line = block_line(node.raw, number)
         if kind in _HEADINGS and depth == 0:
             sections.append([])
         if line:
-            sections[-1].append("  " * depth + line.replace("\n", "\n" + "  " * depth))
-        _walk(node.children, depth + 1, sections)
+            indent = "  " * min(depth, MAX_INDENT)
+            sections[-1].append(indent + line.replace("\n", "\n" + indent))
+        if node.children:
+            stack.append([node.children, 0, depth + 1, 0])
+    return ["\n".join(lines) for lines in sections if any(line.strip() for line in lines)]
 
 
 def page_to_document(page: Mapping[str, Any], blocks: list[BlockNode],
@@ -248,6 +261,8 @@ def event_to_result(event: Mapping[str, Any]) -> WebhookResult:
 class NotionSource:
     name = NAME
     pushes = True
+    #: Per-page block budget (see MAX_BLOCKS); an instance may lower it.
+    max_blocks = MAX_BLOCKS
 
     def __init__(self, settings: SourceSettings, http: SourceHTTP) -> None:
         self.settings = settings
@@ -324,12 +339,33 @@ class NotionSource:
         page = await self._json("GET", f"/v1/pages/{ref.id}")
         if page is None or is_trashed(page):
             return Gone(NAME, ref.id)
-        blocks = await self._children(ref.id, 0)
+        blocks = await self._block_tree(ref.id)
         await self._resolve_users(page)
         return page_to_document(page, blocks, self.users)
 
-    async def _children(self, block_id: str, depth: int) -> list[BlockNode]:
-        nodes: list[BlockNode] = []
+    async def _block_tree(self, page_id: str) -> list[BlockNode]:
+        """The page's whole block tree, read iteratively: a stack of blocks whose children are
+        still to be read, so depth costs no recursion; at most ``max_blocks`` blocks."""
+        roots: list[BlockNode] = []
+        pending: list[tuple[str, list[BlockNode]]] = [(page_id, roots)]
+        count = 0
+        while pending:
+            block_id, into = pending.pop()
+            for raw in await self._children(block_id):
+                count += 1
+                if count > self.max_blocks:
+                    raise PermanentSourceError(
+                        NAME, f"page {page_id} has more than {self.max_blocks} blocks; not indexed "
+                        "rather than indexed in part (MAX_BLOCKS in core/sources/notion.py)")
+                node = BlockNode(raw)
+                into.append(node)
+                if raw.get("has_children") and raw.get("type") not in _OPAQUE:
+                    pending.append((str(raw["id"]), node.children))
+        return roots
+
+    async def _children(self, block_id: str) -> list[dict[str, Any]]:
+        """Every direct child of one block (or page), all pages of them."""
+        results: list[dict[str, Any]] = []
         cursor: str | None = None
         while True:
             params: dict[str, Any] = {"page_size": PAGE_SIZE}
@@ -340,14 +376,10 @@ class NotionSource:
                 # Trashed or unshared between reading the page and its blocks: not a deletion
                 # we can prove here, so fail and let the retry read the page again.
                 raise TransientSourceError(NAME, f"blocks of {block_id} vanished during fetch", 404)
-            for raw in data.get("results", []):
-                node = BlockNode(raw)
-                if raw.get("has_children") and raw.get("type") not in _OPAQUE and depth < MAX_DEPTH:
-                    node.children = await self._children(str(raw["id"]), depth + 1)
-                nodes.append(node)
+            results.extend(data.get("results", []))
             cursor = data.get("next_cursor") if data.get("has_more") else None
             if not cursor:
-                return nodes
+                return results
 
     async def _resolve_users(self, page: Mapping[str, Any]) -> None:
         """Names for created_by / last_edited_by, cached; without the "read user information"

@@ -398,3 +398,49 @@ def _blocks_with_children(sim: NotionSimulator, page_id: str) -> int:
 
     walk(sim.pages[page_id].children)
     return count
+
+
+# --- deep block trees -----------------------------------------------------------------------------
+def nested_spec(depth: int, label: str) -> list[dict[str, Any]]:
+    """``depth`` toggles, each inside the previous one, each with its own text."""
+    spec: dict[str, Any] = {"type": "toggle", "text": f"{label} level {depth}"}
+    for level in range(depth - 1, 0, -1):
+        spec = {"type": "toggle", "text": f"{label} level {level}", "children": [spec]}
+    return [spec]
+
+
+def test_fetch_reads_a_20_level_block_tree_completely(server: SandboxServer, sim: NotionSimulator) -> None:
+    page = control(server, "POST", "/pages", {"title": "Deep outline", "blocks": nested_spec(20, "Deep")})
+    assert sim.page_text(sim.pages[page["id"]])[-1] == "Deep level 20"  # the simulator holds all 20
+    doc = run(server.env(), lambda s: s.fetch(Ref("notion", page["id"])))
+    assert isinstance(doc, Document)
+    for level in range(1, 21):
+        assert f"Deep level {level}\n" in doc.text + "\n", f"level {level} missing"
+    # Deeper levels read after shallower ones, in tree order.
+    assert doc.text.index("Deep level 19") < doc.text.index("Deep level 20")
+
+
+def test_fetch_over_the_block_budget_fails_loudly(server: SandboxServer, sim: NotionSimulator) -> None:
+    page = control(server, "POST", "/pages", {"title": "Too many blocks", "blocks": nested_spec(6, "Budget")})
+
+    async def fetch_with_budget(source: NotionSource) -> Any:
+        source.max_blocks = 5  # the page has 6 blocks
+        return await source.fetch(Ref("notion", page["id"]))
+
+    with pytest.raises(PermanentSourceError, match="more than 5 blocks"):
+        run(server.env(), fetch_with_budget)
+    exact = run(server.env(), lambda s: s.fetch(Ref("notion", page["id"])))
+    assert isinstance(exact, Document) and "Budget level 6" in exact.text
+
+
+def test_rendering_a_very_deep_tree_does_not_recurse() -> None:
+    depth = 5000  # far past Python's recursion limit
+    root = node = BlockNode({"type": "paragraph", "paragraph": {"rich_text": rich_text("level 1")}})
+    for level in range(2, depth + 1):
+        child = BlockNode({"type": "paragraph", "paragraph": {"rich_text": rich_text(f"level {level}")}})
+        node.children.append(child)
+        node = child
+    doc = page_to_document({"id": "p-deep", "properties": {}}, [root])
+    lines = doc.text.split("\n")
+    assert [line.strip() for line in lines[2:]] == [f"level {n}" for n in range(1, depth + 1)]
+    assert max(len(line) - len(line.lstrip()) for line in lines) <= 2 * 12  # indent is capped
