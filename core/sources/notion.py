@@ -10,6 +10,10 @@
   recorded document error) rather than index part of a page. A page
   in the trash (``in_trash``, or ``archived`` before 2026-03-11) or a 404 ``object_not_found``
   is Gone; any other failure raises.
+- ``fetch`` also reads the page's comments (``GET /v1/comments?block_id={page}``, paged) into
+  the page's document: a comment means little without its page, and the page id stays the one
+  stable id. ``comment.*`` events name their page (``data.page_id``) and re-fetch it, so an
+  edited comment shows its new text and a deleted one leaves with the next fetch.
 - Webhooks: the first POST is an unsigned ``{"verification_token": ...}`` handshake; every event
   after it is signed ``X-Notion-Signature: sha256=HMAC-SHA256(verification_token, raw body)``
   and carries ids only, so each event becomes a ref that ``fetch`` fills in.
@@ -209,9 +213,26 @@ def blocks_to_sections(nodes: list[BlockNode]) -> list[str]:
     return ["\n".join(lines) for lines in sections if any(line.strip() for line in lines)]
 
 
+def comments_section(comments: list[Mapping[str, Any]], users: Mapping[str, str]) -> str:
+    """``Comments:`` then one ``Name: text`` line per comment, replies kept with their
+    discussion (discussions in order of their first comment, comments oldest first)."""
+    threads: dict[str, list[str]] = {}
+    for comment in comments:
+        body = plain(comment.get("rich_text")).strip()
+        if not body:
+            continue
+        uid = (comment.get("created_by") or {}).get("id", "")
+        name = users.get(uid, uid) or "Someone"
+        threads.setdefault(str(comment.get("discussion_id") or comment.get("id")), []).append(
+            f"{name}: {' '.join(body.split())}")
+    lines = [line for thread in threads.values() for line in thread]
+    return "Comments:\n" + "\n".join(lines) if lines else ""
+
+
 def page_to_document(page: Mapping[str, Any], blocks: list[BlockNode],
-                     users: Mapping[str, str] | None = None) -> Document:
-    """A Notion page (``GET /v1/pages/{id}``) and its block tree → one Document."""
+                     users: Mapping[str, str] | None = None,
+                     comments: list[Mapping[str, Any]] | None = None) -> Document:
+    """A Notion page (``GET /v1/pages/{id}``), its block tree and its comments → one Document."""
     users = users or {}
     title = page_title(page) or "Untitled"
     parts = [title]
@@ -219,6 +240,9 @@ def page_to_document(page: Mapping[str, Any], blocks: list[BlockNode],
     if props:
         parts.append("\n".join(props))
     parts.extend(blocks_to_sections(blocks))
+    section = comments_section(comments or [], users)
+    if section:
+        parts.append(section)
     parent_type, parent_id = parent_ref(page)
     created_by = (page.get("created_by") or {}).get("id", "")
     edited_by = (page.get("last_edited_by") or {}).get("id", "")
@@ -231,6 +255,8 @@ def page_to_document(page: Mapping[str, Any], blocks: list[BlockNode],
     }
     if database_id(page):
         metadata["database_id"] = database_id(page)
+    if comments:
+        metadata["comment_ids"] = [str(c.get("id", "")) for c in comments]
     return Document(
         source=NAME, id=str(page["id"]), scope=SCOPE.key, title=title, text="\n\n".join(parts),
         updated_at=parse_time(page.get("last_edited_time")), url=str(page.get("url") or ""),
@@ -248,8 +274,17 @@ def event_to_result(event: Mapping[str, Any]) -> WebhookResult:
         if not value:
             raise MalformedWebhook(f"notion: event lacks {name}")
     event_at = iso_time(event, "timestamp", NAME) or None
+    if entity_type == "comment":
+        # A comment lives in its page's document: any comment change re-fetches the page.
+        data = event.get("data")
+        page_id = data.get("page_id") if isinstance(data, dict) else None
+        if not isinstance(page_id, str) or not page_id:
+            return WebhookResult(delivery_id=delivery_id, note=f"notion: {kind} names no page_id; ignored")
+        storable_id(page_id, NAME, "data.page_id")
+        ref = Ref(NAME, page_id, SCOPE.key, "sync", event_at=event_at)
+        return WebhookResult(refs=[ref], delivery_id=delivery_id)
     if entity_type != "page":
-        # database.*, data_source.*, comment.*: we index pages only. A schema change renames
+        # database.*, data_source.*: we index pages only. A schema change renames
         # property lines, which the reconciler's next pass does not see: noted for the logs.
         return WebhookResult(delivery_id=delivery_id, note=f"notion: {kind} on a {entity_type} ignored")
     op = "delete" if kind == "page.deleted" else "sync"
@@ -263,6 +298,8 @@ class NotionSource:
     pushes = True
     #: Per-page block budget (see MAX_BLOCKS); an instance may lower it.
     max_blocks = MAX_BLOCKS
+    #: False once Notion answered 403 to the comments endpoint (no "read comments" capability).
+    comments_readable = True
 
     def __init__(self, settings: SourceSettings, http: SourceHTTP) -> None:
         self.settings = settings
@@ -340,8 +377,35 @@ class NotionSource:
         if page is None or is_trashed(page):
             return Gone(NAME, ref.id)
         blocks = await self._block_tree(ref.id)
-        await self._resolve_users(page)
-        return page_to_document(page, blocks, self.users)
+        comments = await self._comments(ref.id)
+        await self._resolve_users(page, comments)
+        return page_to_document(page, blocks, self.users, comments)
+
+    async def _comments(self, page_id: str) -> list[dict[str, Any]]:
+        """The page's un-resolved page-level comments, every page of them. Without the "read
+        comments" capability Notion answers 403: the page is indexed without comments (and we
+        stop asking until restart) rather than not at all."""
+        if not self.comments_readable:
+            return []
+        results: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"block_id": page_id, "page_size": PAGE_SIZE}
+            if cursor:
+                params["start_cursor"] = cursor
+            try:
+                data = await self._json("GET", "/v1/comments", params=params)
+            except PermanentSourceError as exc:
+                if exc.status != 403:
+                    raise
+                self.comments_readable = False
+                return []
+            if data is None:
+                raise TransientSourceError(NAME, f"comments of {page_id} vanished during fetch", 404)
+            results.extend(data.get("results", []))
+            cursor = data.get("next_cursor") if data.get("has_more") else None
+            if not cursor:
+                return results
 
     async def _block_tree(self, page_id: str) -> list[BlockNode]:
         """The page's whole block tree, read iteratively: a stack of blocks whose children are
@@ -381,11 +445,14 @@ class NotionSource:
             if not cursor:
                 return results
 
-    async def _resolve_users(self, page: Mapping[str, Any]) -> None:
-        """Names for created_by / last_edited_by, cached; without the "read user information"
-        capability Notion answers 403 and the ids are kept instead."""
-        for key in ("created_by", "last_edited_by"):
-            uid = (page.get(key) or {}).get("id")
+    async def _resolve_users(self, page: Mapping[str, Any],
+                             comments: list[dict[str, Any]] | None = None) -> None:
+        """Names for created_by / last_edited_by and comment authors, cached; without the "read
+        user information" capability Notion answers 403 and the ids are kept instead."""
+        refs = [page.get("created_by"), page.get("last_edited_by")]
+        refs += [c.get("created_by") for c in comments or []]
+        for ref in refs:
+            uid = (ref or {}).get("id")
             if not uid or uid in self.users:
                 continue
             try:
