@@ -233,6 +233,9 @@ class NotionSimulator(Simulator):
         self.databases: dict[str, Database] = {}
         #: Live comments by id, in creation order (deleted comments are removed).
         self.comments: dict[str, Comment] = {}
+        #: The integration's "read comments" capability; without it the comments API answers
+        #: 403 ``restricted_resource``, as Notion does.
+        self.read_comments = True
         #: Seconds added to the wall clock (``POST /_sandbox/clock``), for minute-rounding tests.
         self.clock_offset = 0.0
         #: Seconds over which page.content_updated events for one page merge (real: ~60).
@@ -702,6 +705,9 @@ class NotionSimulator(Simulator):
     @_endpoint
     async def list_comments(self, request: Request, version: str) -> dict[str, Any]:
         """Unresolved comments on a page or block, oldest first, paged by comment id cursors."""
+        if not self.read_comments:
+            raise NotionError(403, "restricted_resource",
+                              "Insufficient permissions for this endpoint.")
         raw = request.query_params.get("block_id")
         if not raw:
             raise NotionError(400, "validation_error",
@@ -722,7 +728,8 @@ class NotionSimulator(Simulator):
                 raise NotionError(400, "validation_error", "start_cursor provided is invalid: " + cursor)
             start = ids.index(cursor)
         more = start + page_size < len(ids)
-        return {"object": "list", "results": [self.comment_json(self.comments[c]) for c in ids[start:start + page_size]],
+        window = ids[start:start + page_size]
+        return {"object": "list", "results": [self.comment_json(self.comments[c]) for c in window],
                 "next_cursor": ids[start + page_size] if more else None, "has_more": more,
                 "type": "comment", "comment": {}}
 
@@ -731,6 +738,8 @@ class NotionSimulator(Simulator):
         """``POST /v1/comments``: ``parent.page_id`` starts a discussion, ``discussion_id`` replies."""
         body = await _json_body(request)
         parent = body.get("parent") or {}
+        if not isinstance(parent, dict):
+            raise NotionError(400, "validation_error", "body failed validation: body.parent should be an object.")
         rich = body.get("rich_text")
         if not isinstance(rich, list):
             raise NotionError(400, "validation_error",
@@ -738,8 +747,8 @@ class NotionSimulator(Simulator):
         text = "".join(str((part.get("text") or {}).get("content", "")) for part in rich if isinstance(part, dict))
         discussion = str(body.get("discussion_id") or "")
         if bool(parent) == bool(discussion):
-            raise NotionError(400, "validation_error",
-                              "body failed validation: exactly one of body.parent or body.discussion_id should be defined.")
+            raise NotionError(400, "validation_error", "body failed validation: exactly one of "
+                              "body.parent or body.discussion_id should be defined.")
         page_id = norm_id(str(parent["page_id"]), "body.parent.page_id") if parent.get("page_id") else ""
         block_id = norm_id(str(parent["block_id"]), "body.parent.block_id") if parent.get("block_id") else ""
         if parent and not (page_id or block_id):
@@ -1020,6 +1029,8 @@ class NotionSimulator(Simulator):
             self.verification_token = str(body["verification_token"])
         if "overload_next" in body:
             self.overload_next = int(body["overload_next"])
+        if "read_comments" in body:
+            self.read_comments = bool(body["read_comments"])
         if "overload_rate" in body:
             rate = float(body["overload_rate"])
             if not 0 <= rate <= 1:
@@ -1027,7 +1038,7 @@ class NotionSimulator(Simulator):
             self.overload_rate = rate
         return {"aggregation_window": self.aggregation_window, "retry_delay": self.retry_delay,
                 "overload_next": self.overload_next, "overload_rate": self.overload_rate,
-                "overloaded": self.overloaded}
+                "overloaded": self.overloaded, "read_comments": self.read_comments}
 
     @_control
     async def c_clock(self, request: Request, body: dict[str, Any]) -> dict[str, Any]:

@@ -463,3 +463,14 @@ def test_comment_errors(server: SandboxServer) -> None:
     with pytest.raises(APIResponseError) as err:
         notion.comments.create(rich_text=[{"text": {"content": "no parent"}}])
     assert err.value.code == APIErrorCode.ValidationError
+    with pytest.raises(APIResponseError) as err:
+        notion.comments.create(parent="not an object", rich_text=[{"text": {"content": "x"}}])
+    assert err.value.code == APIErrorCode.ValidationError
+    page = control(server, "POST", "/pages", {"title": "No comment capability"})
+    control(server, "PUT", "/settings", {"read_comments": False})
+    try:
+        with pytest.raises(APIResponseError) as err:
+            notion.comments.list(block_id=page["id"])
+        assert err.value.code == APIErrorCode.RestrictedResource and err.value.status == 403
+    finally:
+        control(server, "PUT", "/settings", {"read_comments": True})

@@ -488,3 +488,22 @@ def test_fetch_includes_comments_and_drops_deleted_ones(server: SandboxServer, s
     assert isinstance(again, Document)
     assert "Grace Hopper: Changed my mind" in again.text and "Looks good" not in again.text
     assert "Extra 2" not in again.text and len(again.metadata["comment_ids"]) == 5
+
+
+def test_without_the_comments_capability_pages_index_without_comments(server: SandboxServer,
+                                                                     sim: NotionSimulator) -> None:
+    page = control(server, "POST", "/pages", {"title": "Private remarks",
+                                              "blocks": [{"type": "paragraph", "text": "Visible body."}]})
+    control(server, "POST", f"/pages/{page['id']}/comments", {"text": "Hidden remark"})
+    control(server, "PUT", "/settings", {"read_comments": False})
+    try:
+        async def twice(source: NotionSource) -> list[Any]:
+            docs = [await source.fetch(Ref("notion", page["id"])) for _ in range(2)]
+            assert source.comments_readable is False  # remembered: later fetches skip the call
+            return docs
+        docs = run(server.env(), twice)
+    finally:
+        control(server, "PUT", "/settings", {"read_comments": True})
+    for doc in docs:
+        assert isinstance(doc, Document)
+        assert "Visible body." in doc.text and "Hidden remark" not in doc.text
