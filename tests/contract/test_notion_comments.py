@@ -1,4 +1,4 @@
-"""Notion comments end to end: a comment added to a page becomes searchable in the page's
+"""Notion comments and deep block trees end to end: a comment added to a page becomes searchable in the page's
 document, an edited comment shows its new text, a deleted one leaves the index, each through
 its ``comment.*`` webhook alone (commenting moves no ``last_edited_time`` the reconciler could
 see). Real receiver, worker, Postgres and Redis against the Notion simulator.
@@ -59,3 +59,16 @@ def test_comment_added_edited_and_deleted_reach_the_index_through_webhooks(syste
     assert not system.found(doomed, document_id, "notion")
     row = system.row(document_id)
     assert row is not None and row["deleted_at"] is None and row["last_error"] is None
+
+
+def test_a_20_level_block_tree_is_indexed_to_its_deepest_level(system: System) -> None:
+    words = [unique(f"lvl{n}x") for n in range(1, 21)]
+    spec: dict[str, object] = {"type": "toggle", "text": f"Deepest {words[-1]}"}
+    for word in reversed(words[:-1]):
+        spec = {"type": "toggle", "text": f"Level {word}", "children": [spec]}
+    page = system.control("notion", "POST", "/pages", json={"title": "Deep contract", "blocks": [spec]}).json()
+    document_id = f"notion:{page['id']}"
+    system.settle("notion")
+    texts = system.chunk_texts(document_id)
+    assert all(word in texts for word in words)
+    assert system.found(words[-1], document_id, "notion")
