@@ -1,7 +1,10 @@
-"""Notion comments and deep block trees end to end: a comment added to a page becomes searchable in the page's
-document, an edited comment shows its new text, a deleted one leaves the index, each through
-its ``comment.*`` webhook alone (commenting moves no ``last_edited_time`` the reconciler could
-see). Real receiver, worker, Postgres and Redis against the Notion simulator.
+"""Notion comments and deep block trees end to end.
+
+A comment added to a page becomes searchable in the page's document, an edited comment shows
+its new text, a deleted one leaves the index, each through its ``comment.*`` webhook alone
+(commenting moves no ``last_edited_time`` the reconciler could see); a 20-level block tree is
+indexed to its deepest level. Real receiver, worker, Postgres and Redis against the Notion
+simulator.
 """
 
 from __future__ import annotations
