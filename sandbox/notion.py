@@ -134,6 +134,20 @@ class PageRec:
 
 
 @dataclass
+class Comment:
+    """A comment in a discussion on a page (``parent = ("page_id", id)``) or a block."""
+
+    id: str
+    discussion_id: str
+    parent: tuple[str, str]
+    page_id: str  # the page the comment is on, whatever its parent
+    text: str
+    created: float
+    edited: float
+    author: str
+
+
+@dataclass
 class Database:
     id: str
     data_source_id: str
@@ -217,6 +231,11 @@ class NotionSimulator(Simulator):
         self.pages: dict[str, PageRec] = {}
         self.blocks: dict[str, Block] = {}
         self.databases: dict[str, Database] = {}
+        #: Live comments by id, in creation order (deleted comments are removed).
+        self.comments: dict[str, Comment] = {}
+        #: The integration's "read comments" capability; without it the comments API answers
+        #: 403 ``restricted_resource``, as Notion does.
+        self.read_comments = True
         #: Seconds added to the wall clock (``POST /_sandbox/clock``), for minute-rounding tests.
         self.clock_offset = 0.0
         #: Seconds over which page.content_updated events for one page merge (real: ~60).
@@ -334,6 +353,54 @@ class NotionSimulator(Simulator):
         for child in spec.get("children") or []:
             block.children.append(self._make_block(child, ("block_id", block.id), at, author))
         return block.id
+
+    def add_comment(self, text: str, author: str, *, page_id: str = "", block_id: str = "",
+                    discussion_id: str = "") -> Comment:
+        """A new comment: on a page (a new discussion), on a block, or in an existing discussion.
+        Commenting does not change the page's ``last_edited_time``."""
+        if discussion_id:
+            first = next((c for c in self.comments.values() if c.discussion_id == discussion_id), None)
+            if first is None:
+                raise NotionError(404, "object_not_found", f"Could not find discussion with ID: {discussion_id}.")
+            parent, page = first.parent, first.page_id
+        elif page_id:
+            parent, page = ("page_id", page_id), page_id
+            if page_id not in self.pages or not self.pages[page_id].shared:
+                raise NotionError(404, "object_not_found", f"Could not find page with ID: {page_id}.")
+        elif block_id:
+            if block_id not in self.blocks:
+                raise NotionError(404, "object_not_found", f"Could not find block with ID: {block_id}.")
+            parent, page = ("block_id", block_id), self._page_of(block_id)
+        else:
+            raise NotionError(400, "validation_error",
+                              "body failed validation: body.parent should be defined, instead was `undefined`.")
+        if not text:
+            raise NotionError(400, "validation_error", "body.rich_text should be a non-empty array.")
+        at = self.now()
+        comment = Comment(id=self._uuid(), discussion_id=discussion_id or self._uuid(), parent=parent,
+                          page_id=page, text=text, created=at, edited=at, author=author)
+        self.comments[comment.id] = comment
+        return comment
+
+    def _page_of(self, block_id: str) -> str:
+        kind, pid = self.blocks[block_id].parent
+        while kind == "block_id":
+            kind, pid = self.blocks[pid].parent
+        return pid
+
+    def comment_json(self, comment: Comment) -> dict[str, Any]:
+        kind, pid = comment.parent
+        return {"object": "comment", "id": comment.id, "parent": {"type": kind, kind: pid},
+                "discussion_id": comment.discussion_id, "created_time": iso(comment.created),
+                "last_edited_time": iso(comment.edited), "created_by": self._user_ref(comment.author),
+                "rich_text": rich_text(comment.text)}
+
+    def emit_comment(self, kind: str, comment: Comment, author: str) -> None:
+        """``comment.created|updated|deleted``: entity is the comment, data names its page."""
+        parent_kind, parent_id = comment.parent
+        data = {"page_id": comment.page_id,
+                "parent": {"id": parent_id, "type": "page" if parent_kind == "page_id" else "block"}}
+        self._send_event(kind, comment.id, [author], data, self.now(), entity_type="comment")
 
     def _touch(self, page: PageRec, author: str, at: float) -> None:
         page.edited, page.edited_by = at, author
@@ -515,6 +582,8 @@ class NotionSimulator(Simulator):
             Route("/v1/databases/{database_id}/query", self.query_database, methods=["POST"]),
             Route("/v1/data_sources/{ds_id}", self.get_data_source, methods=["GET"]),
             Route("/v1/data_sources/{ds_id}/query", self.query_data_source, methods=["POST"]),
+            Route("/v1/comments", self.list_comments, methods=["GET"]),
+            Route("/v1/comments", self.create_comment, methods=["POST"]),
             Route("/v1/users/me", self.get_me, methods=["GET"]),
             Route("/v1/users/{user_id}", self.get_user, methods=["GET"]),
         ]
@@ -634,6 +703,62 @@ class NotionSimulator(Simulator):
         return _paginate(items, body.get("start_cursor"), page_size, "descending")
 
     @_endpoint
+    async def list_comments(self, request: Request, version: str) -> dict[str, Any]:
+        """Unresolved comments on a page or block, oldest first, paged by comment id cursors."""
+        if not self.read_comments:
+            raise NotionError(403, "restricted_resource",
+                              "Insufficient permissions for this endpoint.")
+        raw = request.query_params.get("block_id")
+        if not raw:
+            raise NotionError(400, "validation_error",
+                              "query failed validation: query.block_id should be defined, instead was `undefined`.")
+        bid = norm_id(raw, "query.block_id")
+        if bid in self.pages:
+            self._page(bid)
+            parent = ("page_id", bid)
+        else:
+            self._block(bid)
+            parent = ("block_id", bid)
+        page_size = _page_size(request.query_params.get("page_size"), "query.page_size")
+        ids = [c.id for c in self.comments.values() if c.parent == parent]
+        start = 0
+        cursor = request.query_params.get("start_cursor")
+        if cursor:
+            if cursor not in ids:
+                raise NotionError(400, "validation_error", "start_cursor provided is invalid: " + cursor)
+            start = ids.index(cursor)
+        more = start + page_size < len(ids)
+        window = ids[start:start + page_size]
+        return {"object": "list", "results": [self.comment_json(self.comments[c]) for c in window],
+                "next_cursor": ids[start + page_size] if more else None, "has_more": more,
+                "type": "comment", "comment": {}}
+
+    @_endpoint
+    async def create_comment(self, request: Request, version: str) -> dict[str, Any]:
+        """``POST /v1/comments``: ``parent.page_id`` starts a discussion, ``discussion_id`` replies."""
+        body = await _json_body(request)
+        parent = body.get("parent") or {}
+        if not isinstance(parent, dict):
+            raise NotionError(400, "validation_error", "body failed validation: body.parent should be an object.")
+        rich = body.get("rich_text")
+        if not isinstance(rich, list):
+            raise NotionError(400, "validation_error",
+                              "body failed validation: body.rich_text should be an array, instead was `undefined`.")
+        text = "".join(str((part.get("text") or {}).get("content", "")) for part in rich if isinstance(part, dict))
+        discussion = str(body.get("discussion_id") or "")
+        if bool(parent) == bool(discussion):
+            raise NotionError(400, "validation_error", "body failed validation: exactly one of "
+                              "body.parent or body.discussion_id should be defined.")
+        page_id = norm_id(str(parent["page_id"]), "body.parent.page_id") if parent.get("page_id") else ""
+        block_id = norm_id(str(parent["block_id"]), "body.parent.block_id") if parent.get("block_id") else ""
+        if parent and not (page_id or block_id):
+            raise NotionError(400, "validation_error", "body.parent.page_id should be defined.")
+        comment = self.add_comment(text, self.bot_id, page_id=page_id, block_id=block_id,
+                                   discussion_id=discussion)
+        self.emit_comment("comment.created", comment, self.bot_id)
+        return self.comment_json(comment)
+
+    @_endpoint
     async def get_me(self, request: Request, version: str) -> dict[str, Any]:
         return {**self.users[self.bot_id], "bot": {"owner": {"type": "workspace", "workspace": True},
                                                    "workspace_name": "Sandbox"}}
@@ -697,12 +822,13 @@ class NotionSimulator(Simulator):
         self.flush_all()
         await self.webhooks.drain(timeout)
 
-    def _send_event(self, kind: str, page_id: str, authors: list[str], data: dict[str, Any], at: float) -> None:
+    def _send_event(self, kind: str, page_id: str, authors: list[str], data: dict[str, Any], at: float,
+                    entity_type: str = "page") -> None:
         event = {"id": str(uuid.uuid4()), "timestamp": iso_ms(at), "workspace_id": self.workspace_id,
                  "workspace_name": "Sandbox", "subscription_id": self.subscription_id,
                  "integration_id": self.integration_id, "type": kind,
                  "authors": [{"id": a, "type": self.users.get(a, {}).get("type", "person")} for a in authors],
-                 "attempt_number": 1, "entity": {"id": page_id, "type": "page"}, "data": data}
+                 "attempt_number": 1, "entity": {"id": page_id, "type": entity_type}, "data": data}
         body, headers = self._signed(event)
 
         async def retry(delivery: Delivery) -> None:
@@ -742,6 +868,9 @@ class NotionSimulator(Simulator):
             Route("/pages/{page_id}/move", self.c_move, methods=["POST"]),
             Route("/pages/{page_id}/trash", self.c_trash, methods=["POST"]),
             Route("/pages/{page_id}/restore", self.c_restore, methods=["POST"]),
+            Route("/pages/{page_id}/comments", self.c_add_comment, methods=["POST"]),
+            Route("/comments/{comment_id}", self.c_edit_comment, methods=["PATCH"]),
+            Route("/comments/{comment_id}", self.c_delete_comment, methods=["DELETE"]),
             Route("/databases", self.c_create_database, methods=["POST"]),
             Route("/truth", self.c_truth, methods=["GET"]),
             Route("/settings", self.c_settings, methods=["PUT"]),
@@ -825,6 +954,38 @@ class NotionSimulator(Simulator):
         return await self._set_trash(request, body, False)
 
     @_control
+    async def c_add_comment(self, request: Request, body: dict[str, Any]) -> dict[str, Any]:
+        """A person comments on the page (or ``block_id`` / ``discussion_id``): ``comment.created``."""
+        page = self._control_page(request)
+        author = self._author(body.get("author"))
+        comment = self.add_comment(str(body.get("text", "")), author,
+                                   page_id="" if body.get("block_id") or body.get("discussion_id") else page.id,
+                                   block_id=str(body.get("block_id") or ""),
+                                   discussion_id=str(body.get("discussion_id") or ""))
+        self.emit_comment("comment.created", comment, author)
+        return self.comment_json(comment)
+
+    def _control_comment(self, request: Request) -> Comment:
+        cid = norm_id(request.path_params["comment_id"], "path.comment_id")
+        if cid not in self.comments:
+            raise NotionError(404, "object_not_found", f"Could not find comment with ID: {cid}.")
+        return self.comments[cid]
+
+    @_control
+    async def c_edit_comment(self, request: Request, body: dict[str, Any]) -> dict[str, Any]:
+        comment = self._control_comment(request)
+        comment.text, comment.edited = str(body["text"]), self.now()
+        self.emit_comment("comment.updated", comment, self._author(body.get("author") or comment.author))
+        return self.comment_json(comment)
+
+    @_control
+    async def c_delete_comment(self, request: Request, body: dict[str, Any]) -> dict[str, Any]:
+        comment = self._control_comment(request)
+        del self.comments[comment.id]
+        self.emit_comment("comment.deleted", comment, self._author(body.get("author") or comment.author))
+        return {"id": comment.id, "deleted": True}
+
+    @_control
     async def c_create_database(self, request: Request, body: dict[str, Any]) -> dict[str, Any]:
         db = self.create_database(str(body.get("title", "Untitled")), _parent(body.get("parent")),
                                   dict(body.get("schema") or {}))
@@ -838,7 +999,8 @@ class NotionSimulator(Simulator):
         """Every page as the integration should see it: title, plain text, trash and sharing."""
         return {"pages": {p.id: {"title": p.title, "parent": list(p.parent), "in_trash": p.in_trash,
                                  "shared": p.shared, "last_edited_time": iso(p.edited),
-                                 "properties": p.properties, "text": self.page_text(p)}
+                                 "properties": p.properties, "text": self.page_text(p),
+                                 "comments": [c.text for c in self.comments.values() if c.page_id == p.id]}
                           for p in self.pages.values()},
                 "databases": {d.id: {"title": d.title, "data_source_id": d.data_source_id}
                               for d in self.databases.values()}}
@@ -867,6 +1029,8 @@ class NotionSimulator(Simulator):
             self.verification_token = str(body["verification_token"])
         if "overload_next" in body:
             self.overload_next = int(body["overload_next"])
+        if "read_comments" in body:
+            self.read_comments = bool(body["read_comments"])
         if "overload_rate" in body:
             rate = float(body["overload_rate"])
             if not 0 <= rate <= 1:
@@ -874,7 +1038,7 @@ class NotionSimulator(Simulator):
             self.overload_rate = rate
         return {"aggregation_window": self.aggregation_window, "retry_delay": self.retry_delay,
                 "overload_next": self.overload_next, "overload_rate": self.overload_rate,
-                "overloaded": self.overloaded}
+                "overloaded": self.overloaded, "read_comments": self.read_comments}
 
     @_control
     async def c_clock(self, request: Request, body: dict[str, Any]) -> dict[str, Any]:

@@ -5,9 +5,15 @@
 - ``changes`` pages through ``POST /v1/search`` newest-edited first (``last_edited_time`` is
   the only sort key) and stops at the first page older than ``since``. Notion rounds
   ``last_edited_time`` down to the minute, so ``since`` is floored to the minute too.
-- ``fetch`` reads the page, then its block children recursively (paged, ≤ 100 a call). A page
+- ``fetch`` reads the page, then its whole block tree (paged, ≤ 100 a call) with an explicit
+  stack, however deep; past ``MAX_BLOCKS`` blocks the fetch fails (PermanentSourceError, a
+  recorded document error) rather than index part of a page. A page
   in the trash (``in_trash``, or ``archived`` before 2026-03-11) or a 404 ``object_not_found``
   is Gone; any other failure raises.
+- ``fetch`` also reads the page's comments (``GET /v1/comments?block_id={page}``, paged) into
+  the page's document: a comment means little without its page, and the page id stays the one
+  stable id. ``comment.*`` events name their page (``data.page_id``) and re-fetch it, so an
+  edited comment shows its new text and a deleted one leaves with the next fetch.
 - Webhooks: the first POST is an unsigned ``{"verification_token": ...}`` handshake; every event
   after it is signed ``X-Notion-Signature: sha256=HMAC-SHA256(verification_token, raw body)``
   and carries ids only, so each event becomes a ref that ``fetch`` fills in.
@@ -39,8 +45,12 @@ from core.sources.webhooks import (
 NAME = "notion"
 SCOPE = Scope(NAME, "workspace", "Notion workspace")
 PAGE_SIZE = 100  # Notion's maximum for search and block children
-#: Nesting depth past which block children are not read (toggles in toggles in ...).
-MAX_DEPTH = 12
+#: Blocks read per page at most. Past it the fetch fails loudly (a recorded document error)
+#: instead of indexing a silently truncated page; 20,000 blocks is ≥ 200 children calls.
+MAX_BLOCKS = 20_000
+#: Nesting levels shown by indentation; deeper blocks are kept, indented no further, so a
+#: very deep tree cannot grow the text quadratically.
+MAX_INDENT = 12
 #: Block types whose children are separate documents (or not content), never inlined.
 _OPAQUE = {"child_page", "child_database"}
 _HEADINGS = {"heading_1": "#", "heading_2": "##", "heading_3": "###"}
@@ -177,28 +187,52 @@ def block_line(block: Mapping[str, Any], number: int = 0) -> str:
 
 def blocks_to_sections(nodes: list[BlockNode]) -> list[str]:
     """Block trees → paragraphs: every heading starts a new section that holds what follows it,
-    so a heading and its content stay in one chunk when they fit."""
+    so a heading and its content stay in one chunk when they fit. Walked with an explicit
+    stack (pre-order), so no depth exhausts Python's recursion limit."""
     sections: list[list[str]] = [[]]
-    _walk(nodes, 0, sections)
-    return ["\n".join(lines) for lines in sections if any(line.strip() for line in lines)]
-
-
-def _walk(nodes: list[BlockNode], depth: int, sections: list[list[str]]) -> None:
-    number = 0
-    for node in nodes:
+    # Each frame: (siblings, next index, depth, running number of a numbered list).
+    stack: list[list[Any]] = [[nodes, 0, 0, 0]]
+    while stack:
+        frame = stack[-1]
+        siblings, index, depth, number = frame
+        if index >= len(siblings):
+            stack.pop()
+            continue
+        node = siblings[index]
         kind = node.raw.get("type", "")
         number = number + 1 if kind == "numbered_list_item" else 0
+        frame[1], frame[3] = index + 1, number
         line = block_line(node.raw, number)
         if kind in _HEADINGS and depth == 0:
             sections.append([])
         if line:
-            sections[-1].append("  " * depth + line.replace("\n", "\n" + "  " * depth))
-        _walk(node.children, depth + 1, sections)
+            indent = "  " * min(depth, MAX_INDENT)
+            sections[-1].append(indent + line.replace("\n", "\n" + indent))
+        if node.children:
+            stack.append([node.children, 0, depth + 1, 0])
+    return ["\n".join(lines) for lines in sections if any(line.strip() for line in lines)]
+
+
+def comments_section(comments: list[Mapping[str, Any]], users: Mapping[str, str]) -> str:
+    """``Comments:`` then one ``Name: text`` line per comment, replies kept with their
+    discussion (discussions in order of their first comment, comments oldest first)."""
+    threads: dict[str, list[str]] = {}
+    for comment in comments:
+        body = plain(comment.get("rich_text")).strip()
+        if not body:
+            continue
+        uid = (comment.get("created_by") or {}).get("id", "")
+        name = users.get(uid, uid) or "Someone"
+        threads.setdefault(str(comment.get("discussion_id") or comment.get("id")), []).append(
+            f"{name}: {' '.join(body.split())}")
+    lines = [line for thread in threads.values() for line in thread]
+    return "Comments:\n" + "\n".join(lines) if lines else ""
 
 
 def page_to_document(page: Mapping[str, Any], blocks: list[BlockNode],
-                     users: Mapping[str, str] | None = None) -> Document:
-    """A Notion page (``GET /v1/pages/{id}``) and its block tree → one Document."""
+                     users: Mapping[str, str] | None = None,
+                     comments: list[Mapping[str, Any]] | None = None) -> Document:
+    """A Notion page (``GET /v1/pages/{id}``), its block tree and its comments → one Document."""
     users = users or {}
     title = page_title(page) or "Untitled"
     parts = [title]
@@ -206,6 +240,9 @@ def page_to_document(page: Mapping[str, Any], blocks: list[BlockNode],
     if props:
         parts.append("\n".join(props))
     parts.extend(blocks_to_sections(blocks))
+    section = comments_section(comments or [], users)
+    if section:
+        parts.append(section)
     parent_type, parent_id = parent_ref(page)
     created_by = (page.get("created_by") or {}).get("id", "")
     edited_by = (page.get("last_edited_by") or {}).get("id", "")
@@ -218,6 +255,8 @@ def page_to_document(page: Mapping[str, Any], blocks: list[BlockNode],
     }
     if database_id(page):
         metadata["database_id"] = database_id(page)
+    if comments:
+        metadata["comment_ids"] = [str(c.get("id", "")) for c in comments]
     return Document(
         source=NAME, id=str(page["id"]), scope=SCOPE.key, title=title, text="\n\n".join(parts),
         updated_at=parse_time(page.get("last_edited_time")), url=str(page.get("url") or ""),
@@ -235,8 +274,17 @@ def event_to_result(event: Mapping[str, Any]) -> WebhookResult:
         if not value:
             raise MalformedWebhook(f"notion: event lacks {name}")
     event_at = iso_time(event, "timestamp", NAME) or None
+    if entity_type == "comment":
+        # A comment lives in its page's document: any comment change re-fetches the page.
+        data = event.get("data")
+        page_id = data.get("page_id") if isinstance(data, dict) else None
+        if not isinstance(page_id, str) or not page_id:
+            return WebhookResult(delivery_id=delivery_id, note=f"notion: {kind} names no page_id; ignored")
+        storable_id(page_id, NAME, "data.page_id")
+        ref = Ref(NAME, page_id, SCOPE.key, "sync", event_at=event_at)
+        return WebhookResult(refs=[ref], delivery_id=delivery_id)
     if entity_type != "page":
-        # database.*, data_source.*, comment.*: we index pages only. A schema change renames
+        # database.*, data_source.*: we index pages only. A schema change renames
         # property lines, which the reconciler's next pass does not see: noted for the logs.
         return WebhookResult(delivery_id=delivery_id, note=f"notion: {kind} on a {entity_type} ignored")
     op = "delete" if kind == "page.deleted" else "sync"
@@ -248,6 +296,10 @@ def event_to_result(event: Mapping[str, Any]) -> WebhookResult:
 class NotionSource:
     name = NAME
     pushes = True
+    #: Per-page block budget (see MAX_BLOCKS); an instance may lower it.
+    max_blocks = MAX_BLOCKS
+    #: False once Notion answered 403 to the comments endpoint (no "read comments" capability).
+    comments_readable = True
 
     def __init__(self, settings: SourceSettings, http: SourceHTTP) -> None:
         self.settings = settings
@@ -324,12 +376,60 @@ class NotionSource:
         page = await self._json("GET", f"/v1/pages/{ref.id}")
         if page is None or is_trashed(page):
             return Gone(NAME, ref.id)
-        blocks = await self._children(ref.id, 0)
-        await self._resolve_users(page)
-        return page_to_document(page, blocks, self.users)
+        blocks = await self._block_tree(ref.id)
+        comments = await self._comments(ref.id)
+        await self._resolve_users(page, comments)
+        return page_to_document(page, blocks, self.users, comments)
 
-    async def _children(self, block_id: str, depth: int) -> list[BlockNode]:
-        nodes: list[BlockNode] = []
+    async def _comments(self, page_id: str) -> list[dict[str, Any]]:
+        """The page's un-resolved page-level comments, every page of them. Without the "read
+        comments" capability Notion answers 403: the page is indexed without comments (and we
+        stop asking until restart) rather than not at all."""
+        if not self.comments_readable:
+            return []
+        results: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"block_id": page_id, "page_size": PAGE_SIZE}
+            if cursor:
+                params["start_cursor"] = cursor
+            try:
+                data = await self._json("GET", "/v1/comments", params=params)
+            except PermanentSourceError as exc:
+                if exc.status != 403:
+                    raise
+                self.comments_readable = False
+                return []
+            if data is None:
+                raise TransientSourceError(NAME, f"comments of {page_id} vanished during fetch", 404)
+            results.extend(data.get("results", []))
+            cursor = data.get("next_cursor") if data.get("has_more") else None
+            if not cursor:
+                return results
+
+    async def _block_tree(self, page_id: str) -> list[BlockNode]:
+        """The page's whole block tree, read iteratively: a stack of blocks whose children are
+        still to be read, so depth costs no recursion; at most ``max_blocks`` blocks."""
+        roots: list[BlockNode] = []
+        pending: list[tuple[str, list[BlockNode]]] = [(page_id, roots)]
+        count = 0
+        while pending:
+            block_id, into = pending.pop()
+            for raw in await self._children(block_id):
+                count += 1
+                if count > self.max_blocks:
+                    raise PermanentSourceError(
+                        NAME, f"page {page_id} has more than {self.max_blocks} blocks; not indexed "
+                        "rather than indexed in part (MAX_BLOCKS in core/sources/notion.py)")
+                node = BlockNode(raw)
+                into.append(node)
+                if raw.get("has_children") and raw.get("type") not in _OPAQUE:
+                    pending.append((str(raw["id"]), node.children))
+        return roots
+
+    async def _children(self, block_id: str) -> list[dict[str, Any]]:
+        """Every direct child of one block (or page), all pages of them."""
+        results: list[dict[str, Any]] = []
         cursor: str | None = None
         while True:
             params: dict[str, Any] = {"page_size": PAGE_SIZE}
@@ -340,20 +440,19 @@ class NotionSource:
                 # Trashed or unshared between reading the page and its blocks: not a deletion
                 # we can prove here, so fail and let the retry read the page again.
                 raise TransientSourceError(NAME, f"blocks of {block_id} vanished during fetch", 404)
-            for raw in data.get("results", []):
-                node = BlockNode(raw)
-                if raw.get("has_children") and raw.get("type") not in _OPAQUE and depth < MAX_DEPTH:
-                    node.children = await self._children(str(raw["id"]), depth + 1)
-                nodes.append(node)
+            results.extend(data.get("results", []))
             cursor = data.get("next_cursor") if data.get("has_more") else None
             if not cursor:
-                return nodes
+                return results
 
-    async def _resolve_users(self, page: Mapping[str, Any]) -> None:
-        """Names for created_by / last_edited_by, cached; without the "read user information"
-        capability Notion answers 403 and the ids are kept instead."""
-        for key in ("created_by", "last_edited_by"):
-            uid = (page.get(key) or {}).get("id")
+    async def _resolve_users(self, page: Mapping[str, Any],
+                             comments: list[dict[str, Any]] | None = None) -> None:
+        """Names for created_by / last_edited_by and comment authors, cached; without the "read
+        user information" capability Notion answers 403 and the ids are kept instead."""
+        refs = [page.get("created_by"), page.get("last_edited_by")]
+        refs += [c.get("created_by") for c in comments or []]
+        for ref in refs:
+            uid = (ref or {}).get("id")
             if not uid or uid in self.users:
                 continue
             try:

@@ -398,3 +398,79 @@ def test_overload_knob_answers_529_service_overload(server: SandboxServer, sim: 
     assert sim.overloaded >= 2
     bad = httpx.put(server.url("notion") + "/_sandbox/settings", json={"overload_rate": 2})
     assert bad.status_code == 400
+
+
+# --- comments ----------------------------------------------------------------------------------
+def test_comments_list_and_create_through_the_sdk(server: SandboxServer, sim: NotionSimulator, sink: Sink) -> None:
+    token = server.env()["NOTION_WEBHOOK_TOKEN"]
+    page = control(server, "POST", "/pages", {"title": "Commented page",
+                                              "blocks": [{"type": "paragraph", "text": "body"}]})
+    edited_before = sim.pages[page["id"]].edited
+    notion = client(server)
+    first = notion.comments.create(parent={"page_id": page["id"]},
+                                   rich_text=[{"text": {"content": "First thought"}}])
+    assert first["object"] == "comment" and first["parent"] == {"type": "page_id", "page_id": page["id"]}
+    assert set(first) >= {"id", "discussion_id", "parent", "created_time", "last_edited_time",
+                          "created_by", "rich_text"}
+    assert first["created_by"] == {"object": "user", "id": sim.bot_id}
+    assert first["rich_text"][0]["plain_text"] == "First thought"
+    reply = notion.comments.create(discussion_id=first["discussion_id"],
+                                   rich_text=[{"text": {"content": "A reply"}}])
+    assert reply["discussion_id"] == first["discussion_id"] and reply["parent"] == first["parent"]
+    for n in range(3):
+        control(server, "POST", f"/pages/{page['id']}/comments", {"text": f"Person note {n}", "author": "Ada Lovelace"})
+    # Paged two at a time through every cursor, oldest first.
+    listed = collect_paginated_api(notion.comments.list, block_id=page["id"], page_size=2)
+    assert [c["rich_text"][0]["plain_text"] for c in listed] == [
+        "First thought", "A reply", "Person note 0", "Person note 1", "Person note 2"]
+    assert sim.pages[page["id"]].edited == edited_before  # commenting does not edit the page
+    # Webhooks: comment.created, entity = the comment, data names its page; signed.
+    wait_for(lambda: len([e for e in sink.events() if e["type"].startswith("comment.")]) >= 5, timeout=30)
+    assert all(verify(h, b, token) for h, b in sink.received)
+    events = [e for e in sink.events() if e["type"].startswith("comment.")]
+    assert [e["type"] for e in events] == ["comment.created"] * 5
+    assert events[0]["entity"] == {"id": first["id"], "type": "comment"}
+    assert events[0]["data"] == {"page_id": page["id"], "parent": {"id": page["id"], "type": "page"}}
+    assert all(b"First thought" not in body for _, body in sink.received)  # ids only
+
+
+def test_comment_edit_and_delete_events(server: SandboxServer, sim: NotionSimulator, sink: Sink) -> None:
+    page = control(server, "POST", "/pages", {"title": "Edited comments",
+                                              "blocks": [{"type": "paragraph", "text": "body"}]})
+    block = sim.pages[page["id"]].children[0]
+    on_block = control(server, "POST", f"/pages/{page['id']}/comments", {"text": "inline", "block_id": block})
+    assert on_block["parent"] == {"type": "block_id", "block_id": block}
+    control(server, "PATCH", f"/comments/{on_block['id']}", {"text": "inline, edited"})
+    notion = client(server, "2026-03-11")
+    assert notion.comments.list(block_id=block)["results"][0]["rich_text"][0]["plain_text"] == "inline, edited"
+    assert notion.comments.list(block_id=page["id"])["results"] == []  # page-level only
+    control(server, "DELETE", f"/comments/{on_block['id']}")
+    assert notion.comments.list(block_id=block)["results"] == []
+    wait_for(lambda: len([e for e in sink.events() if e["type"].startswith("comment.")]) >= 3, timeout=30)
+    events = [e for e in sink.events() if e["type"].startswith("comment.")]
+    assert [e["type"] for e in events] == ["comment.created", "comment.updated", "comment.deleted"]
+    assert all(e["data"] == {"page_id": page["id"], "parent": {"id": block, "type": "block"}} for e in events)
+
+
+def test_comment_errors(server: SandboxServer) -> None:
+    notion = client(server)
+    with pytest.raises(APIResponseError) as err:
+        notion.comments.list()  # block_id is required
+    assert err.value.code == APIErrorCode.ValidationError
+    with pytest.raises(APIResponseError) as err:
+        notion.comments.list(block_id="00000000-0000-4000-8000-000000000000")
+    assert err.value.code == APIErrorCode.ObjectNotFound
+    with pytest.raises(APIResponseError) as err:
+        notion.comments.create(rich_text=[{"text": {"content": "no parent"}}])
+    assert err.value.code == APIErrorCode.ValidationError
+    with pytest.raises(APIResponseError) as err:
+        notion.comments.create(parent="not an object", rich_text=[{"text": {"content": "x"}}])
+    assert err.value.code == APIErrorCode.ValidationError
+    page = control(server, "POST", "/pages", {"title": "No comment capability"})
+    control(server, "PUT", "/settings", {"read_comments": False})
+    try:
+        with pytest.raises(APIResponseError) as err:
+            notion.comments.list(block_id=page["id"])
+        assert err.value.code == APIErrorCode.RestrictedResource and err.value.status == 403
+    finally:
+        control(server, "PUT", "/settings", {"read_comments": True})

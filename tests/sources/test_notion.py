@@ -160,12 +160,20 @@ def test_page_events_become_refs(kind: str, op: str) -> None:
 @pytest.mark.parametrize("kind,entity", [
     ("database.schema_updated", {"id": "db1", "type": "database"}),
     ("data_source.content_updated", {"id": "ds1", "type": "data_source"}),
-    ("comment.created", {"id": "c1", "type": "comment"}),
+    ("comment.created", {"id": "c1", "type": "comment"}),  # no data.page_id: nothing to re-fetch
 ])
 def test_non_page_events_are_ignored_with_a_note(kind: str, entity: dict[str, str]) -> None:
     result = event_to_result(envelope(kind, entity))
     assert result.refs == [] and result.delivery_id == "evt-1"
     assert kind in result.note
+
+
+@pytest.mark.parametrize("kind", ["comment.created", "comment.updated", "comment.deleted"])
+def test_comment_events_refetch_their_page(kind: str) -> None:
+    event = envelope(kind, {"id": "c1", "type": "comment"},
+                     data={"page_id": "p9", "parent": {"id": "b1", "type": "block"}})
+    result = event_to_result(event)
+    assert result.refs == [Ref("notion", "p9", "workspace", "sync", event_at=1748779200.5)]  # type: ignore[arg-type]
 
 
 def test_malformed_events_are_refused() -> None:
@@ -398,3 +406,104 @@ def _blocks_with_children(sim: NotionSimulator, page_id: str) -> int:
 
     walk(sim.pages[page_id].children)
     return count
+
+
+# --- deep block trees -----------------------------------------------------------------------------
+def nested_spec(depth: int, label: str) -> list[dict[str, Any]]:
+    """``depth`` toggles, each inside the previous one, each with its own text."""
+    spec: dict[str, Any] = {"type": "toggle", "text": f"{label} level {depth}"}
+    for level in range(depth - 1, 0, -1):
+        spec = {"type": "toggle", "text": f"{label} level {level}", "children": [spec]}
+    return [spec]
+
+
+def test_fetch_reads_a_20_level_block_tree_completely(server: SandboxServer, sim: NotionSimulator) -> None:
+    page = control(server, "POST", "/pages", {"title": "Deep outline", "blocks": nested_spec(20, "Deep")})
+    assert sim.page_text(sim.pages[page["id"]])[-1] == "Deep level 20"  # the simulator holds all 20
+    doc = run(server.env(), lambda s: s.fetch(Ref("notion", page["id"])))
+    assert isinstance(doc, Document)
+    for level in range(1, 21):
+        assert f"Deep level {level}\n" in doc.text + "\n", f"level {level} missing"
+    # Deeper levels read after shallower ones, in tree order.
+    assert doc.text.index("Deep level 19") < doc.text.index("Deep level 20")
+
+
+def test_fetch_over_the_block_budget_fails_loudly(server: SandboxServer, sim: NotionSimulator) -> None:
+    page = control(server, "POST", "/pages", {"title": "Too many blocks", "blocks": nested_spec(6, "Budget")})
+
+    async def fetch_with_budget(source: NotionSource) -> Any:
+        source.max_blocks = 5  # the page has 6 blocks
+        return await source.fetch(Ref("notion", page["id"]))
+
+    with pytest.raises(PermanentSourceError, match="more than 5 blocks"):
+        run(server.env(), fetch_with_budget)
+    exact = run(server.env(), lambda s: s.fetch(Ref("notion", page["id"])))
+    assert isinstance(exact, Document) and "Budget level 6" in exact.text
+
+
+def test_rendering_a_very_deep_tree_does_not_recurse() -> None:
+    depth = 5000  # far past Python's recursion limit
+    root = node = BlockNode({"type": "paragraph", "paragraph": {"rich_text": rich_text("level 1")}})
+    for level in range(2, depth + 1):
+        child = BlockNode({"type": "paragraph", "paragraph": {"rich_text": rich_text(f"level {level}")}})
+        node.children.append(child)
+        node = child
+    doc = page_to_document({"id": "p-deep", "properties": {}}, [root])
+    lines = doc.text.split("\n")
+    assert [line.strip() for line in lines[2:]] == [f"level {n}" for n in range(1, depth + 1)]
+    assert max(len(line) - len(line.lstrip()) for line in lines) <= 2 * 12  # indent is capped
+
+
+# --- comments ------------------------------------------------------------------------------------
+def test_fetch_includes_comments_and_drops_deleted_ones(server: SandboxServer, sim: NotionSimulator) -> None:
+    page = control(server, "POST", "/pages", {"title": "Design review",
+                                              "blocks": [{"type": "paragraph", "text": "The proposal."}]})
+    first = control(server, "POST", f"/pages/{page['id']}/comments",
+                    {"text": "Looks good\nto me", "author": "Grace Hopper"})
+    control(server, "POST", f"/pages/{page['id']}/comments", {"text": "One question", "author": "Alan Turing"})
+    control(server, "POST", f"/pages/{page['id']}/comments",
+            {"text": "Answered inline", "author": "Ada Lovelace", "discussion_id": first["discussion_id"]})
+    for n in range(3):  # more than one page of comments at the connector's page size below
+        control(server, "POST", f"/pages/{page['id']}/comments", {"text": f"Extra {n}", "author": "Ada Lovelace"})
+
+    async def fetch_small_pages(source: NotionSource) -> Any:
+        import core.sources.notion as notion
+        saved, notion.PAGE_SIZE = notion.PAGE_SIZE, 2
+        try:
+            return await source.fetch(Ref("notion", page["id"]))
+        finally:
+            notion.PAGE_SIZE = saved
+
+    doc = run(server.env(), fetch_small_pages)
+    assert isinstance(doc, Document)
+    assert doc.text.endswith("Comments:\nGrace Hopper: Looks good to me\nAda Lovelace: Answered inline\n"
+                             "Alan Turing: One question\nAda Lovelace: Extra 0\nAda Lovelace: Extra 1\n"
+                             "Ada Lovelace: Extra 2")
+    assert doc.metadata["comment_ids"][0] == first["id"]
+    assert doc.updated_at == sim.pages[page["id"]].edited // 60 * 60  # comments do not edit the page
+
+    control(server, "PATCH", f"/comments/{first['id']}", {"text": "Changed my mind"})
+    control(server, "DELETE", f"/comments/{doc.metadata['comment_ids'][-1]}")
+    again = run(server.env(), lambda s: s.fetch(Ref("notion", page["id"])))
+    assert isinstance(again, Document)
+    assert "Grace Hopper: Changed my mind" in again.text and "Looks good" not in again.text
+    assert "Extra 2" not in again.text and len(again.metadata["comment_ids"]) == 5
+
+
+def test_without_the_comments_capability_pages_index_without_comments(server: SandboxServer,
+                                                                     sim: NotionSimulator) -> None:
+    page = control(server, "POST", "/pages", {"title": "Private remarks",
+                                              "blocks": [{"type": "paragraph", "text": "Visible body."}]})
+    control(server, "POST", f"/pages/{page['id']}/comments", {"text": "Hidden remark"})
+    control(server, "PUT", "/settings", {"read_comments": False})
+    try:
+        async def twice(source: NotionSource) -> list[Any]:
+            docs = [await source.fetch(Ref("notion", page["id"])) for _ in range(2)]
+            assert source.comments_readable is False  # remembered: later fetches skip the call
+            return docs
+        docs = run(server.env(), twice)
+    finally:
+        control(server, "PUT", "/settings", {"read_comments": True})
+    for doc in docs:
+        assert isinstance(doc, Document)
+        assert "Visible body." in doc.text and "Hidden remark" not in doc.text
