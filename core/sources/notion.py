@@ -387,25 +387,13 @@ class NotionSource:
         stop asking until restart) rather than not at all."""
         if not self.comments_readable:
             return []
-        results: list[dict[str, Any]] = []
-        cursor: str | None = None
-        while True:
-            params: dict[str, Any] = {"block_id": page_id, "page_size": PAGE_SIZE}
-            if cursor:
-                params["start_cursor"] = cursor
-            try:
-                data = await self._json("GET", "/v1/comments", params=params)
-            except PermanentSourceError as exc:
-                if exc.status != 403:
-                    raise
-                self.comments_readable = False
-                return []
-            if data is None:
-                raise TransientSourceError(NAME, f"comments of {page_id} vanished during fetch", 404)
-            results.extend(data.get("results", []))
-            cursor = data.get("next_cursor") if data.get("has_more") else None
-            if not cursor:
-                return results
+        try:
+            return await self._all_results("/v1/comments", {"block_id": page_id}, f"comments of {page_id}")
+        except PermanentSourceError as exc:
+            if exc.status != 403:
+                raise
+            self.comments_readable = False
+            return []
 
     async def _block_tree(self, page_id: str) -> list[BlockNode]:
         """The page's whole block tree, read iteratively: a stack of blocks whose children are
@@ -429,17 +417,19 @@ class NotionSource:
 
     async def _children(self, block_id: str) -> list[dict[str, Any]]:
         """Every direct child of one block (or page), all pages of them."""
+        return await self._all_results(f"/v1/blocks/{block_id}/children", {}, f"blocks of {block_id}")
+
+    async def _all_results(self, path: str, params: dict[str, Any], what: str) -> list[dict[str, Any]]:
+        """Every ``results`` entry of a paged GET (``start_cursor`` / ``has_more``)."""
         results: list[dict[str, Any]] = []
         cursor: str | None = None
         while True:
-            params: dict[str, Any] = {"page_size": PAGE_SIZE}
-            if cursor:
-                params["start_cursor"] = cursor
-            data = await self._json("GET", f"/v1/blocks/{block_id}/children", params=params)
+            query = {**params, "page_size": PAGE_SIZE, **({"start_cursor": cursor} if cursor else {})}
+            data = await self._json("GET", path, params=query)
             if data is None:
-                # Trashed or unshared between reading the page and its blocks: not a deletion
-                # we can prove here, so fail and let the retry read the page again.
-                raise TransientSourceError(NAME, f"blocks of {block_id} vanished during fetch", 404)
+                # Trashed or unshared between reading the page and this: not a deletion we can
+                # prove here, so fail and let the retry read the page again.
+                raise TransientSourceError(NAME, f"{what} vanished during fetch", 404)
             results.extend(data.get("results", []))
             cursor = data.get("next_cursor") if data.get("has_more") else None
             if not cursor:
