@@ -35,7 +35,8 @@ from core.runtime import SourceSet, open_services
 from core.settings import Settings
 from core.status import StatusCache
 from receiver import mcp_http
-from receiver.routes import error, routes, unavailable
+from receiver.common import error, unavailable
+from receiver.routes import routes
 
 log = logging.getLogger("vector_sync.receiver")
 

@@ -22,7 +22,7 @@ from core.sources.webhooks import check_result
 from core import metrics as metrics_module
 from core.status import StatusCache, render_metrics
 from receiver.bodies import read_body
-from receiver.common import RETRY_AFTER_S, enqueue, error, services, settings_of, unavailable  # noqa: F401
+from receiver.common import enqueue, error, services, settings_of
 from receiver import admin, auth, dashboard, mcp_http, openapi, search
 
 log = logging.getLogger("vector_sync.receiver")
