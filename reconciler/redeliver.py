@@ -31,7 +31,7 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from core import queue, state
+from core import queue, state, webhookhealth
 from core.runtime import Services, SourceSet
 from core.settings import Settings
 
@@ -39,7 +39,7 @@ log = logging.getLogger("vector_sync.reconciler")
 
 SOURCE = "github"
 #: The kv row holding the lease, the schedule and the counters.
-KEY = "github.redelivery"
+KEY = webhookhealth.REDELIVERY_KEY
 #: The ``deliveries`` name under which redelivered GUIDs are claimed.
 CLAIMS = "github.redelivered"
 #: Seconds a claimed GUID is remembered: longer than GitHub keeps deliveries (3 days).
