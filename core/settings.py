@@ -62,6 +62,7 @@ SOURCE_OPTIONS: dict[str, dict[str, str]] = {
         "NOTION_API_URL": "https://api.notion.com",
         "NOTION_WEBHOOK_TOKEN": "",
         "NOTION_VERSION": "2022-06-28",
+        "NOTION_BLOCK_COMMENTS": "200",
     },
     "tempo": {"TEMPO_API_URL": "https://api.tempo.io"},
     "fireflies": {
@@ -460,6 +461,9 @@ def _source_settings(name: str, env: _Env) -> SourceSettings:
                 raise SettingsError(f"{var} {exc}") from None
     if name == "github":
         _check_github_hook(raw, env)
+    if name == "notion" and not re.fullmatch(r"\d{1,5}", raw.get("NOTION_BLOCK_COMMENTS", "").strip() or "0"):
+        raise SettingsError(f"NOTION_BLOCK_COMMENTS must be a whole number of blocks from 0 to 99999 "
+                            f"(0 reads no inline comments), not {raw['NOTION_BLOCK_COMMENTS']!r}")
     raw = {var: Secret(value) if SECRET_NAME.fullmatch(var) else value for var, value in raw.items()}
     upper = name.upper()
     poll = env.duration(f"{upper}_POLL_INTERVAL", DEFAULT_POLL_INTERVAL[name])
