@@ -813,6 +813,9 @@ def render_metrics(status: dict[str, Any]) -> str:
            [({"source": n}, s["webhooks"]["received"]) for n, s in sources.items()])
     metric("webhooks_rejected_total", "Webhooks refused", "counter",
            [({"source": n}, s["webhooks"]["rejected"]) for n, s in sources.items()])
+    metric("webhooks_redelivered_total", "Failed webhook deliveries the gap repair had sent again", "counter",
+           [({"source": n}, s["webhooks"]["redelivery"]["redelivered"]) for n, s in sources.items()
+            if (s["webhooks"].get("redelivery") or {}).get("enabled")])
     metric("runs_in_flight", "Reconcile/backfill/prune runs in progress", "gauge",
            [({"source": n}, s["runs"]["in_flight"]) for n, s in sources.items()])
     metric("runs_stuck", "Runs with no progress for STUCK_AFTER", "gauge",

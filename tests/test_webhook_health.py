@@ -86,6 +86,8 @@ def test_status_shows_the_gap_repair_counts_and_its_failure(receiver: ReceiverHa
     assert (repair["redelivered"], repair["enqueued_instead"], repair["runs"]) == (3, 1, 1)
     assert repair["hook"] == "orgs/acme/hooks/424242" and repair["interval_s"] == 90.0
     assert repair["last_run_at"] and repair["last_run_redelivered"] == 3 and repair["last_run_error"] is None
+    scraped = httpx.get(f"{receiver.url}/metrics", headers={"X-Admin-Key": ADMIN_KEY}, timeout=30).text
+    assert 'vector_sync_webhooks_redelivered_total{source="github"} 3' in scraped
 
     run = redeliver.claim_run(pool, "reconciler@test")
     assert run is not None
