@@ -80,7 +80,7 @@ def loop(system: System) -> Iterator[Any]:
     yield start
     for one in loops:
         one.close()
-    system.sandbox.sims["github"].refuse_redelivery = None  # type: ignore[attr-defined]
+    system.control("github", "PUT", "/hook", json={"refuse_redelivery": None})
 
 
 def repair_state(system: System) -> dict[str, Any]:
@@ -130,7 +130,7 @@ def test_dropped_webhook_is_redelivered_and_indexed_before_the_next_poll(system:
 
 def test_refused_redelivery_enqueues_what_the_delivery_named(system: System, loop: Any) -> None:
     polled_long_ago(system)
-    system.sandbox.sims["github"].refuse_redelivery = 422  # type: ignore[attr-defined]
+    system.control("github", "PUT", "/hook", json={"refuse_redelivery": 422})  # as past GitHub's retention
     word = unique("refused")
     document_id, guid = dropped_issue(system, word)
 
