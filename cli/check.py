@@ -207,6 +207,7 @@ async def check_github(src: Any, config: SourceSettings, out: Findings) -> None:
         out.ok(f"token scopes: {', '.join(sorted(granted)) or '(none)'}")
         if "repo" not in granted:
             out.info("no 'repo' scope: private repositories are invisible to this token")
+    await _github_hook(src, config, out)
     wanted = config.scope_filter()
     if wanted is None:
         repos = [r["full_name"] for r in (await src.http.get("/user/repos", params={"per_page": 100})).json()]
@@ -222,6 +223,24 @@ async def check_github(src: Any, config: SourceSettings, out: Findings) -> None:
             continue
         repo = answer.json()
         out.ok(f"{repo.get('full_name')}: {'private' if repo.get('private') else 'public'}, readable")
+
+
+async def _github_hook(src: Any, config: SourceSettings, out: Findings) -> None:
+    """GITHUB_HOOK (gap repair): the token must read the hook's deliveries."""
+    hook = config.get("GITHUB_HOOK")
+    if not hook:
+        out.info("GITHUB_HOOK is not set: no gap repair, a lost webhook waits for the next poll")
+        return
+    try:
+        status = (await src.http.get(f"/{hook}/deliveries", params={"per_page": 1})).status_code
+    except VectorSyncError as exc:
+        status = getattr(exc, "status", None) or 0
+    if status == 200:
+        out.ok(f"GITHUB_HOOK {hook}: deliveries readable; failed ones are redelivered every "
+               f"{float(config.get('GITHUB_REDELIVERY_INTERVAL') or 60):g}s")
+    else:
+        out.problem(f"GITHUB_HOOK names {hook}, whose deliveries the token cannot read ({status}: a wrong "
+                    f"hook id, or the token lacks admin:org_hook / admin:repo_hook, fine-grained: Webhooks)")
 
 
 async def check_notion(src: Any, config: SourceSettings, out: Findings) -> None:

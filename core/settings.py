@@ -55,11 +55,14 @@ SOURCE_OPTIONS: dict[str, dict[str, str]] = {
         "GITHUB_API_URL": "https://api.github.com",
         "GITHUB_WEBHOOK_SECRET": "",
         "GITHUB_REPOS": "",
+        "GITHUB_HOOK": "",
+        "GITHUB_REDELIVERY_INTERVAL": "60s",
     },
     "notion": {
         "NOTION_API_URL": "https://api.notion.com",
         "NOTION_WEBHOOK_TOKEN": "",
         "NOTION_VERSION": "2022-06-28",
+        "NOTION_BLOCK_COMMENTS": "200",
     },
     "tempo": {"TEMPO_API_URL": "https://api.tempo.io"},
     "fireflies": {
@@ -76,7 +79,7 @@ SOURCE_OPTIONS: dict[str, dict[str, str]] = {
 SOURCE_INTENT: dict[str, tuple[str, ...]] = {
     "jira": ("JIRA_URL", "JIRA_EMAIL", "JIRA_API_TOKEN", "JIRA_WEBHOOK_SECRET", "JIRA_PROJECTS"),
     "slack": ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_CHANNELS"),
-    "github": ("GITHUB_TOKEN", "GITHUB_WEBHOOK_SECRET", "GITHUB_REPOS"),
+    "github": ("GITHUB_TOKEN", "GITHUB_WEBHOOK_SECRET", "GITHUB_REPOS", "GITHUB_HOOK"),
     "notion": ("NOTION_TOKEN", "NOTION_WEBHOOK_TOKEN"),
     "tempo": ("TEMPO_API_TOKEN",),
     "fireflies": ("FIREFLIES_API_KEY", "FIREFLIES_WEBHOOK_SECRET"),
@@ -456,6 +459,11 @@ def _source_settings(name: str, env: _Env) -> SourceSettings:
                 check_http_url(raw[var], example=_URL_EXAMPLES.get(var, "https://host"))
             except _Invalid as exc:
                 raise SettingsError(f"{var} {exc}") from None
+    if name == "github":
+        _check_github_hook(raw, env)
+    if name == "notion" and not re.fullmatch(r"\d{1,5}", raw.get("NOTION_BLOCK_COMMENTS", "").strip() or "0"):
+        raise SettingsError(f"NOTION_BLOCK_COMMENTS must be a whole number of blocks from 0 to 99999 "
+                            f"(0 reads no inline comments), not {raw['NOTION_BLOCK_COMMENTS']!r}")
     raw = {var: Secret(value) if SECRET_NAME.fullmatch(var) else value for var, value in raw.items()}
     upper = name.upper()
     poll = env.duration(f"{upper}_POLL_INTERVAL", DEFAULT_POLL_INTERVAL[name])
@@ -467,6 +475,29 @@ def _source_settings(name: str, env: _Env) -> SourceSettings:
         stale_after=env.duration(f"{upper}_STALE_AFTER", 2 * poll + 300),
         rate=env.rate(f"{upper}_RATE_LIMIT", DEFAULT_RATE_LIMIT[name]),
     )
+
+
+#: ``GITHUB_HOOK``: the webhook whose failed deliveries the reconciler redelivers.
+GITHUB_HOOK_PATH = re.compile(r"^(orgs/[A-Za-z0-9._-]+|repos/[A-Za-z0-9._-]+/[A-Za-z0-9._-]+)/hooks/[0-9]{1,20}$")
+
+
+def _check_github_hook(raw: dict[str, str], env: _Env) -> None:
+    """``GITHUB_HOOK`` names an organisation or repository hook (its path, as in the REST API:
+    a leading ``/`` or the API URL in front is accepted and dropped); the repair cadence is a
+    positive duration."""
+    hook = raw.get("GITHUB_HOOK", "").strip()
+    for prefix in (raw.get("GITHUB_API_URL", "").rstrip("/"), "https://api.github.com"):
+        if prefix and hook.startswith(prefix + "/"):
+            hook = hook[len(prefix):]
+    hook = hook.strip("/")
+    if hook and not GITHUB_HOOK_PATH.fullmatch(hook):
+        raise SettingsError(f"GITHUB_HOOK must be a hook path such as orgs/acme/hooks/12345678 or "
+                            f"repos/acme/api/hooks/12345678, not {raw['GITHUB_HOOK']!r}")
+    raw["GITHUB_HOOK"] = hook
+    interval = env.duration("GITHUB_REDELIVERY_INTERVAL", 60.0)
+    if interval <= 0:
+        raise SettingsError("GITHUB_REDELIVERY_INTERVAL must be a positive duration such as 60s or 5m")
+    raw["GITHUB_REDELIVERY_INTERVAL"] = str(interval)
 
 
 _URL_EXAMPLES = {"JIRA_URL": "https://your-site.atlassian.net"}

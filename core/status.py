@@ -45,7 +45,7 @@ from typing import Any
 import psycopg
 import psycopg_pool
 
-from core import metrics, queue, state
+from core import metrics, queue, state, webhookhealth
 from core.runtime import Services
 from core.settings import SOURCE_NAMES, Settings
 
@@ -274,6 +274,9 @@ def _read_state(services: Services, settings: Settings, now: datetime) -> dict[s
             """SELECT process, kind, pid, host, beat_at, started_at, info FROM heartbeats
                WHERE beat_at > now() - interval '1 day' ORDER BY kind, process"""
         ).fetchall()
+        # GitHub's webhook gap repair (core/webhookhealth.py reads it).
+        out["redelivery"] = (conn.execute("SELECT value FROM kv WHERE key = %s",
+                                          (webhookhealth.REDELIVERY_KEY,)).fetchone() or [None])[0]
         out["pending_token"] = conn.execute(
             "SELECT key FROM kv WHERE key LIKE '%.verification_token'"
         ).fetchall()
@@ -335,6 +338,12 @@ def _assemble(settings: Settings, now: datetime, redis: dict[str, Any], rows: di
             name, settings, now, scopes_by_source.get(name, []), docs.get(name, {}),
             oldest.get(name, {}), rows["stats"].get(name), rows["runs"].get(name), audits.get(name, []),
         )
+        # Webhook health per source (core/webhookhealth.py): last received, refusals, redeliveries.
+        hooks = webhookhealth.health(name, rows["stats"].get(name), now, github=settings.source("github"),
+                                     redelivery_row=rows.get("redelivery"))
+        sources[name]["webhooks"] = hooks
+        if sources[name]["configured"]:
+            sources[name]["warnings"] += webhookhealth.warnings(name, hooks)
 
     processes = []
     for p, kind, pid, host, beat, started, info in rows["beats"]:
@@ -804,6 +813,9 @@ def render_metrics(status: dict[str, Any]) -> str:
            [({"source": n}, s["webhooks"]["received"]) for n, s in sources.items()])
     metric("webhooks_rejected_total", "Webhooks refused", "counter",
            [({"source": n}, s["webhooks"]["rejected"]) for n, s in sources.items()])
+    metric("webhooks_redelivered_total", "Failed webhook deliveries the gap repair had sent again", "counter",
+           [({"source": n}, s["webhooks"]["redelivery"]["redelivered"]) for n, s in sources.items()
+            if (s["webhooks"].get("redelivery") or {}).get("enabled")])
     metric("runs_in_flight", "Reconcile/backfill/prune runs in progress", "gauge",
            [({"source": n}, s["runs"]["in_flight"]) for n, s in sources.items()])
     metric("runs_stuck", "Runs with no progress for STUCK_AFTER", "gauge",

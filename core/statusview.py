@@ -9,7 +9,7 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from core import state
+from core import state, webhookhealth
 
 
 def _age(seconds: float | None) -> str:
@@ -52,6 +52,8 @@ def render_text(report: dict[str, Any], pool: ConnectionPool | None = None) -> s
             if scope["state"] != "fresh":
                 lines.append(f"{'':<10}   {scope['key'][:30]:<30} {scope['state']:<13} "
                              f"{scope['reason'].split(': ', 1)[-1][:80]}")
+        if s.get("webhooks") and name != "tempo":  # Tempo sends no webhooks
+            lines.append(f"{'':<10}   {webhookhealth.text_line(s['webhooks'], _age)}")
         audit = s.get("audit")
         if audit:
             lines.append(f"{'':<10}   last drift audit {_age(audit['age_s'])}: {audit['missing']} missing, "

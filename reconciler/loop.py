@@ -16,6 +16,7 @@ from core.runtime import Services, SourceSet, open_services_patiently
 from core.settings import Settings
 from reconciler.backfill import run_queued_backfills
 from reconciler.reconcile import Reconciler, abandon_dead_runs, due_in
+from reconciler.redeliver import redelivery_tick
 from reconciler.verify import verify_tick
 
 log = logging.getLogger("vector_sync.reconciler")
@@ -62,6 +63,9 @@ async def reconcile_forever(settings: Settings, services: Services, stop: thread
                 await asyncio.to_thread(abandon_dead_runs, services.pool, settings.heartbeat_timeout)
                 await asyncio.to_thread(state.expire_deliveries, services.pool)
                 if not await until_stopped(reconciler.tick(), stop):
+                    break
+                # GitHub's failed webhooks, on their own short cadence (GITHUB_REDELIVERY_INTERVAL).
+                if not await until_stopped(redelivery_tick(settings, services, sources, owner), stop):
                     break
                 await run_queued_backfills(settings, services, sources, owner, backfills)
                 await verify_tick(settings, services, sources, owner, stop)

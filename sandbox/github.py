@@ -260,6 +260,10 @@ class GitHubSimulator(Simulator):
         self.secondary_retry_after = 1
         self.budgets: dict[str, RateWindow] = {}
         self.content_type = "json"  # the hook's content_type: "json" or "form"
+        #: When set, ``POST …/deliveries/{id}/attempts`` answers this status (GitHub refuses to
+        #: redeliver what is older than its retention, for one) instead of sending it again.
+        #: ``PUT /_sandbox/github/hook {"refuse_redelivery": 422}``; null sends again.
+        self.refuse_redelivery: int | None = None
         self.requests = 0
         #: Public profile emails by login (GET /users/{login} ``email``; None when hidden).
         self.emails: dict[str, str | None] = {}
@@ -380,6 +384,8 @@ class GitHubSimulator(Simulator):
             Route(f"{prefix}/collaborators", api(self.list_collaborators), methods=["GET"]),
             Route("/users/{login}", api(self.get_user), methods=["GET"]),
             Route("/orgs/{org}/hooks/{hook_id:int}/deliveries", api(self.list_hook_deliveries), methods=["GET"]),
+            Route("/orgs/{org}/hooks/{hook_id:int}/deliveries/{delivery_id:int}",
+                  api(self.get_hook_delivery), methods=["GET"]),
             Route("/orgs/{org}/hooks/{hook_id:int}/deliveries/{delivery_id:int}/attempts",
                   api(self.redeliver_attempt), methods=["POST"]),
             Route("/{path:path}", api(self.not_found),
@@ -780,14 +786,32 @@ class GitHubSimulator(Simulator):
             response.headers["link"] = f'<{url}>; rel="next"'
         return response
 
+    async def get_hook_delivery(self, request: Request) -> Response:
+        """GET …/deliveries/{id}: one attempt with its ``request`` (headers and payload, as
+        JSON whatever the hook's content type) and ``response``."""
+        if not self._hook(request):
+            return error(404, "Not Found")
+        number = request.path_params["delivery_id"]
+        row = next((r for r in self._delivery_rows() if r["id"] == number), None)
+        if row is None:
+            return error(404, "Not Found")
+        sent = self.webhooks.deliveries[number - 1]
+        headers = {k: v for k, v in sent.headers.items() if k.lower() != "content-type"}
+        return JSONResponse({**row, "url": f"{self._api_base()}/orgs/{ORG}/hooks/{HOOK_ID}/deliveries/{number}",
+                             "request": {"headers": headers, "payload": _delivered_payload(sent.body)},
+                             "response": {"headers": {}, "payload": None}})
+
     async def redeliver_attempt(self, request: Request) -> Response:
         """POST …/deliveries/{id}/attempts: send that delivery again (same bytes, same
-        ``X-GitHub-Delivery``); 202 Accepted."""
+        ``X-GitHub-Delivery``); 202 Accepted (or ``refuse_redelivery``'s status)."""
         if not self._hook(request):
             return error(404, "Not Found")
         number = request.path_params["delivery_id"]
         if not 1 <= number <= len(self.webhooks.deliveries):
             return error(404, "Not Found")
+        if self.refuse_redelivery:
+            return validation_failed("HookDelivery", "id") if self.refuse_redelivery == 422 else \
+                error(self.refuse_redelivery, "Redelivery refused")
         past = self.webhooks.deliveries[number - 1]
         self.webhooks.send_soon(past.body, dict(past.headers))
         return JSONResponse({}, 202)
@@ -1039,11 +1063,18 @@ class GitHubSimulator(Simulator):
                              "secondary": self.secondary_remaining})
 
     async def c_hook(self, request: Request) -> Response:
+        """``content_type`` json|form; ``refuse_redelivery`` a status (or null)."""
         body = await self._body(request)
-        if body.get("content_type") not in ("json", "form"):
-            return JSONResponse({"error": "content_type must be json or form"}, 400)
-        self.content_type = body["content_type"]
-        return JSONResponse({"content_type": self.content_type})
+        if "refuse_redelivery" in body:
+            refuse = body["refuse_redelivery"]
+            if refuse is not None and (not isinstance(refuse, int) or not 400 <= refuse < 600):
+                return JSONResponse({"error": "refuse_redelivery must be an HTTP error status or null"}, 400)
+            self.refuse_redelivery = refuse
+        if "content_type" in body or "refuse_redelivery" not in body:
+            if body.get("content_type") not in ("json", "form"):
+                return JSONResponse({"error": "content_type must be json or form"}, 400)
+            self.content_type = body["content_type"]
+        return JSONResponse({"content_type": self.content_type, "refuse_redelivery": self.refuse_redelivery})
 
     async def c_redeliver(self, request: Request) -> Response:
         """Send a past delivery again, byte for byte, with the same ``X-GitHub-Delivery``."""

@@ -279,6 +279,13 @@ class TestCheck:
         code, out, _ = cli({**BASE_ENV, **saas.env(), "GITHUB_TOKEN": "ghp_wrong"}, "check", "github")
         assert code == 1 and "GITHUB_TOKEN" in out
 
+    def test_the_github_hook_for_gap_repair_is_checked(self, cli, saas):
+        env = {**BASE_ENV, **saas.env()}
+        code, out, _ = cli({**env, "GITHUB_HOOK": "orgs/acme/hooks/424242"}, "check", "github")
+        assert code == 0 and "GITHUB_HOOK orgs/acme/hooks/424242: deliveries readable" in out
+        code, out, _ = cli({**env, "GITHUB_HOOK": "orgs/acme/hooks/1"}, "check", "github")
+        assert code == 1 and "GITHUB_HOOK names orgs/acme/hooks/1, whose deliveries the token cannot read" in out
+
     def test_missing_slack_scopes_are_named(self, cli, saas):
         control(saas, "slack", "config", {"scopes": ["channels:read", "users:read"]})
         try:

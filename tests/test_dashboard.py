@@ -243,8 +243,8 @@ class TestDashboardInChromium:
         assert "Documents 3" in github and "Vectors 6" in github
         assert "Scopes 2 active of 2" in github
         assert "Runs 1 in flight" in github
-        assert "Webhooks 12 received, 1 rejected" in github
-        assert "Last rejection bad signature" in github
+        assert re.search(r"Webhooks 12 received \(last [\d.]+[smh] ago\), 1 rejected", github), github
+        assert re.search(r"Last rejection verification: bad signature \([\d.]+[smh] ago\)", github), github
         assert re.search(r"Last success \d+(\.\d)?m ago \(stale after ", github), github
         assert "Last error none" in github
         jira = cards["jira"].text()

@@ -455,12 +455,12 @@ class GitHubSource:
         return await self._with_access(repo, commit_to_document(repo, response.json()))
 
     # --- gap repair ---------------------------------------------------------------------------
-    async def redeliver_failed(self, hook: str, since: float) -> list[str]:
-        """Ask GitHub to send again every delivery of ``hook`` (``orgs/{org}/hooks/{id}`` or
+    async def failed_deliveries(self, hook: str, since: float) -> list[dict[str, Any]]:
+        """The newest attempt of every delivery of ``hook`` (``orgs/{org}/hooks/{id}`` or
         ``repos/{owner}/{repo}/hooks/{id}``) made at or after ``since`` (epoch s) of which no
-        attempt succeeded; returns their ``X-GitHub-Delivery`` GUIDs. GitHub never redelivers
-        by itself; a redelivery keeps its GUID, so one that arrives twice is enqueued once.
-        Needs the hook's read permission (classic token: ``admin:org_hook`` / ``admin:repo_hook``)."""
+        attempt succeeded, oldest first. One listing page of 100 per request, newest first, read
+        back only as far as ``since``. Needs the hook's read permission (classic token:
+        ``admin:org_hook`` / ``admin:repo_hook``)."""
         attempts: dict[str, list[dict[str, Any]]] = {}
         url: str | None = f"/{hook.strip('/')}/deliveries?per_page={PER_PAGE}"
         while url:  # newest first: stop at the first page that reaches back past ``since``
@@ -469,14 +469,47 @@ class GitHubSource:
             for row in rows:
                 attempts.setdefault(str(row.get("guid") or ""), []).append(row)
             url = _next(response) if rows and epoch(rows[-1].get("delivered_at")) >= since else None
-        redelivered = []
+        failed = []
         for guid, rows in attempts.items():
             recent = [r for r in rows if epoch(r.get("delivered_at")) >= since]
             if not guid or not recent or any(200 <= int(r.get("status_code") or 0) < 300 for r in rows):
                 continue
-            newest = max(recent, key=lambda r: int(r["id"]))
-            await self.http.post(f"/{hook.strip('/')}/deliveries/{newest['id']}/attempts")
-            redelivered.append(guid)
+            failed.append(max(recent, key=lambda r: int(r["id"])))
+        return sorted(failed, key=lambda r: int(r["id"]))
+
+    async def redeliver(self, hook: str, delivery: Mapping[str, Any]) -> bool:
+        """Ask GitHub to send ``delivery`` again (same bytes, same ``X-GitHub-Delivery``, so one
+        that arrives twice is enqueued once); False when GitHub refuses (a 4xx: too old, hook
+        gone), for the caller to enqueue what it named instead."""
+        try:
+            response = await self.http.post(f"/{hook.strip('/')}/deliveries/{delivery['id']}/attempts")
+        except PermanentSourceError:
+            return False
+        return 200 <= response.status_code < 300
+
+    async def delivery_refs(self, hook: str, delivery: Mapping[str, Any]) -> list[Ref]:
+        """What a delivery named, read from its stored request (``GET …/deliveries/{id}``) and
+        parsed as the receiver would: the refs to enqueue when it cannot be redelivered."""
+        response = await self._list(f"/{hook.strip('/')}/deliveries/{delivery['id']}")
+        request = response.json().get("request") or {}
+        headers = {str(k).lower(): str(v) for k, v in (request.get("headers") or {}).items()}
+        headers.setdefault("x-github-event", str(response.json().get("event") or ""))
+        headers["content-type"] = "application/json"  # the payload comes back as JSON either way
+        body = json.dumps(request.get("payload") or {}).encode()
+        try:
+            return list(parse_webhook(headers, body).refs)
+        except MalformedWebhook as exc:
+            log.warning("github: delivery %s cannot be parsed for repair: %s", delivery.get("guid"), exc)
+            return []
+
+    async def redeliver_failed(self, hook: str, since: float) -> list[str]:
+        """Redeliver every failed delivery of ``hook`` since ``since``; their GUIDs. GitHub never
+        redelivers by itself (the reconciler's gap repair, reconciler/redeliver.py, calls the
+        parts above with a claim per delivery, so none is redelivered twice)."""
+        redelivered = []
+        for delivery in await self.failed_deliveries(hook, since):
+            if await self.redeliver(hook, delivery):
+                redelivered.append(str(delivery["guid"]))
         return redelivered
 
     # --- receiver side ------------------------------------------------------------------------

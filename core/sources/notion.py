@@ -14,6 +14,11 @@
   the page's document: a comment means little without its page, and the page id stays the one
   stable id. ``comment.*`` events name their page (``data.page_id``) and re-fetch it, so an
   edited comment shows its new text and a deleted one leaves with the next fetch.
+- Inline comments (discussions anchored on a block) are read the same way, one
+  ``GET /v1/comments?block_id={block}`` per block: Notion marks no block as having a discussion,
+  so every block must be asked. ``NOTION_BLOCK_COMMENTS`` bounds it: at most that many blocks
+  per page (document order; 0 = none). Blocks past it are not asked, and the document says so
+  (metadata ``block_comments_unchecked``) instead of passing for complete.
 - Webhooks: the first POST is an unsigned ``{"verification_token": ...}`` handshake; every event
   after it is signed ``X-Notion-Signature: sha256=HMAC-SHA256(verification_token, raw body)``
   and carries ids only, so each event becomes a ref that ``fetch`` fills in.
@@ -21,6 +26,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -42,6 +49,8 @@ from core.sources.webhooks import (
     check_sha256_signature, header, ident, iso_time, load_object, obj, storable_id, text,
 )
 
+log = logging.getLogger(__name__)
+
 NAME = "notion"
 SCOPE = Scope(NAME, "workspace", "Notion workspace")
 PAGE_SIZE = 100  # Notion's maximum for search and block children
@@ -53,6 +62,10 @@ MAX_BLOCKS = 20_000
 MAX_INDENT = 12
 #: Block types whose children are separate documents (or not content), never inlined.
 _OPAQUE = {"child_page", "child_database"}
+#: Blocks asked for their inline comments per page by default (``NOTION_BLOCK_COMMENTS``).
+BLOCK_COMMENTS = 200
+#: Block comment requests in flight at once per page (the request budget still paces them).
+BLOCK_COMMENT_CONCURRENCY = 4
 _HEADINGS = {"heading_1": "#", "heading_2": "##", "heading_3": "###"}
 
 
@@ -213,9 +226,12 @@ def blocks_to_sections(nodes: list[BlockNode]) -> list[str]:
     return ["\n".join(lines) for lines in sections if any(line.strip() for line in lines)]
 
 
-def comments_section(comments: list[Mapping[str, Any]], users: Mapping[str, str]) -> str:
+def comments_section(comments: list[Mapping[str, Any]], users: Mapping[str, str],
+                     anchors: Mapping[str, str] | None = None) -> str:
     """``Comments:`` then one ``Name: text`` line per comment, replies kept with their
-    discussion (discussions in order of their first comment, comments oldest first)."""
+    discussion (discussions in order of their first comment, comments oldest first). A
+    discussion on a block (an inline comment) opens with ``On "<the block's text>":``, from
+    ``anchors`` (block id → its text)."""
     threads: dict[str, list[str]] = {}
     for comment in comments:
         body = plain(comment.get("rich_text")).strip()
@@ -223,16 +239,26 @@ def comments_section(comments: list[Mapping[str, Any]], users: Mapping[str, str]
             continue
         uid = (comment.get("created_by") or {}).get("id", "")
         name = users.get(uid, uid) or "Someone"
-        threads.setdefault(str(comment.get("discussion_id") or comment.get("id")), []).append(
-            f"{name}: {' '.join(body.split())}")
+        key = str(comment.get("discussion_id") or comment.get("id"))
+        if key not in threads:
+            threads[key] = []
+            parent = comment.get("parent") or {}
+            block = parent.get("block_id") if isinstance(parent, Mapping) else None
+            if block:
+                anchor = " ".join(((anchors or {}).get(str(block)) or "a block").split())
+                threads[key].append(f'On "{anchor[:80]}{"…" if len(anchor) > 80 else ""}":')
+        threads[key].append(f"{name}: {' '.join(body.split())}")
     lines = [line for thread in threads.values() for line in thread]
     return "Comments:\n" + "\n".join(lines) if lines else ""
 
 
 def page_to_document(page: Mapping[str, Any], blocks: list[BlockNode],
                      users: Mapping[str, str] | None = None,
-                     comments: list[Mapping[str, Any]] | None = None) -> Document:
-    """A Notion page (``GET /v1/pages/{id}``), its block tree and its comments → one Document."""
+                     comments: list[Mapping[str, Any]] | None = None,
+                     unchecked_blocks: int = 0) -> Document:
+    """A Notion page (``GET /v1/pages/{id}``), its block tree and its comments (on the page and
+    on its blocks) → one Document. ``unchecked_blocks``: blocks whose inline comments were not
+    asked (past ``NOTION_BLOCK_COMMENTS``), recorded in metadata."""
     users = users or {}
     title = page_title(page) or "Untitled"
     parts = [title]
@@ -240,7 +266,7 @@ def page_to_document(page: Mapping[str, Any], blocks: list[BlockNode],
     if props:
         parts.append("\n".join(props))
     parts.extend(blocks_to_sections(blocks))
-    section = comments_section(comments or [], users)
+    section = comments_section(comments or [], users, {n.raw.get("id", ""): block_line(n.raw) for n in walk(blocks)})
     if section:
         parts.append(section)
     parent_type, parent_id = parent_ref(page)
@@ -257,11 +283,24 @@ def page_to_document(page: Mapping[str, Any], blocks: list[BlockNode],
         metadata["database_id"] = database_id(page)
     if comments:
         metadata["comment_ids"] = [str(c.get("id", "")) for c in comments]
+    if unchecked_blocks:
+        metadata["block_comments_unchecked"] = unchecked_blocks
     return Document(
         source=NAME, id=str(page["id"]), scope=SCOPE.key, title=title, text="\n\n".join(parts),
         updated_at=parse_time(page.get("last_edited_time")), url=str(page.get("url") or ""),
         author=users.get(created_by, created_by), metadata=metadata,
     )
+
+
+def walk(blocks: list[BlockNode]) -> list[BlockNode]:
+    """Every block of a tree in document order (pre-order), iteratively."""
+    out: list[BlockNode] = []
+    stack = list(reversed(blocks))
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        stack.extend(reversed(node.children))
+    return out
 
 
 def event_to_result(event: Mapping[str, Any]) -> WebhookResult:
@@ -301,9 +340,11 @@ class NotionSource:
     #: False once Notion answered 403 to the comments endpoint (no "read comments" capability).
     comments_readable = True
 
-    def __init__(self, settings: SourceSettings, http: SourceHTTP) -> None:
+    def __init__(self, settings: SourceSettings, http: SourceHTTP, block_comments: int = BLOCK_COMMENTS) -> None:
         self.settings = settings
         self.http = http
+        #: Blocks per page asked for their inline comments (NOTION_BLOCK_COMMENTS; 0 = none).
+        self.block_comments = block_comments
         #: user id → display name, filled lazily; ids stay when users can't be read.
         self.users: dict[str, str] = {}
 
@@ -378,17 +419,39 @@ class NotionSource:
             return Gone(NAME, ref.id)
         blocks = await self._block_tree(ref.id)
         comments = await self._comments(ref.id)
+        inline, unchecked = await self._block_comments(ref.id, blocks)
+        comments += inline
         await self._resolve_users(page, comments)
-        return page_to_document(page, blocks, self.users, comments)
+        return page_to_document(page, blocks, self.users, comments, unchecked)
 
-    async def _comments(self, page_id: str) -> list[dict[str, Any]]:
-        """The page's un-resolved page-level comments, every page of them. Without the "read
+    async def _block_comments(self, page_id: str, blocks: list[BlockNode]) -> tuple[list[dict[str, Any]], int]:
+        """The inline comments of the page's blocks (at most ``block_comments`` blocks asked, in
+        document order; one request each, a few at a time) and how many blocks were not asked."""
+        if self.block_comments <= 0 or not self.comments_readable:
+            return [], 0  # switched off (NOTION_BLOCK_COMMENTS=0), or comments cannot be read
+        candidates = [n for n in walk(blocks) if n.raw.get("type") not in _OPAQUE and n.raw.get("id")]
+        asked = candidates[: self.block_comments]
+        unchecked = len(candidates) - len(asked)
+        if unchecked:
+            log.warning("notion: page %s has %d blocks; inline comments read on the first %d only "
+                        "(NOTION_BLOCK_COMMENTS)", page_id, len(candidates), len(asked))
+        gate = asyncio.Semaphore(BLOCK_COMMENT_CONCURRENCY)
+
+        async def one(node: BlockNode) -> list[dict[str, Any]]:
+            async with gate:
+                return await self._comments(str(node.raw["id"]))
+
+        found = await asyncio.gather(*(one(n) for n in asked))
+        return [c for comments in found for c in comments], unchecked
+
+    async def _comments(self, block_id: str) -> list[dict[str, Any]]:
+        """The un-resolved comments on a page or a block, every page of them. Without the "read
         comments" capability Notion answers 403: the page is indexed without comments (and we
         stop asking until restart) rather than not at all."""
         if not self.comments_readable:
             return []
         try:
-            return await self._all_results("/v1/comments", {"block_id": page_id}, f"comments of {page_id}")
+            return await self._all_results("/v1/comments", {"block_id": block_id}, f"comments of {block_id}")
         except PermanentSourceError as exc:
             if exc.status != 403:
                 raise
@@ -502,4 +565,5 @@ def build(settings: SourceSettings, client: httpx.AsyncClient, limiter: Limiter 
         headers["Authorization"] = f"Bearer {token}"
     base = (settings.get("NOTION_API_URL") or "https://api.notion.com").rstrip("/")
     http = SourceHTTP(NAME, client, base_url=base, headers=headers, limiter=limiter)
-    return NotionSource(settings, http)
+    raw = settings.get("NOTION_BLOCK_COMMENTS")
+    return NotionSource(settings, http, int(raw) if raw.strip() else BLOCK_COMMENTS)

@@ -75,3 +75,32 @@ def test_a_20_level_block_tree_is_indexed_to_its_deepest_level(system: System) -
     texts = system.chunk_texts(document_id)
     assert all(word in texts for word in words)
     assert system.found(words[-1], document_id, "notion")
+
+
+def test_inline_comment_on_a_block_added_and_deleted_reach_the_index_through_webhooks(system: System) -> None:
+    topic, inline = unique("anchor"), unique("inline")
+    page = system.control("notion", "POST", "/pages", json={
+        "title": f"Inline contract {topic}", "blocks": [
+            {"type": "paragraph", "text": f"Intro {topic}."},
+            {"type": "toggle", "text": "Decision", "children": [{"type": "paragraph", "text": "Ship on Friday."}]}]}).json()
+    document_id = f"notion:{page['id']}"
+    system.settle("notion")
+    assert system.found(topic, document_id, "notion")
+
+    sim = system.sandbox.sims["notion"]
+    nested = sim.blocks[sim.pages[page["id"]].children[1]].children[0]  # type: ignore[attr-defined]
+    comment = system.control("notion", "POST", f"/pages/{page['id']}/comments", json={
+        "text": f"Friday is {inline} {inline}", "author": "Grace Hopper", "block_id": nested}).json()
+    system.settle("notion")
+    event = last_event(system)
+    assert event["type"] == "comment.created" and event["data"]["parent"]["type"] == "block"  # type: ignore[index]
+    assert system.found(inline, document_id, "notion")
+    assert f'On "Ship on Friday.":\nGrace Hopper: Friday is {inline}' in system.chunk_texts(document_id)
+    assert system.run_count() == 0  # the webhook alone did it
+
+    system.control("notion", "DELETE", f"/comments/{comment['id']}")
+    system.settle("notion")
+    assert last_event(system)["type"] == "comment.deleted"
+    texts = system.chunk_texts(document_id)
+    assert inline not in texts and "Ship on Friday." in texts
+    assert not system.found(inline, document_id, "notion")

@@ -384,8 +384,8 @@ def test_rate_limited_requests_wait_retry_after_through_source_http(server: Sand
         docs = await asyncio.gather(*(source.fetch(Ref("notion", pid)) for pid in ids))
         return list(docs), source.http.requests
 
-    try:
-        docs, requests = run(server.env(), body)
+    try:  # inline comments off: this is about 429s, and each block's request would cost ~0.3 s here
+        docs, requests = run(server.env(), body, NOTION_BLOCK_COMMENTS="0")
     finally:
         sim.knobs.rate_limit = 0
     assert [d.title for d in docs] == list(titles)
@@ -507,3 +507,59 @@ def test_without_the_comments_capability_pages_index_without_comments(server: Sa
     for doc in docs:
         assert isinstance(doc, Document)
         assert "Visible body." in doc.text and "Hidden remark" not in doc.text
+
+
+# --- inline comments (on blocks) ------------------------------------------------------------------
+def _inline_page(server: SandboxServer, sim: NotionSimulator, title: str) -> tuple[str, list[str]]:
+    """A page of three blocks (the last nested in a toggle); its block ids in document order."""
+    page = control(server, "POST", "/pages", {"title": title, "blocks": [
+        {"type": "paragraph", "text": "The budget is ten thousand."},
+        {"type": "toggle", "text": "Details", "children": [{"type": "paragraph", "text": "Vendor is Acme."}]}]})
+    top = sim.pages[page["id"]].children
+    return page["id"], [top[0], top[1], sim.blocks[top[1]].children[0]]
+
+
+def test_fetch_includes_inline_comments_under_the_text_they_are_on(server: SandboxServer,
+                                                                 sim: NotionSimulator) -> None:
+    page_id, (budget, _, vendor) = _inline_page(server, sim, "Inline review")
+    first = control(server, "POST", f"/pages/{page_id}/comments",
+                    {"text": "Too low", "author": "Grace Hopper", "block_id": budget})
+    control(server, "POST", f"/pages/{page_id}/comments",
+            {"text": "Agreed", "author": "Alan Turing", "discussion_id": first["discussion_id"]})
+    nested = control(server, "POST", f"/pages/{page_id}/comments",
+                     {"text": "Which Acme?", "author": "Ada Lovelace", "block_id": vendor})
+    control(server, "POST", f"/pages/{page_id}/comments", {"text": "Page note", "author": "Ada Lovelace"})
+
+    doc = run(server.env(), lambda s: s.fetch(Ref("notion", page_id)))
+    assert isinstance(doc, Document)
+    assert doc.text.endswith('Comments:\nAda Lovelace: Page note\n'
+                             'On "The budget is ten thousand.":\nGrace Hopper: Too low\nAlan Turing: Agreed\n'
+                             'On "Vendor is Acme.":\nAda Lovelace: Which Acme?')
+    assert nested["id"] in doc.metadata["comment_ids"] and "block_comments_unchecked" not in doc.metadata
+
+    control(server, "DELETE", f"/comments/{nested['id']}")
+    again = run(server.env(), lambda s: s.fetch(Ref("notion", page_id)))
+    assert isinstance(again, Document)
+    assert "Which Acme?" not in again.text and "Vendor is Acme." in again.text and "Too low" in again.text
+
+
+def test_inline_comments_cost_one_request_per_block_bounded_by_the_setting(server: SandboxServer,
+                                                                         sim: NotionSimulator) -> None:
+    page_id, (_, _, vendor) = _inline_page(server, sim, "Inline budget")
+    control(server, "POST", f"/pages/{page_id}/comments", {"text": "Late remark", "block_id": vendor})
+
+    def fetch(limit: str) -> tuple[Document, int]:
+        async def body(source: NotionSource) -> tuple[Document, int]:
+            await source.fetch(Ref("notion", page_id))  # users resolved and cached first
+            before = source.http.requests
+            doc = await source.fetch(Ref("notion", page_id))
+            assert isinstance(doc, Document)
+            return doc, source.http.requests - before
+        return run(server.env(), body, NOTION_BLOCK_COMMENTS=limit)
+
+    (off, off_cost), (two, two_cost), (every, every_cost) = fetch("0"), fetch("2"), fetch("200")
+    assert "Late remark" in every.text and "block_comments_unchecked" not in every.metadata
+    assert every_cost - off_cost == 3  # one GET /v1/comments per block: three blocks
+    assert two_cost - off_cost == 2 and "Late remark" not in two.text  # the third block is not asked...
+    assert two.metadata["block_comments_unchecked"] == 1  # ...and the document says so
+    assert "Late remark" not in off.text and "block_comments_unchecked" not in off.metadata
