@@ -45,7 +45,7 @@ from typing import Any
 import psycopg
 import psycopg_pool
 
-from core import metrics, queue, state
+from core import budget, metrics, queue, state
 from core.runtime import Services
 from core.settings import SOURCE_NAMES, Settings
 
@@ -274,6 +274,7 @@ def _read_state(services: Services, settings: Settings, now: datetime) -> dict[s
             """SELECT process, kind, pid, host, beat_at, started_at, info FROM heartbeats
                WHERE beat_at > now() - interval '1 day' ORDER BY kind, process"""
         ).fetchall()
+        out["budget"] = budget.read_costs(conn)  # pass costs per scope (core/budget.py)
         out["pending_token"] = conn.execute(
             "SELECT key FROM kv WHERE key LIKE '%.verification_token'"
         ).fetchall()
@@ -336,6 +337,11 @@ def _assemble(settings: Settings, now: datetime, redis: dict[str, Any], rows: di
             oldest.get(name, {}), rows["stats"].get(name), rows["runs"].get(name), audits.get(name, []),
         )
 
+    # Each configured source's schedule against its request budget; a configured interval the
+    # budget cannot pay is a reason (amber), not a silent lag.
+    for name, report in budget.reports(settings, rows.get("budget", []), now).items():
+        sources[name]["budget"] = report
+
     processes = []
     for p, kind, pid, host, beat, started, info in rows["beats"]:
         info = info if isinstance(info, dict) else {}
@@ -364,6 +370,8 @@ def _assemble(settings: Settings, now: datetime, redis: dict[str, Any], rows: di
             reasons.append(s["reason"])
             bad = bad or s["state"] == "failing"
         warnings += s["warnings"]
+        if (s.get("budget") or {}).get("warning"):
+            reasons.append(s["budget"]["warning"])
     for kind, alive in kinds_alive.items():
         if alive:
             continue
