@@ -55,6 +55,11 @@ def _words(seconds: float | None) -> str:
     return f"{seconds:.0f}s"
 
 
+def _tenths(seconds: float) -> float:
+    """Rounded up to a tenth of a second (compressed budgets in tests are that short)."""
+    return math.ceil(round(seconds * 10, 6)) / 10
+
+
 def _mean(values: list[int]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -69,15 +74,15 @@ def assess(source: str, rate: Rate, configured: float, rows: Iterable[tuple[Any,
     firsts = [int(r[4]) for r in rows if r[4] is not None]
     steady_each = _mean(incremental) or 1.0
     pass_cost = sum(float(r[5]) if r[5] is not None else steady_each for r in rows)
-    achievable = math.ceil(pass_cost / per_second) if rows else 0
-    effective = max(configured, float(achievable))
+    achievable = _tenths(pass_cost / per_second) if rows else 0.0
+    effective = max(configured, achievable)
     backfilling = [r for r in rows if r[2]]
     first_each = _mean(firsts)
     remaining = 0.0
     for r in backfilling:
         spent = int(r[3])
         remaining += max((first_each or 0.0) - spent, 1.0)
-    eta = math.ceil(remaining / per_second) if backfilling else 0
+    eta = _tenths(remaining / per_second) if backfilling else 0.0
     paused = [r[7] for r in rows if r[7] is not None and r[7] > now]
     report: dict[str, Any] = {
         "rate": str(rate),
