@@ -136,3 +136,30 @@ def test_status_is_quiet_when_the_budget_fits(services, fireflies_settings) -> N
     assert not any("budget" in r for r in report["reasons"])
     assert "BUDGET WARNING" not in render_text(report)
     assert "budget: every 1.0h (achievable 36.0m at 50/86400s)" in render_text(report)
+
+
+def test_dashboard_shows_the_schedule_and_the_warning(services, infra, receiver_factory, tmp_path) -> None:
+    """The page paints what the report says: the stretched schedule on the source's card, in
+    amber, and the warning among the reasons (the verdict amber, not "Healthy")."""
+    from core import state
+    from tests.test_dashboard import parse_dom, run_chromium
+
+    settings = make_settings(infra, FIREFLIES_API_KEY="key", FIREFLIES_API_URL="http://127.0.0.1:9/graphql",
+                             FIREFLIES_RATE_LIMIT="50/day", FIREFLIES_POLL_INTERVAL="1h", HEARTBEAT_TIMEOUT="600")
+    seed_costs(services, last=3)
+    with services.pool.connection() as conn:  # a second scope still sweeping its history
+        conn.execute("INSERT INTO scopes (source, key, name) VALUES ('fireflies', 'more', 'More')")
+    for kind in ("worker", "reconciler"):
+        state.beat(services.pool, kind, f"{kind}@test:1")
+    receiver = receiver_factory(settings)
+    dom = parse_dom(run_chromium(f"{receiver.url}/", tmp_path, "--dump-dom"))
+    card = dom.find("article", data_source="fireflies")
+    assert card.attrs["data-budget"] == "stretched"
+    text = card.text()
+    # The unmeasured scope counts as the measured one's 3 requests: 6 a round, every 3.6 h; its
+    # history is estimated at the finished first pass's 3 requests: 1.8 h.
+    assert "every 3.6h (achievable 3.6h at 50/86400s; the configured 1h cannot be met)" in text
+    assert "Backfill 1 scope left, ETA 1.8h" in text
+    reasons = dom.find("ul", id="reasons").text()
+    assert "budget too small for FIREFLIES_POLL_INTERVAL" in reasons
+    assert dom.find(id="verdict").attrs["class"] == "verdict warn"
