@@ -123,6 +123,7 @@ class RedisRateLimiter:
         self.limit, self.window = window_of(rate)
         base = f"vector-sync:window:{source}"
         self.keys = [base, f"{base}:seq", f"{base}:hold"]
+        self.key = base  # the log: deleting it frees the budget (tests)
         #: None: Redis's clock (production); a callable returning epoch seconds (tests).
         self.clock = clock
         self._script = redis.register_script(_WINDOW)
