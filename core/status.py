@@ -781,6 +781,12 @@ def render_metrics(status: dict[str, Any]) -> str:
     metric("source_stale_after_seconds", "Age of the last successful pass beyond which the source is stale",
            "gauge", [({"source": n}, s["stale_after_s"]) for n, s in sources.items()
                      if s.get("stale_after_s") is not None])
+    budgets = {n: s["budget"] for n, s in sources.items() if s.get("budget")}  # core/budget.py
+    metric("source_poll_interval_seconds", "Poll interval: configured, achievable at the budget, effective",
+           "gauge", [({"source": n, "kind": k}, b[f"{k}_interval_s"]) for n, b in budgets.items()
+                     for k in ("configured", "achievable", "effective")])
+    metric("source_backfill_eta_seconds", "Estimated seconds until every scope's first pass is done",
+           "gauge", [({"source": n}, b["backfill"]["eta_s"]) for n, b in budgets.items()])
     metric("failures_total", "Failures counted by stage (listing, fetch, validate, embed, index, record)",
            "counter", [({"source": n, "stage": stage}, count) for n, s in sources.items()
                        for stage, count in sorted(s["failures_by_stage"].items())])

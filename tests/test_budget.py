@@ -14,7 +14,7 @@ import pytest
 
 from core import budget
 from core.settings import Rate
-from core.status import build_status
+from core.status import build_status, render_metrics
 from core.statusview import render_text
 from tests.conftest import make_settings
 
@@ -126,6 +126,11 @@ def test_status_warns_when_the_configured_interval_cannot_be_met(services, firef
     assert "BUDGET WARNING: budget: every 1.8h (achievable 1.8h at 50/86400s)" in text
     # Other sources without credentials carry no budget.
     assert "budget" not in report["sources"]["slack"]
+    # /metrics carries the intervals and the ETA.
+    metrics = render_metrics(report)
+    assert 'vector_sync_source_poll_interval_seconds{source="fireflies",kind="configured"} 3600' in metrics
+    assert 'vector_sync_source_poll_interval_seconds{source="fireflies",kind="effective"} 6480' in metrics
+    assert 'vector_sync_source_backfill_eta_seconds{source="fireflies"} 0' in metrics
 
 
 def test_status_is_quiet_when_the_budget_fits(services, fireflies_settings) -> None:
