@@ -139,6 +139,9 @@ class SourceHTTP:
                 attempt += 1
                 continue
             metrics.upstream(self.source, response.status_code)
+            observe = getattr(self.limiter, "observe", None)
+            if observe is not None:  # the source's own count of the budget (core/ratelimit.py)
+                await observe(response.headers)
             wait = self._rate_limit_wait(response)
             if wait is not None:
                 rounds += 1

@@ -234,6 +234,18 @@ def _duration(raw: Any) -> float:
         raise _invalid(f"must be a duration such as 30, 90s, 15m, 2h or 1d, not {raw!r}") from None
 
 
+def _time_scale(raw: Any) -> float:
+    """A factor in (0, 1] that shortens every request budget's period (tests and demos compress
+    a day's quota into seconds)."""
+    try:
+        value = float(raw.strip() if isinstance(raw, str) else raw)
+    except ValueError:
+        raise _invalid(f"must be a number above 0 and at most 1, such as 0.001, not {raw!r}") from None
+    if not 0 < value <= 1:
+        raise _invalid(f"must be a number above 0 and at most 1, such as 0.001, not {raw!r}")
+    return value
+
+
 def _choice(*choices: str, upper: bool = True, listed: str = "") -> BeforeValidator:
     def check(raw: Any) -> str:
         value = raw.strip().upper() if upper else raw.strip().lower()
@@ -334,6 +346,7 @@ class Settings(BaseSettings):
     max_wait: Duration = Field(3 * 86400.0, alias="MAX_WAIT")
     reconcile_overlap: Duration = Field(600.0, alias="RECONCILE_OVERLAP")
     reconcile_tick: Duration = Field(5.0, alias="RECONCILE_TICK")
+    budget_time_scale: Annotated[float, BeforeValidator(_time_scale)] = Field(1.0, alias="BUDGET_TIME_SCALE")
     prune_interval: Duration = Field(86400.0, alias="PRUNE_INTERVAL")
     #: The reconciler's drift audit per scope; 0 = never.
     verify_interval: Duration = Field(86400.0, alias="VERIFY_INTERVAL")
@@ -467,13 +480,20 @@ def _source_settings(name: str, env: _Env) -> SourceSettings:
     raw = {var: Secret(value) if SECRET_NAME.fullmatch(var) else value for var, value in raw.items()}
     upper = name.upper()
     poll = env.duration(f"{upper}_POLL_INTERVAL", DEFAULT_POLL_INTERVAL[name])
+    rate = env.rate(f"{upper}_RATE_LIMIT", DEFAULT_RATE_LIMIT[name])
+    scale = env.environ.get("BUDGET_TIME_SCALE", "").strip()
+    if scale:  # validated again (and named) by the Settings field
+        try:
+            rate = Rate(rate.limit, rate.period * _time_scale(scale))
+        except _Invalid as exc:
+            raise SettingsError(f"BUDGET_TIME_SCALE {exc}") from None
     return SourceSettings(
         name=name,
         env=raw,
         poll_interval=poll,
         # Stale when two polls in a row have been missed (plus slack for a slow pass).
         stale_after=env.duration(f"{upper}_STALE_AFTER", 2 * poll + 300),
-        rate=env.rate(f"{upper}_RATE_LIMIT", DEFAULT_RATE_LIMIT[name]),
+        rate=rate,
     )
 
 

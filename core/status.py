@@ -45,7 +45,7 @@ from typing import Any
 import psycopg
 import psycopg_pool
 
-from core import metrics, queue, state, webhookhealth
+from core import budget, metrics, queue, state, webhookhealth
 from core.runtime import Services
 from core.settings import SOURCE_NAMES, Settings
 
@@ -277,6 +277,7 @@ def _read_state(services: Services, settings: Settings, now: datetime) -> dict[s
         # GitHub's webhook gap repair (core/webhookhealth.py reads it).
         out["redelivery"] = (conn.execute("SELECT value FROM kv WHERE key = %s",
                                           (webhookhealth.REDELIVERY_KEY,)).fetchone() or [None])[0]
+        out["budget"] = budget.read_costs(conn)  # pass costs per scope (core/budget.py)
         out["pending_token"] = conn.execute(
             "SELECT key FROM kv WHERE key LIKE '%.verification_token'"
         ).fetchall()
@@ -345,6 +346,11 @@ def _assemble(settings: Settings, now: datetime, redis: dict[str, Any], rows: di
         if sources[name]["configured"]:
             sources[name]["warnings"] += webhookhealth.warnings(name, hooks)
 
+    # Each configured source's schedule against its request budget; a configured interval the
+    # budget cannot pay is a reason (amber), not a silent lag.
+    for name, report in budget.reports(settings, rows.get("budget", []), now).items():
+        sources[name]["budget"] = report
+
     processes = []
     for p, kind, pid, host, beat, started, info in rows["beats"]:
         info = info if isinstance(info, dict) else {}
@@ -373,6 +379,8 @@ def _assemble(settings: Settings, now: datetime, redis: dict[str, Any], rows: di
             reasons.append(s["reason"])
             bad = bad or s["state"] == "failing"
         warnings += s["warnings"]
+        if (s.get("budget") or {}).get("warning"):
+            reasons.append(s["budget"]["warning"])
     for kind, alive in kinds_alive.items():
         if alive:
             continue
@@ -782,6 +790,12 @@ def render_metrics(status: dict[str, Any]) -> str:
     metric("source_stale_after_seconds", "Age of the last successful pass beyond which the source is stale",
            "gauge", [({"source": n}, s["stale_after_s"]) for n, s in sources.items()
                      if s.get("stale_after_s") is not None])
+    budgets = {n: s["budget"] for n, s in sources.items() if s.get("budget")}  # core/budget.py
+    metric("source_poll_interval_seconds", "Poll interval: configured, achievable at the budget, effective",
+           "gauge", [({"source": n, "kind": k}, b[f"{k}_interval_s"]) for n, b in budgets.items()
+                     for k in ("configured", "achievable", "effective")])
+    metric("source_backfill_eta_seconds", "Estimated seconds until every scope's first pass is done",
+           "gauge", [({"source": n}, b["backfill"]["eta_s"]) for n, b in budgets.items()])
     metric("failures_total", "Failures counted by stage (listing, fetch, validate, embed, index, record)",
            "counter", [({"source": n, "stage": stage}, count) for n, s in sources.items()
                        for stage, count in sorted(s["failures_by_stage"].items())])

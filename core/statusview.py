@@ -48,6 +48,11 @@ def render_text(report: dict[str, Any], pool: ConnectionPool | None = None) -> s
             f"{name:<10} {s['state']:<15} {_age(s['last_success_age_s']):<14} {s['documents']:>7} "
             f"{s['vectors']:>8} {s['scopes']['active']:>7} {run_text:>5}  {reason[:100]}"
         )
+        if s.get("budget"):  # the schedule against the request budget (core/budget.py)
+            from core.budget import summary
+
+            mark = "BUDGET WARNING: " if s["budget"]["stretched"] else ""
+            lines.append(f"{'':<10}   {mark}budget: {summary(s['budget'])}")
         for scope in s["scope_list"]:
             if scope["state"] != "fresh":
                 lines.append(f"{'':<10}   {scope['key'][:30]:<30} {scope['state']:<13} "

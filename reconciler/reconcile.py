@@ -7,6 +7,15 @@ pass runs (and on every saved page), and released when the pass ends. Another re
 leased scope, and takes it once the lease runs out or the owner's heartbeat goes silent
 (``HEARTBEAT_TIMEOUT``): a reconciler killed mid-pass holds its scopes for about a minute.
 
+Budgets (issue 15): every pass counts the requests it makes (``core.ratelimit.count_requests``)
+into ``scope_costs``, saved with each checkpoint, so an interrupted pass still adds up to its whole
+cost. A finished scope is next due after ``max(POLL_INTERVAL, achievable interval)``
+(core/budget.py): when the budget cannot pay for the configured schedule, the reconciler stretches
+it, logs it once, and status says so. A pass that runs out of budget (the limiter's wait exceeds
+its ``max_wait``) is *paused*, not failed: it keeps its checkpoint and pays nothing twice, and
+the scope falls due again when the budget has a slot, so a whole history on a 50/day plan is
+swept slowly, page by page, never from scratch.
+
 A scope's cursor is the newest source ``updated_at`` a *finished* pass enqueued; the next pass
 lists from ``cursor - RECONCILE_OVERLAP`` (source clocks, minute-precision queries and
 eventually consistent search all blur the edge). Within a pass, every page is enqueued before its
@@ -23,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 from dataclasses import dataclass
@@ -31,10 +41,11 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from core import access, queue, scopes, state
+from core import access, budget, queue, scopes, state
 from core.runs import finish_run, progress_run, start_run
 from core.documents import Ref, doc_id
-from core.errors import VectorSyncError
+from core.errors import RateLimited, VectorSyncError
+from core.ratelimit import count_requests
 from core.heartbeat import Outages
 from core.runtime import Services, SourceSet
 from core.settings import Settings
@@ -133,6 +144,9 @@ class Reconciler:
         #: Where database and broker outages are reported (the loop sets the heartbeat's).
         self.outages: Outages | None = None
         self._discovered_at: dict[str, float] = {}
+        #: source → the interval its schedule was last stretched to (0: not stretched), so the
+        #: change is logged once, not after every scope's pass.
+        self._stretched: dict[str, float] = {}
 
     async def tick(self) -> int:
         """Discover, then reconcile every due scope; returns how many scopes were processed."""
@@ -220,6 +234,19 @@ class Reconciler:
         run_id = await asyncio.to_thread(start_run, self.pool, "reconcile", item.source, item.key, self.owner,
                                          {"since": since, "resumed": resuming})
         scope = Scope(item.source, item.key, item.name)
+        with count_requests() as spent:
+            return await self._run_pass(item, source, scope, since, high, counters, run_id, spent)
+
+    async def _run_pass(self, item: ClaimedScope, source: Any, scope: Scope, since: float | None,
+                        high: float | None, counters: dict[str, Any], run_id: int,
+                        spent: list[int]) -> dict[str, Any]:
+        saved = [0]  # requests already added to scope_costs
+
+        def unsaved() -> int:
+            delta = spent[0] - saved[0]
+            saved[0] = spent[0]
+            return delta
+
         try:
             async for page in source.changes(scope, since, item.checkpoint):
                 refs = [_with_scope(ref, item.key) for ref in page.refs]
@@ -229,27 +256,42 @@ class Reconciler:
                     high = page.high_water if high is None else max(high, page.high_water)
                 counters["pages"] += 1
                 counters["refs"] += len(refs)
-                await asyncio.to_thread(self._save_checkpoint, item, page.checkpoint, since, high)
+                await asyncio.to_thread(self._save_checkpoint, item, page.checkpoint, since, high, unsaved())
                 await asyncio.to_thread(progress_run, self.pool, run_id, counters)
             await self._refresh_access(source, scope, counters)
         except asyncio.CancelledError:
             # Stopping: hand the scope back at once (its checkpoint is kept) instead of holding
             # the lease, and close the run as abandoned. Synchronous: the task is being cancelled.
             self._release(item)
+            budget.add_progress(self.pool, item.source, item.key, unsaved(), 0)
             with self.pool.connection() as conn:
                 conn.execute("UPDATE runs SET status = 'abandoned', finished_at = now(), "
                              "error = 'stopped before it finished' WHERE id = %s", (run_id,))
             raise
+        except RateLimited as exc:
+            # The budget is used up for longer than a pass waits: pause here, keeping the
+            # checkpoint, and come back when a slot is free. Not a failure: nothing is wrong.
+            wait = max(exc.retry_after or 0.0, 1.0)
+            counters["paused_for_s"] = round(wait, 1)
+            await asyncio.to_thread(budget.pause, self.pool, item.source, item.key, unsaved(),
+                                    0, wait)
+            await asyncio.to_thread(self._pause, item, wait, run_id, counters)
+            log.info("reconcile paused for the request budget",
+                     extra={"source": item.source, "scope": item.key, "resumes_in_s": round(wait)})
+            return counters
         except Exception as exc:  # any failure: record, keep the checkpoint, retry with backoff
             message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, VectorSyncError) else str(exc)
             # Redis or Postgres down: one outage line for the process, not one per scope.
             if self.outages is None or self.outages.report(exc) is None:
                 log.warning("reconcile failed", extra={"source": item.source, "scope": item.key, "error": message})
+            await asyncio.to_thread(budget.add_progress, self.pool, item.source, item.key, unsaved(), 0)
             await asyncio.to_thread(self._fail, item, message)
             await asyncio.to_thread(finish_run, self.pool, run_id, counters, message)
             return counters
         cursor = item.cursor if high is None else max(high, item.cursor or high)
         counters["cursor"] = cursor
+        counters["requests"] = await asyncio.to_thread(
+            budget.finish_pass, self.pool, item.source, item.key, unsaved(), 0, first=item.cursor is None)
         await asyncio.to_thread(self._succeed, item, cursor)
         await asyncio.to_thread(finish_run, self.pool, run_id, counters)
         log.info("reconciled", extra={"source": item.source, "scope": item.key,
@@ -304,8 +346,15 @@ class Reconciler:
     # --- scope row updates ------------------------------------------------------------------
 
     def _save_checkpoint(self, item: ClaimedScope, checkpoint: str | None, since: float | None,
-                         high: float | None) -> None:
-        with self.pool.connection() as conn:
+                         high: float | None, requests: int = 0) -> None:
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute(
+                """INSERT INTO scope_costs (source, key, pass_requests, pass_pages) VALUES (%s, %s, %s, 1)
+                   ON CONFLICT (source, key) DO UPDATE SET
+                       pass_requests = scope_costs.pass_requests + excluded.pass_requests,
+                       pass_pages = scope_costs.pass_pages + 1, paused_until = NULL, updated_at = now()""",
+                (item.source, item.key, requests),
+            )
             conn.execute(
                 """UPDATE scopes SET checkpoint = %s, pass_since = %s, pass_high_water = %s,
                        lease_until = CASE WHEN lease_owner = %s
@@ -315,7 +364,7 @@ class Reconciler:
             )
 
     def _succeed(self, item: ClaimedScope, cursor: float | None) -> None:
-        poll = self.settings.source(item.source).poll_interval
+        poll = self.interval(item.source)
         with self.pool.connection() as conn:
             conn.execute(
                 """UPDATE scopes SET cursor = %s, checkpoint = NULL, pass_since = NULL,
@@ -326,6 +375,31 @@ class Reconciler:
                    WHERE source = %s AND key = %s""",
                 (cursor, poll, self.settings.prune_interval, item.source, item.key),
             )
+
+    def interval(self, source: str) -> float:
+        """The source's poll interval, stretched to what its budget can pay (core/budget.py)."""
+        report = budget.source_report(self.pool, self.settings, source)
+        effective = float(report["effective_interval_s"])
+        stretched = effective if report["stretched"] else 0.0
+        if self._stretched.get(source, 0.0) != stretched:
+            self._stretched[source] = stretched
+            if stretched:
+                log.warning("schedule stretched to fit the request budget",
+                            extra={"source": source, "interval_s": effective, "reason": report["warning"]})
+            else:
+                log.info("schedule back to its configured interval",
+                         extra={"source": source, "interval_s": effective})
+        return effective
+
+    def _pause(self, item: ClaimedScope, wait: float, run_id: int, counters: dict[str, Any]) -> None:
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute("""UPDATE scopes SET next_due_at = now() + make_interval(secs => %s),
+                                lease_owner = NULL, lease_until = NULL
+                            WHERE source = %s AND key = %s""", (wait, item.source, item.key))
+            conn.execute("""UPDATE runs SET status = 'abandoned', finished_at = now(), progress_at = now(),
+                                counters = %s::jsonb, error = %s WHERE id = %s""",
+                         (json.dumps(counters), f"paused: request budget used up; resumes in {wait:.0f}s",
+                          run_id))
 
     def _release(self, item: ClaimedScope) -> None:
         with self.pool.connection() as conn:
