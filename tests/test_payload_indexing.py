@@ -1,0 +1,158 @@
+"""Indexing from what the webhook already says (issue 12): a verified webhook that carries the
+whole document is indexed from its payload, asking the source only for what the payload lacks;
+the document is the one a fetch would make (same content and metadata hash, same access); an
+older event never overwrites a newer one; a burst of events for one document is one write.
+
+Real simulators, receiver, worker, Postgres and Redis over loopback. Webhooks are recorded by
+the simulator (no target) and posted to the receiver by the test, in the order a test needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from core import coalesce
+from core.documents import Document, Ref
+from core.settings import Settings
+from core.sources.github import GitHubSource, build
+from core.sources.jira import JiraSource
+from core.sources.jira import build as build_jira
+from sandbox.server import SandboxServer, create_simulators
+from tests.conftest import FAST_BUDGETS, make_settings, wait_for
+
+PUBLIC, PRIVATE = "acme/web", "acme/api"
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[SandboxServer]:
+    sims = create_simulators(["github", "jira"], profile="small", seed=12)
+    for sim in sims.values():
+        sim.knobs.rate_limit = 0
+    server = SandboxServer(sims).start()
+    yield server
+    server.stop()
+
+
+def gh(sandbox: SandboxServer) -> Any:
+    return sandbox.sims["github"]
+
+
+def control(sandbox: SandboxServer, source: str, method: str, path: str, body: Any = None) -> dict[str, Any]:
+    r = httpx.request(method, sandbox.url(source) + "/_sandbox" + path, json=body, timeout=10)
+    assert r.status_code < 300, r.text
+    sandbox.run_coroutine(sandbox.sims[source].webhooks.drain(5))
+    return r.json()
+
+
+def recorded(sandbox: SandboxServer, source: str, guid: str | None = None) -> tuple[dict[str, str], bytes]:
+    """The (headers, raw body) of a webhook the simulator sent: the one named ``guid``, else the
+    last one."""
+    deliveries = sandbox.sims[source].webhooks.deliveries
+    if guid is not None:
+        deliveries = [d for d in deliveries if d.headers.get("X-GitHub-Delivery") == guid]
+    return dict(deliveries[-1].headers), deliveries[-1].body
+
+
+def with_source(make: Callable[[httpx.AsyncClient], Any], body: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
+    """``body(source)`` with a fresh connector (no cache shared between the two reads compared)."""
+
+    async def main() -> Any:
+        async with httpx.AsyncClient(timeout=10) as client:
+            return await body(make(client))
+
+    return asyncio.run(main())
+
+
+def github(sandbox: SandboxServer) -> Callable[[httpx.AsyncClient], GitHubSource]:
+    return lambda client: build(Settings.from_environ(sandbox.env()).source("github"), client)
+
+
+def jira(sandbox: SandboxServer) -> Callable[[httpx.AsyncClient], JiraSource]:
+    return lambda client: build_jira(Settings.from_environ(sandbox.env()).source("jira"), client)
+
+
+def parsed_ref(source: Any, headers: dict[str, str], body: bytes) -> Ref:
+    source.verify(headers, body)
+    (ref,) = source.parse(headers, body).refs
+    return ref
+
+
+def both_ways(sandbox: SandboxServer, name: str, make: Callable[[httpx.AsyncClient], Any],
+              headers: dict[str, str], body: bytes) -> tuple[Document, Document, int, int]:
+    """The document built from the webhook's payload and the one fetched, and the requests
+    each cost the simulator."""
+    sim = sandbox.sims[name]
+
+    async def built(source: Any) -> tuple[Any, int]:
+        ref = parsed_ref(source, headers, body)
+        assert ref.payload is not None, "the webhook's document should ride in the ref"
+        before = sim.requests
+        return await source.from_payload(ref), sim.requests - before
+
+    async def fetched(source: Any) -> tuple[Any, int]:
+        ref = parsed_ref(source, headers, body)
+        before = sim.requests
+        return await source.fetch(ref), sim.requests - before
+
+    from_payload, payload_cost = with_source(make, built)
+    from_fetch, fetch_cost = with_source(make, fetched)
+    assert isinstance(from_payload, Document) and isinstance(from_fetch, Document)
+    return from_payload, from_fetch, payload_cost, fetch_cost
+
+
+def assert_same(a: Document, b: Document) -> None:
+    assert a.content_hash() == b.content_hash()
+    assert a.metadata_hash() == b.metadata_hash()
+    assert (a.updated_at, a.access_type, a.access_list) == (b.updated_at, b.access_type, b.access_list)
+    assert a == b
+
+
+# --- the document from a payload is the fetched one ---------------------------------------------
+class TestSameDocumentAsAFetch:
+    def test_github_issue_without_comments_costs_no_request(self, sandbox: SandboxServer) -> None:
+        control(sandbox, "github", "PUT", f"/repos/{PUBLIC}/access", {"private": False})
+        opened = control(sandbox, "github", "POST", f"/repos/{PUBLIC}/issues",
+                         {"title": "Invoice rounding", "body": "Totals are off by a cent.", "labels": ["bug"]})
+        built, fetched, payload_cost, fetch_cost = both_ways(
+            sandbox, "github", github(sandbox), *recorded(sandbox, "github", opened["delivery"]))
+        assert_same(built, fetched)
+        assert (payload_cost, fetch_cost) == (0, 2)  # fetch: the issue and the repository's access
+
+    def test_github_comment_event_asks_only_for_the_comments(self, sandbox: SandboxServer) -> None:
+        control(sandbox, "github", "PUT", f"/repos/{PUBLIC}/access", {"private": False})
+        n = control(sandbox, "github", "POST", f"/repos/{PUBLIC}/issues", {"title": "Login timeout"})["number"]
+        comment = control(sandbox, "github", "POST", f"/repos/{PUBLIC}/issues/{n}/comments",
+                          {"body": "Root cause: no timeout on the call.", "user": "bob-ops"})
+        built, fetched, payload_cost, fetch_cost = both_ways(
+            sandbox, "github", github(sandbox), *recorded(sandbox, "github", comment["delivery"]))
+        assert_same(built, fetched)
+        assert "Root cause" in built.text
+        assert (payload_cost, fetch_cost) == (1, 3)
+
+    def test_github_pull_request_skips_only_the_pull_itself(self, sandbox: SandboxServer) -> None:
+        control(sandbox, "github", "PUT", f"/repos/{PUBLIC}/access", {"private": False})
+        pull = control(sandbox, "github", "POST", f"/repos/{PUBLIC}/pulls", {"title": "Add timeout", "head": "fix/t"})
+        built, fetched, payload_cost, fetch_cost = both_ways(
+            sandbox, "github", github(sandbox), *recorded(sandbox, "github", pull["delivery"]))
+        assert_same(built, fetched)
+        # Neither the pull nor the repository is asked for; the simulator's webhook pull has no
+        # comment counts (GitHub's has), so both listings are asked where a fetch knows they are 0.
+        assert payload_cost <= fetch_cost
+
+    def test_github_private_repository_has_the_same_readers(self, sandbox: SandboxServer) -> None:
+        control(sandbox, "github", "PUT", f"/repos/{PRIVATE}/access",
+                {"private": True, "collaborators": {"alice-dev": "write", "bob-ops": "admin"}})
+        try:
+            opened = control(sandbox, "github", "POST", f"/repos/{PRIVATE}/issues", {"title": "Rotate the keys"})
+            built, fetched, _, _ = both_ways(
+                sandbox, "github", github(sandbox), *recorded(sandbox, "github", opened["delivery"]))
+            assert_same(built, fetched)
+            assert built.access_type == "restricted" and len(built.access_list) == 2
+        finally:
+            control(sandbox, "github", "PUT", f"/repos/{PRIVATE}/access", {"private": False})
