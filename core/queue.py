@@ -19,6 +19,7 @@ import redis
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 
+from core import coalesce
 from core.documents import Ref
 
 #: Live work: webhooks, the push API, incremental reconcile passes, deletes. Kept apart from
@@ -61,6 +62,7 @@ def make_broker(redis_url: str, *, middleware: list[Any] | None = None,
     )
     for name in QUEUES:
         broker.declare_queue(name)
+    broker.add_middleware(coalesce.Register())  # bursts for one document become one write
     return broker
 
 
