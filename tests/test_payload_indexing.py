@@ -59,14 +59,20 @@ def recorded(sandbox: SandboxServer, source: str, guid: str | None = None) -> tu
     return dict(deliveries[-1].headers), deliveries[-1].body
 
 
-def with_source(make: Callable[[httpx.AsyncClient], Any], body: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
-    """``body(source)`` with a fresh connector (no cache shared between the two reads compared)."""
+def with_source(make: Callable[[httpx.AsyncClient], Any],
+                body: Callable[[Any], Coroutine[Any, Any, Any]]) -> tuple[Any, int]:
+    """``body(source)`` with a fresh connector (no cache shared between the two reads compared),
+    and the number of requests it sent."""
+    sent: list[httpx.Request] = []
+
+    async def count(request: httpx.Request) -> None:
+        sent.append(request)
 
     async def main() -> Any:
-        async with httpx.AsyncClient(timeout=10) as client:
+        async with httpx.AsyncClient(timeout=10, event_hooks={"request": [count]}) as client:
             return await body(make(client))
 
-    return asyncio.run(main())
+    return asyncio.run(main()), len(sent)
 
 
 def github(sandbox: SandboxServer) -> Callable[[httpx.AsyncClient], GitHubSource]:
@@ -83,22 +89,17 @@ def parsed_ref(source: Any, headers: dict[str, str], body: bytes) -> Ref:
     return ref
 
 
-def both_ways(sandbox: SandboxServer, name: str, make: Callable[[httpx.AsyncClient], Any],
-              headers: dict[str, str], body: bytes) -> tuple[Document, Document, int, int]:
+def both_ways(make: Callable[[httpx.AsyncClient], Any], headers: dict[str, str], body: bytes) -> tuple[Document, Document, int, int]:
     """The document built from the webhook's payload and the one fetched, and the requests
     each cost the simulator."""
-    sim = sandbox.sims[name]
 
-    async def built(source: Any) -> tuple[Any, int]:
+    async def built(source: Any) -> Any:
         ref = parsed_ref(source, headers, body)
         assert ref.payload is not None, "the webhook's document should ride in the ref"
-        before = sim.requests
-        return await source.from_payload(ref), sim.requests - before
+        return await source.from_payload(ref)
 
-    async def fetched(source: Any) -> tuple[Any, int]:
-        ref = parsed_ref(source, headers, body)
-        before = sim.requests
-        return await source.fetch(ref), sim.requests - before
+    async def fetched(source: Any) -> Any:
+        return await source.fetch(parsed_ref(source, headers, body))
 
     from_payload, payload_cost = with_source(make, built)
     from_fetch, fetch_cost = with_source(make, fetched)
@@ -120,7 +121,7 @@ class TestSameDocumentAsAFetch:
         opened = control(sandbox, "github", "POST", f"/repos/{PUBLIC}/issues",
                          {"title": "Invoice rounding", "body": "Totals are off by a cent.", "labels": ["bug"]})
         built, fetched, payload_cost, fetch_cost = both_ways(
-            sandbox, "github", github(sandbox), *recorded(sandbox, "github", opened["delivery"]))
+            github(sandbox), *recorded(sandbox, "github", opened["delivery"]))
         assert_same(built, fetched)
         assert (payload_cost, fetch_cost) == (0, 2)  # fetch: the issue and the repository's access
 
@@ -130,7 +131,7 @@ class TestSameDocumentAsAFetch:
         comment = control(sandbox, "github", "POST", f"/repos/{PUBLIC}/issues/{n}/comments",
                           {"body": "Root cause: no timeout on the call.", "user": "bob-ops"})
         built, fetched, payload_cost, fetch_cost = both_ways(
-            sandbox, "github", github(sandbox), *recorded(sandbox, "github", comment["delivery"]))
+            github(sandbox), *recorded(sandbox, "github", comment["delivery"]))
         assert_same(built, fetched)
         assert "Root cause" in built.text
         assert (payload_cost, fetch_cost) == (1, 3)
@@ -139,7 +140,7 @@ class TestSameDocumentAsAFetch:
         control(sandbox, "github", "PUT", f"/repos/{PUBLIC}/access", {"private": False})
         pull = control(sandbox, "github", "POST", f"/repos/{PUBLIC}/pulls", {"title": "Add timeout", "head": "fix/t"})
         built, fetched, payload_cost, fetch_cost = both_ways(
-            sandbox, "github", github(sandbox), *recorded(sandbox, "github", pull["delivery"]))
+            github(sandbox), *recorded(sandbox, "github", pull["delivery"]))
         assert_same(built, fetched)
         # Neither the pull nor the repository is asked for; the simulator's webhook pull has no
         # comment counts (GitHub's has), so both listings are asked where a fetch knows they are 0.
@@ -151,7 +152,7 @@ class TestSameDocumentAsAFetch:
         try:
             opened = control(sandbox, "github", "POST", f"/repos/{PRIVATE}/issues", {"title": "Rotate the keys"})
             built, fetched, _, _ = both_ways(
-                sandbox, "github", github(sandbox), *recorded(sandbox, "github", opened["delivery"]))
+                github(sandbox), *recorded(sandbox, "github", opened["delivery"]))
             assert_same(built, fetched)
             assert built.access_type == "restricted" and len(built.access_list) == 2
         finally:
@@ -242,3 +243,39 @@ class TestThroughTheWorker:
         written = counters(services, "github")
         assert written["synced"] + written["metadata_only"] <= 2, written
         assert worker.pipeline.embedder.requests <= 2
+
+
+def held_jira(sandbox: SandboxServer, method: str, path: str, body: Any) -> tuple[dict[str, Any], tuple[dict[str, str], bytes]]:
+    """A Jira change, and the webhook it fired (held by the simulator, not sent)."""
+    sim = sandbox.sims["jira"]
+    control(sandbox, "jira", "PUT", "/jira/settings", {"webhook_mode": "hold"})
+    answer = control(sandbox, "jira", method, path, body)
+    held = sim.held[-1]
+    return answer, (dict(held.headers), held.body)
+
+
+class TestJiraSameDocumentAsAFetch:
+    def test_issue_events_cost_no_request(self, sandbox: SandboxServer) -> None:
+        project = next(iter(sandbox.sims["jira"].projects.values())).key
+        issue, created = held_jira(sandbox, "POST", "/jira/issues",
+                                   {"project": project, "summary": "Refund flow", "description": "Refunds fail twice.",
+                                    "labels": ["billing"]})
+        built, fetched, payload_cost, fetch_cost = both_ways(jira(sandbox), *created)
+        assert_same(built, fetched)
+        assert (payload_cost, fetch_cost) == (0, 1)
+        control(sandbox, "jira", "POST", f"/jira/issues/{issue['key']}/comments", {"body": "Seen on the 3rd."})
+        _, updated = held_jira(sandbox, "PUT", f"/jira/issues/{issue['key']}", {"status": "In Progress"})
+        built, fetched, payload_cost, _ = both_ways(jira(sandbox), *updated)
+        assert_same(built, fetched)
+        assert "Seen on the 3rd." in built.text and payload_cost == 0
+
+    def test_a_comment_event_or_a_partial_issue_is_fetched(self, sandbox: SandboxServer) -> None:
+        project = next(iter(sandbox.sims["jira"].projects.values())).key
+        issue, _ = held_jira(sandbox, "POST", "/jira/issues", {"project": project, "summary": "Partial"})
+        _, commented = held_jira(sandbox, "POST", f"/jira/issues/{issue['key']}/comments", {"body": "A note."})
+
+        async def parse(source: Any) -> Ref:
+            return parsed_ref(source, *commented)
+
+        ref, _ = with_source(jira(sandbox), parse)
+        assert ref.payload is None  # a comment event's issue holds a few fields only
