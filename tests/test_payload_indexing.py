@@ -23,6 +23,7 @@ from core.settings import Settings
 from core.sources.github import GitHubSource, build
 from core.sources.jira import JiraSource
 from core.sources.jira import build as build_jira
+from core.sources.slack import build as build_slack
 from sandbox.server import SandboxServer, create_simulators
 from tests.conftest import FAST_BUDGETS, make_settings, wait_for
 
@@ -31,7 +32,7 @@ PUBLIC, PRIVATE = "acme/web", "acme/api"
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[SandboxServer]:
-    sims = create_simulators(["github", "jira"], profile="small", seed=12)
+    sims = create_simulators(["github", "jira", "slack"], profile="small", seed=12)
     for sim in sims.values():
         sim.knobs.rate_limit = 0
     server = SandboxServer(sims).start()
@@ -81,6 +82,10 @@ def github(sandbox: SandboxServer) -> Callable[[httpx.AsyncClient], GitHubSource
 
 def jira(sandbox: SandboxServer) -> Callable[[httpx.AsyncClient], JiraSource]:
     return lambda client: build_jira(Settings.from_environ(sandbox.env()).source("jira"), client)
+
+
+def slack(sandbox: SandboxServer) -> Callable[[httpx.AsyncClient], Any]:
+    return lambda client: build_slack(Settings.from_environ(sandbox.env()).source("slack"), client)
 
 
 def parsed_ref(source: Any, headers: dict[str, str], body: bytes) -> Ref:
@@ -279,3 +284,31 @@ class TestJiraSameDocumentAsAFetch:
 
         ref, _ = with_source(jira(sandbox), parse)
         assert ref.payload is None  # a comment event's issue holds a few fields only
+
+
+class TestSlackSameDocumentAsAFetch:
+    @pytest.mark.parametrize("private", [False, True])
+    def test_a_new_message_skips_only_the_replies_call(self, sandbox: SandboxServer, private: bool) -> None:
+        sim = sandbox.sims["slack"]
+        people = [u for u in sim.users if u.startswith("U") and u != "U05BOTSYNC"][:3]
+        channel = control(sandbox, "slack", "POST", "/channels",
+                          {"name": f"payload-{'private' if private else 'public'}", "is_private": private,
+                           "members": people})
+        control(sandbox, "slack", "POST", "/messages",
+                {"channel": channel["id"], "user": people[0], "text": f"Ship it <@{people[1]}>, SUBS billing is fixed"})
+        built, fetched, payload_cost, fetch_cost = both_ways(slack(sandbox), *recorded(sandbox, "slack"))
+        assert_same(built, fetched)
+        assert built.access_type == ("restricted" if private else "public")
+        assert payload_cost == fetch_cost - 1  # conversations.replies is not asked
+
+    def test_a_reply_is_fetched(self, sandbox: SandboxServer) -> None:
+        channel = control(sandbox, "slack", "POST", "/channels", {"name": "payload-replies"})
+        root = control(sandbox, "slack", "POST", "/messages", {"channel": channel["id"], "text": "Root"})
+        control(sandbox, "slack", "POST", "/messages", {"channel": channel["id"], "text": "Reply",
+                                                        "thread_ts": root["ts"]})
+
+        async def parse(source: Any) -> Ref:
+            return parsed_ref(source, *recorded(sandbox, "slack"))
+
+        ref, _ = with_source(slack(sandbox), parse)
+        assert ref.id == f"{channel['id']}:{root['ts']}" and ref.payload is None  # the thread has more
