@@ -10,6 +10,7 @@ the simulator (no target) and posted to the receiver by the test, in the order a
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
@@ -150,6 +151,20 @@ class TestSameDocumentAsAFetch:
         # Neither the pull nor the repository is asked for; the simulator's webhook pull has no
         # comment counts (GitHub's has), so both listings are asked where a fetch knows they are 0.
         assert payload_cost <= fetch_cost
+
+    def test_github_payload_it_cannot_read_is_fetched_instead(self, sandbox: SandboxServer) -> None:
+        from sandbox.github import WEBHOOK_SECRET, sign
+
+        control(sandbox, "github", "PUT", f"/repos/{PUBLIC}/access", {"private": False})
+        opened = control(sandbox, "github", "POST", f"/repos/{PUBLIC}/issues", {"title": "Odd payload"})
+        headers, body = recorded(sandbox, "github", opened["delivery"])
+        payload = json.loads(body)
+        payload["issue"]["user"] = "not-an-object"  # signed by GitHub, but not what a fetch returns
+        body = json.dumps(payload).encode()
+        headers["X-Hub-Signature-256"] = sign(WEBHOOK_SECRET, body, "sha256")
+        built, fetched, payload_cost, fetch_cost = both_ways(github(sandbox), headers, body)
+        assert_same(built, fetched)
+        assert built.author == "octocat" and payload_cost == fetch_cost
 
     def test_github_private_repository_has_the_same_readers(self, sandbox: SandboxServer) -> None:
         control(sandbox, "github", "PUT", f"/repos/{PRIVATE}/access",
@@ -312,3 +327,32 @@ class TestSlackSameDocumentAsAFetch:
 
         ref, _ = with_source(slack(sandbox), parse)
         assert ref.id == f"{channel['id']}:{root['ts']}" and ref.payload is None  # the thread has more
+
+
+class TestCoalescingRules:
+    """The registered versions in Redis (core/coalesce.py), read the way the worker reads them."""
+
+    def test_older_dropped_newest_kept_and_a_tie_fetched(self, services: Any) -> None:
+        client = services.broker.client
+
+        def ref(event_at: float, seen_at: float, n: str = "7") -> Ref:
+            return Ref("github", f"acme/web/issues/{n}", "acme/web", event_at=event_at, seen_at=seen_at,
+                       payload={"item": {}})
+
+        older, newer = ref(100.0, 1.0), ref(200.0, 2.0)
+        coalesce.register(client, [newer])
+        coalesce.register(client, [older])  # arrives late: does not replace the newer one
+        screened = coalesce.screen(client, [older, newer, Ref("github", "acme/web/issues/7", "acme/web")])
+        assert screened.superseded == 1 and [r.event_at for r in screened.refs] == [200.0, None]
+        assert screened.refs[0].payload is not None
+        # Two reads of one second: which came first cannot be told; the later read fetches.
+        same_second = ref(200.0, 3.0)
+        coalesce.register(client, [same_second])
+        screened = coalesce.screen(client, [newer, same_second])
+        assert screened.superseded == 1 and screened.ambiguous == 1
+        assert screened.refs == [same_second] and screened.refs[0].payload is None
+        # A newer second clears the tie.
+        latest = ref(300.0, 4.0)
+        coalesce.register(client, [latest])
+        screened = coalesce.screen(client, [latest])
+        assert screened.refs[0].payload is not None and screened.ambiguous == 0
