@@ -80,17 +80,23 @@ def _version(ref: Ref) -> tuple[float, float] | None:
     return float(ref.event_at), float(ref.seen_at)
 
 
-def register(client: redis.Redis, refs: Sequence[Ref]) -> int:
-    """Register the versions of ``refs`` (those with a payload and an event time); returns how
-    many. Raises redis errors."""
+def register_call(refs: Sequence[Ref]) -> tuple[list[str], list[Any]]:
+    """The KEYS and ARGV of ``REGISTER`` for ``refs`` (no keys: nothing to register), for a
+    caller that folds the registration into a script of its own (one round trip)."""
     versions = [(ref.document_id, v) for ref in refs if (v := _version(ref)) is not None]
-    if not versions:
-        return 0
     args: list[Any] = [TTL]
     for _, (u, s) in versions:
         args += [repr(u), repr(s)]
-    client.eval(REGISTER, len(versions), *[key(d) for d, _ in versions], *args)
-    return len(versions)
+    return [key(d) for d, _ in versions], args
+
+
+def register(client: redis.Redis, refs: Sequence[Ref]) -> int:
+    """Register the versions of ``refs`` (those with a payload and an event time); returns how
+    many. Raises redis errors."""
+    keys, args = register_call(refs)
+    if keys:
+        client.eval(REGISTER, len(keys), *keys, *args)
+    return len(keys)
 
 
 @dataclasses.dataclass
@@ -159,4 +165,4 @@ class Register(Middleware):
             log.warning("could not register %d payload version(s): %s", len(refs), exc)
 
 
-__all__ = ["PREFIX", "Register", "Screened", "TTL", "key", "register", "screen"]
+__all__ = ["PREFIX", "REGISTER", "Register", "Screened", "TTL", "key", "register", "register_call", "screen"]
