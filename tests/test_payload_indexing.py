@@ -166,6 +166,22 @@ class TestSameDocumentAsAFetch:
         assert_same(built, fetched)
         assert built.author == "octocat" and payload_cost == fetch_cost
 
+    def test_github_comment_event_whose_issue_counts_none_still_reads_the_comments(
+            self, sandbox: SandboxServer) -> None:
+        from sandbox.github import WEBHOOK_SECRET, sign
+
+        control(sandbox, "github", "PUT", f"/repos/{PUBLIC}/access", {"private": False})
+        n = control(sandbox, "github", "POST", f"/repos/{PUBLIC}/issues", {"title": "Count behind"})["number"]
+        comment = control(sandbox, "github", "POST", f"/repos/{PUBLIC}/issues/{n}/comments", {"body": "First!"})
+        headers, body = recorded(sandbox, "github", comment["delivery"])
+        payload = json.loads(body)
+        payload["issue"]["comments"] = 0  # a count behind the comment the event is about
+        body = json.dumps(payload).encode()
+        headers["X-Hub-Signature-256"] = sign(WEBHOOK_SECRET, body, "sha256")
+        built, fetched, _, _ = both_ways(github(sandbox), headers, body)
+        assert_same(built, fetched)
+        assert "First!" in built.text
+
     def test_github_private_repository_has_the_same_readers(self, sandbox: SandboxServer) -> None:
         control(sandbox, "github", "PUT", f"/repos/{PRIVATE}/access",
                 {"private": True, "collaborators": {"alice-dev": "write", "bob-ops": "admin"}})

@@ -668,8 +668,11 @@ def _on_comment(repo: str, payload: dict[str, Any]) -> WebhookResult:
     deleted = text(payload, "action", SOURCE) == "deleted"
     at = None if deleted else iso_time(comment, "updated_at", SOURCE, "comment.updated_at") or None
     ref = _item_sync(repo, issue, kind, at, "issue")
-    # A new or edited comment's event carries its whole issue: only the comments are asked for.
-    return WebhookResult([_carrying(ref, payload, issue) if kind == "issues" and not deleted else ref])
+    if kind != "issues" or deleted:
+        return WebhookResult([ref])
+    # A new or edited comment's event carries its whole issue: only the comments are asked for,
+    # even when the issue's count says 0 (a comment exists: the count must be behind).
+    return WebhookResult([_carrying(ref, payload, {**issue, "comments": issue.get("comments") or None})])
 
 
 def _on_pull(repo: str, payload: dict[str, Any]) -> WebhookResult:
