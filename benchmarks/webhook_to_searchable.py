@@ -17,6 +17,10 @@ Two passes, each from an empty state:
   budget, the product's default ``GITHUB_RATE_LIMIT``);
 - **budget out of the way**: 1,000/s on our side, none on the simulator's.
 
+A third pass, with the real budget, posts ``issue_comment`` events instead (after opened ones
+for the warm-up): their issue rides in the payload but its comments do not, so each costs one
+request, and GitHub's 5,000/h, spaced evenly, is 1.4 requests/s.
+
 Before issue 12 every event fetched its issue (two requests: the issue and the repository's
 access), so the real budget saturated at 0.69 events/s. Also counted: GitHub requests the
 worker made, embedding requests, index writes, documents written.
@@ -46,8 +50,11 @@ TARGET_P99_REAL_MS = 2000.0
 TARGET_P99_FAST_MS = 1000.0
 
 
-def prepare(sandbox: SandboxServer, repo: str, count: int, label: str) -> list[dict[str, Any]]:
-    """``count`` new issues; each one's recorded ``issues.opened`` delivery and title."""
+def prepare(sandbox: SandboxServer, repo: str, count: int, label: str,
+            comment_from: int | None = None) -> list[dict[str, Any]]:
+    """``count`` new issues; each one's recorded ``issues.opened`` delivery and title, or, from
+    the ``comment_from``-th on, the ``issue_comment`` delivery of a comment added to it (whose
+    document needs one request: the comments)."""
     sim = sandbox.sims["github"]
     control = httpx.Client(base_url=sandbox.url("github") + "/_sandbox", timeout=30)
     events = []
@@ -56,7 +63,13 @@ def prepare(sandbox: SandboxServer, repo: str, count: int, label: str) -> list[d
             title = f"{label} issue {n}: invoice rounding on SUBS billing"
             created = control.post(f"/repos/{repo}/issues", json={"title": title, "body": f"Body of {n}."})
             created.raise_for_status()
-            events.append({"title": title, "number": created.json()["number"], "guid": created.json()["delivery"]})
+            guid = created.json()["delivery"]
+            if comment_from is not None and n >= comment_from:
+                commented = control.post(f"/repos/{repo}/issues/{created.json()['number']}/comments",
+                                         json={"body": f"Comment on {n}: the rounding is per line."})
+                commented.raise_for_status()
+                guid = commented.json()["delivery"]
+            events.append({"title": title, "number": created.json()["number"], "guid": guid})
         sandbox.run_coroutine(sim.webhooks.drain(30))
         by_guid = {d.headers["X-GitHub-Delivery"]: d for d in sim.webhooks.deliveries}
         for event in events:
@@ -121,12 +134,12 @@ async def send(url: str, events: list[dict[str, Any]], rate: float) -> tuple[dic
 
 
 def one_pass(infra: Infra, sandbox: SandboxServer, repo: str, count: int, *, real_budget: bool,
-             timeout: float) -> dict[str, Any]:
+             timeout: float, comments: bool = False) -> dict[str, Any]:
     infra.reset()
     sim = sandbox.sims["github"]
     sim.knobs.rate_limit = 0  # setting up is not measured
-    label = "real" if real_budget else "fast"
-    events = prepare(sandbox, repo, count + WARMUP, label)
+    label = ("comment" if comments else "real") if real_budget else "fast"
+    events = prepare(sandbox, repo, count + WARMUP, label, comment_from=WARMUP if comments else None)
     sim.knobs.rate_limit = None if real_budget else 0  # None: GitHub's 5,000/h
     extra = {} if real_budget else {"GITHUB_RATE_LIMIT": "1000/s"}
     env = infra.env(**sandbox.env(), **extra)
@@ -163,8 +176,9 @@ def one_pass(infra: Infra, sandbox: SandboxServer, repo: str, count: int, *, rea
             "searchable": len(ms),
             "not_searchable_within_timeout": len(events) - len(ms),
             **summary,
-            "target_p99_ms": target,
-            "p99_over_target": round(summary["p99_ms"] / target, 3),
+            # The targets are for events whose payload carries the document.
+            **({} if comments else {"target_p99_ms": target,
+                                     "p99_over_target": round(summary["p99_ms"] / target, 3)}),
             "events_per_s_sent": round(len(events) / max(1e-9, max(sent.values()) - min(sent.values())), 1),
             "wall_s": round(elapsed, 2),
             "statuses": statuses,
@@ -182,6 +196,7 @@ def one_pass(infra: Infra, sandbox: SandboxServer, repo: str, count: int, *, rea
 
 def run(infra: Infra, quick: bool) -> dict[str, Any]:
     count = 100 if quick else 1000  # 2 s or 20 s of events at RATE
+    comment_count = 20 if quick else 100  # one request each: 14 s or 72 s of GitHub's budget
     sims = create_simulators(["github"], profile="small", seed=12)
     sandbox = SandboxServer(sims).start()
     try:
@@ -189,12 +204,17 @@ def run(infra: Infra, quick: bool) -> dict[str, Any]:
         repo = next(r.full_name for r in github.repos.values() if not r.private and not r.deleted)
         github.webhooks.target = None  # recorded only: the benchmark posts them on its schedule
         figures: dict[str, Any] = {}
-        for real_budget in (True, False):
-            name = "real_budget_5000_per_h" if real_budget else "budget_out_of_the_way"
-            result = one_pass(infra, sandbox, repo, count, real_budget=real_budget, timeout=120.0)
+        passes = [("real_budget_5000_per_h", True, False, count), ("budget_out_of_the_way", False, False, count),
+                  # What the payload does not carry still spends the budget: each of these
+                  # needs its issue's comments (one request).
+                  ("real_budget_comment_events", True, True, comment_count)]
+        for name, real_budget, comments, n in passes:
+            result = one_pass(infra, sandbox, repo, n, real_budget=real_budget, comments=comments,
+                              timeout=300.0)
             for key, value in result.items():
                 figures[f"{name}.{key}"] = value
-        return {"params": {"rate_events_per_s": RATE, "events_per_pass": count, "event": "issues.opened "
+        return {"params": {"rate_events_per_s": RATE, "events_per_pass": count,
+                           "comment_events": comment_count, "event": "issues.opened "
                            "(whole issue in the payload, no comments)", "poll_s": POLL_S,
                            "receiver": "uvicorn --factory receiver.app:main (1 process)",
                            "worker": "in-process, product defaults (WORKER_THREADS 8)"},
