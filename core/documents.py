@@ -116,7 +116,10 @@ class Ref:
     source said it is gone). ``event_at`` (epoch seconds) is when the source saw the change,
     used to ignore events older than what is stored. ``document`` carries the whole content
     when the caller already has it (the push API, or a listing that returned full documents),
-    so a rate-limited API is not asked twice.
+    so a rate-limited API is not asked twice. ``payload`` is what a verified webhook already
+    said about the document (the source's own object: a GitHub issue, a Jira issue bean), for
+    the source's ``from_payload`` to build the document from, asking the source only for what
+    the payload lacks (workers/sync.py; docs/architecture.md, "Using what the webhook says").
     """
 
     source: str
@@ -130,6 +133,7 @@ class Ref:
     #: ``updated_at`` cannot (a delete has none; a pushed timestamp may be wrong). A worker that
     #: fetches the truth itself uses its own fetch time instead.
     seen_at: float = field(default_factory=time.time, compare=False)
+    payload: Mapping[str, Any] | None = field(default=None, compare=False)
 
     @property
     def document_id(self) -> str:
@@ -142,6 +146,8 @@ class Ref:
             data["event_at"] = self.event_at
         if self.document is not None:
             data["document"] = self.document.to_dict()
+        if self.payload is not None:
+            data["payload"] = dict(self.payload)
         return data
 
     @classmethod
@@ -157,6 +163,7 @@ class Ref:
             document=Document.from_dict(document) if document else None,
             # A message from before seen_at existed: its event time is the best we know.
             seen_at=float(seen) if isinstance(seen, int | float) else float(data.get("event_at") or 0.0),
+            payload=data.get("payload") if isinstance(data.get("payload"), Mapping) else None,
         )
 
 

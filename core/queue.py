@@ -4,8 +4,10 @@ never import the workers.
 One job does all the work: ``sync_refs(refs)`` brings the referenced documents up to date
 (workers/actors.py). It is declared twice: on the live queue, and on the bulk queue at a lower
 priority, so backfills and first full passes never delay webhooks. A message carries ids and hints, not payloads, except documents pushed
-through the API (their content exists nowhere else) and listing pages that already returned
-whole documents (so a rate-limited API is not asked twice).
+through the API (their content exists nowhere else), listing pages that already returned
+whole documents and webhooks that carried theirs (``Ref.payload``), so a rate-limited API is not
+asked twice. A broker middleware registers each webhook payload's version so a burst for one
+document is written once (``core.coalesce``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import redis
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 
+from core import coalesce
 from core.documents import Ref
 
 #: Live work: webhooks, the push API, incremental reconcile passes, deletes. Kept apart from
@@ -61,6 +64,7 @@ def make_broker(redis_url: str, *, middleware: list[Any] | None = None,
     )
     for name in QUEUES:
         broker.declare_queue(name)
+    broker.add_middleware(coalesce.Register())  # bursts for one document become one write
     return broker
 
 

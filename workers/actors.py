@@ -40,7 +40,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import compute_backoff, q_name
 from dramatiq.middleware import CurrentMessage
 
-from core import metrics, queue
+from core import coalesce, metrics, queue
 from core.documents import Ref
 from core.errors import is_permanent, wait_of
 from core.queue import ACTOR, BULK_ACTOR, BULK_QUEUE, QUEUE
@@ -185,7 +185,9 @@ def register(broker: RedisBroker, pipeline_factory: Any, *, max_retries: int = 8
         queue_name = message.queue_name if message is not None else QUEUE
         pipeline: Pipeline = pipeline_factory()
         try:
-            outcome = await pipeline.run([Ref.from_dict(r) for r in refs])
+            # A ref whose document has a newer event queued is left to that event (core/coalesce.py).
+            screened = coalesce.screen(broker.client, [Ref.from_dict(r) for r in refs])
+            outcome = await pipeline.run(screened.refs)
             fates = policy().handle(outcome, message) if outcome.failures else {}
         except BaseException:
             metrics.job_done(queue_name, time.monotonic() - started, "error")
@@ -201,6 +203,7 @@ def register(broker: RedisBroker, pipeline_factory: Any, *, max_retries: int = 8
                 "refs": len(refs),
                 **dict(outcome.counts),
                 "failed": len(outcome.failures),
+                "superseded": screened.superseded,
                 **fates,
                 "retries": (message.options.get("retries", 0) if message is not None else 0),
                 "duration_ms": int((time.monotonic() - started) * 1000),

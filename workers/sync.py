@@ -5,7 +5,8 @@ fails its neighbours**; a document that fails is recorded with its stage and rea
 (``state.record_document_error``), counted by stage (``state.bump_source_stats``), and handed
 back to the actor, which retries just the failed refs (workers/actors.py).
 
-1. **fetch** — the current truth: the ref's own document, or the source's ``fetch``; a delete
+1. **fetch** — the current truth: the ref's own document, the document its webhook carried
+   (``ref.payload``, completed by the source's ``from_payload``), or the source's ``fetch``; a delete
    notification is confirmed by a fetch, since a page can be restored. A failed fetch is never
    taken for a deletion. Content not ready yet is *deferred* (not failed).
 2. **validate** — what the stores cannot hold is cleaned when that loses nothing: NUL and lone
@@ -227,6 +228,8 @@ class Pipeline:
             try:
                 if ref.document is not None:
                     items.append(Item(ref, ref.document, ref.seen_at))
+                elif (built := await self._from_payload(ref, semaphore)) is not None:
+                    items.append(built)
                 elif ref.source == "api":
                     if ref.op != "delete":
                         raise NotConfigured(f"{ref.document_id}: a pushed document needs content")
@@ -248,6 +251,24 @@ class Pipeline:
 
         await asyncio.gather(*(one(ref) for ref in refs))
         return items
+
+    async def _from_payload(self, ref: Ref, semaphore: asyncio.Semaphore) -> Item | None:
+        """The document a webhook already carried (``ref.payload``), built by its source's
+        ``from_payload``, which asks only for what the payload lacks; None when the ref has no
+        payload or its source cannot use one (then it is fetched).
+
+        The version is the push's: ``seen_at`` is when the receiver read the payload, never
+        later, so a fetch made after it wins a tie of ``updated_at`` (newest wins, as ever)."""
+        if ref.payload is None or ref.op != "sync" or ref.source == "api":
+            return None
+        build = getattr(self.sources.get(ref.source), "from_payload", None)
+        if build is None:
+            return None
+        async with semaphore:
+            asked = time.time()
+            truth = await build(ref)
+        # Gone comes from a fetch the source fell back to: that read is as new as the request.
+        return Item(ref, truth, asked if isinstance(truth, Gone) else ref.seen_at)
 
     # --- stage 2: validate -------------------------------------------------------------
     def _validate(self, items: list[Item], outcome: Outcome) -> list[Item]:

@@ -11,6 +11,11 @@ request budget, Retry-After and backoff, so connector code only says what to ask
 the answer. ``context`` (a ``SourceContext``) answers questions about our own state that a
 connector needs, such as which Jira projects are active (Tempo and Fireflies filter on them).
 
+A pushing source whose webhooks carry whole documents may also define
+``async from_payload(ref) -> Document | Gone``: ``parse`` puts the webhook's own object in
+``Ref.payload``, and the worker calls this instead of ``fetch``; it asks only for what the
+payload lacks and returns the document ``fetch`` would (docs/architecture.md).
+
 A pushing source with an unsigned handshake (Notion's first request) may also define
 ``handshake(headers, body) -> str | None``: the receiver calls it before ``verify`` and, when it
 returns a token, records it for the operator and answers 200 with nothing enqueued.

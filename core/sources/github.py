@@ -352,15 +352,43 @@ class GitHubSource:
         response = await self.http.get(path, follow_redirects=False)
         if response.status_code in (301, 404, 410) or not _same_repo(response, repo):
             return Gone(SOURCE, ref.id)
-        item = response.json()
+        return await self._with_access(repo, await self._assemble(repo, kind, key, response.json()))
+
+    async def _assemble(self, repo: str, kind: str, key: str, item: Mapping[str, Any]) -> Document:
+        """An issue or pull request and what hangs off it (comments; reviews and review
+        comments) as one Document: the same whether ``item`` was fetched or came in a webhook."""
         # The item says how many comments it has: none means no request for them.
         comments = await self._all(f"/repos/{repo}/issues/{key}/comments?per_page={PER_PAGE}", item.get("comments"))
         if kind == "issues":
-            return await self._with_access(repo, issue_to_document(repo, item, comments))
+            return issue_to_document(repo, item, comments)
         reviews = await self._all(f"/repos/{repo}/pulls/{key}/reviews?per_page={PER_PAGE}")
         review_comments = await self._all(f"/repos/{repo}/pulls/{key}/comments?per_page={PER_PAGE}",
                                           item.get("review_comments"))
-        return await self._with_access(repo, pull_to_document(repo, item, comments, reviews, review_comments))
+        return pull_to_document(repo, item, comments, reviews, review_comments)
+
+    async def from_payload(self, ref: Ref) -> Document | Gone:
+        """The document from the issue or pull request its webhook carried (``ref.payload``),
+        asking GitHub only for what a payload lacks: comments (none when the item counts 0),
+        reviews and review comments; and a private repository's readers (cached). A payload
+        this cannot read, or an item gone since (404 on its comments), is fetched instead."""
+        match = _REF.match(ref.id)
+        payload = ref.payload or {}
+        item = payload.get("item")
+        if not match or match["kind"] == "commits" or not isinstance(item, Mapping):
+            return await self.fetch(ref)
+        repo, kind, key = match["repo"], match["kind"], match["key"]
+        try:
+            document = await self._assemble(repo, kind, key, item)
+        except PermanentSourceError as exc:
+            if exc.status in (404, 410):
+                return await self.fetch(ref)
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            log.info("github: %s payload not usable (%s: %s); fetching it", ref.id, type(exc).__name__, exc)
+            return await self.fetch(ref)
+        if payload.get("private") is False:
+            return document  # the webhook says the repository is public: readable by everyone
+        return await self._with_access(repo, document)
 
     async def _all(self, url: str, count: Any = None) -> list[dict[str, Any]]:
         """Every item of a listing; nothing asked when ``count`` (the parent's own tally) is 0."""
@@ -633,6 +661,17 @@ def _item_sync(repo: str, item: Mapping[str, Any], kind: str, event_at: float | 
     return Ref(SOURCE, f"{repo}/{kind}/{_number(item, path)}", repo, event_at=event_at)
 
 
+def _carrying(ref: Ref, payload: Mapping[str, Any], item: Mapping[str, Any]) -> Ref:
+    """``ref`` with the webhook's own issue or pull request object, for ``from_payload``, and
+    whether the repository is private (a public one then needs no request for its access).
+    Only with an event time: without one the version cannot be ordered, so it is fetched."""
+    if ref.event_at is None:
+        return ref
+    private = obj(payload, "repository", SOURCE).get("private")
+    return dataclasses.replace(ref, payload={"item": dict(item),
+                                             "private": private if isinstance(private, bool) else None})
+
+
 def _on_issues(repo: str, payload: dict[str, Any]) -> WebhookResult:
     action, issue = text(payload, "action", SOURCE), _required(payload, "issue")
     kind = "pulls" if issue.get("pull_request") else "issues"
@@ -650,7 +689,9 @@ def _on_issues(repo: str, payload: dict[str, Any]) -> WebhookResult:
             refs.append(_item_sync(target, new_issue, "issues", at, "changes.new_issue"))
         return WebhookResult(refs)
     at = iso_time(issue, "updated_at", SOURCE, "issue.updated_at") or None
-    return WebhookResult([_item_sync(repo, issue, kind, at, "issue")])
+    ref = _item_sync(repo, issue, kind, at, "issue")
+    # An issue event carries the whole issue (a pull request's issue face lacks head and base).
+    return WebhookResult([_carrying(ref, payload, issue) if kind == "issues" else ref])
 
 
 def _on_comment(repo: str, payload: dict[str, Any]) -> WebhookResult:
@@ -659,13 +700,19 @@ def _on_comment(repo: str, payload: dict[str, Any]) -> WebhookResult:
     # A deletion's payload predates it; no event time, so the worker always re-fetches.
     deleted = text(payload, "action", SOURCE) == "deleted"
     at = None if deleted else iso_time(comment, "updated_at", SOURCE, "comment.updated_at") or None
-    return WebhookResult([_item_sync(repo, issue, kind, at, "issue")])
+    ref = _item_sync(repo, issue, kind, at, "issue")
+    if kind != "issues" or deleted:
+        return WebhookResult([ref])
+    # A new or edited comment's event carries its whole issue: only the comments are asked for,
+    # even when the issue's count says 0 (a comment exists: the count must be behind).
+    return WebhookResult([_carrying(ref, payload, {**issue, "comments": issue.get("comments") or None})])
 
 
 def _on_pull(repo: str, payload: dict[str, Any]) -> WebhookResult:
     pull = _required(payload, "pull_request")
     at = iso_time(pull, "updated_at", SOURCE, "pull_request.updated_at") or None
-    return WebhookResult([_item_sync(repo, pull, "pulls", at, "pull_request")])
+    # The pull request itself rides along; its conversation, reviews and review comments do not.
+    return WebhookResult([_carrying(_item_sync(repo, pull, "pulls", at, "pull_request"), payload, pull)])
 
 
 def _on_review(repo: str, payload: dict[str, Any]) -> WebhookResult:

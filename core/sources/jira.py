@@ -11,6 +11,7 @@ raw body>``; ``X-Atlassian-Webhook-Identifier`` is stable across retries (the de
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -366,7 +367,41 @@ class JiraSource:
         project = text(obj(fields, "project", NAME, "issue.fields.project"), "key", NAME, "issue.fields.project.key")
         op = "delete" if event == "jira:issue_deleted" else "sync"
         ref = Ref(NAME, issue_id, project, op, event_at)
+        if event in ("jira:issue_created", "jira:issue_updated") and event_at is not None and whole_issue(issue):
+            ref = dataclasses.replace(ref, payload={"issue": dict(issue)})
         return WebhookResult(refs=[ref], delivery_id=delivery)
+
+    async def from_payload(self, ref: Ref) -> Document | Gone:
+        """The document from the issue its webhook carried: no request at all. A payload this
+        cannot read is fetched instead."""
+        issue = (ref.payload or {}).get("issue")
+        if not isinstance(issue, Mapping) or not whole_issue(issue):
+            return await self.fetch(ref)
+        try:
+            return to_document(issue, self.base_url)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            log.info("jira: %s payload not usable (%s: %s); fetching it", ref.id, type(exc).__name__, exc)
+            return await self.fetch(ref)
+
+
+def whole_issue(issue: Mapping[str, Any]) -> bool:
+    """Whether an issue a webhook carried holds everything a fetch reads: every field of
+    FIELDS, the description and comments in the document format the REST API v3 returns (a
+    wiki-markup string would make another text, and the two would flap), and every comment
+    (the comment field is a page: ``total`` beyond it means some are missing)."""
+    fields = issue.get("fields")
+    if not isinstance(fields, Mapping) or not issue.get("key") or any(f not in fields for f in FIELDS):
+        return False
+    if fields.get("description") is not None and not isinstance(fields["description"], Mapping):
+        return False
+    page = fields.get("comment")
+    if not isinstance(page, Mapping) or not isinstance(page.get("comments"), list):
+        return False
+    comments = page["comments"]
+    if isinstance(page.get("total"), int) and page["total"] > len(comments):
+        return False
+    return all(isinstance(c, Mapping) and (c.get("body") is None or isinstance(c.get("body"), Mapping))
+               for c in comments)
 
 
 _COMMENT_SELF = re.compile(r"/rest/api/[23]/issue/(\d+)/comment/")

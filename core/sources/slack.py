@@ -314,7 +314,11 @@ def _message_result(channel: str, event: dict[str, Any], fallback: float | None)
             raise MalformedWebhook("slack: message_deleted without deleted_ts")
         return WebhookResult(refs=[Ref(NAME, f"{channel}:{deleted}", channel, "delete", at)])
     if subtype in CONTENT_SUBTYPES:
-        return sync(event.get("thread_ts") or event.get("ts"))
+        result = sync(event.get("thread_ts") or event.get("ts"))
+        if event.get("thread_ts") in (None, event.get("ts")) and not event.get("reply_count") and at is not None:
+            # A new top-level message is its whole thread: it rides in the ref (from_payload).
+            result = WebhookResult(refs=[dataclasses.replace(result.refs[0], payload={"message": dict(event)})])
+        return result
     return WebhookResult(note=f"slack: ignored message subtype {subtype} (no content change)")
 
 
@@ -611,6 +615,33 @@ class SlackSource:
             # than every message left: the version says so, or the shrunk thread would be
             # ignored as older than the one indexed.
             document = dataclasses.replace(document, updated_at=ref.event_at)
+        if self.facts is not None:
+            await self.facts.remember(doc_id(NAME, ref.id), NAME, channel_id, thread_facts(messages[0]),
+                                      [str(m["ts"]) for m in messages], document.updated_at)
+        return document
+
+    async def from_payload(self, ref: Ref) -> Document | Gone:
+        """A new top-level message from its event (``ref.payload``): its thread is that message
+        alone, so ``conversations.replies`` is not asked. The channel (archived, renamed,
+        private) and a private channel's members are read afresh as ``fetch`` reads them, so the
+        document and its readers are the same. Anything unexpected is fetched instead."""
+        message = (ref.payload or {}).get("message")
+        channel_id, _, thread_ts = ref.id.partition(":")
+        if not isinstance(message, Mapping) or str(message.get("ts") or "") != thread_ts or not channel_id:
+            return await self.fetch(ref)
+        try:
+            info = await self._fresh_channel(channel_id)
+        except SlackApiError:
+            return await self.fetch(ref)  # it knows what each refusal means
+        if info.get("is_archived"):
+            return await self._gone(ref)
+        messages = [dict(message)]
+        names = await self.names(user_ids(messages))
+        document = to_document(info, messages, names, await self._access(info, fresh=True))
+        if document is None:
+            return await self.fetch(ref)
+        if ref.event_at is not None and ref.event_at > document.updated_at:
+            document = dataclasses.replace(document, updated_at=ref.event_at)  # as fetch does
         if self.facts is not None:
             await self.facts.remember(doc_id(NAME, ref.id), NAME, channel_id, thread_facts(messages[0]),
                                       [str(m["ts"]) for m in messages], document.updated_at)
