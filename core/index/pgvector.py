@@ -59,9 +59,9 @@ BULK_RATIO = 2
 #: Seconds a bulk load's lease lasts unless renewed (every listing page renews it).
 LEASE_S = 300.0
 #: Seconds without a write, once the listing is over, before the index is rebuilt.
-QUIET_S = 2.0
+QUIET_S = 1.0
 #: Seconds between a process's checks on a deferred index.
-POLL_S = 0.5
+POLL_S = 0.25
 #: Memory for building the HNSW graph: the build is several times faster when the graph fits.
 BUILD_MEMORY = "512MB"
 
@@ -407,8 +407,11 @@ class PgvectorIndex:
         if row:  # an invalid leftover of a build that died: start again
             conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {self.hnsw}")
         conn.execute(f"SET maintenance_work_mem = '{BUILD_MEMORY}'")
-        # pgvector builds HNSW in parallel since 0.6.0: leader plus one worker per spare core.
+        # pgvector builds HNSW in parallel since 0.6.0 (the embedded server ships 0.6.2): the
+        # leader plus one worker per spare core. The vectors live in TOAST, so the heap looks
+        # small and Postgres would plan no worker at all without the size floor lifted.
         conn.execute(f"SET max_parallel_maintenance_workers = {max(0, (os.cpu_count() or 1) - 1)}")
+        conn.execute("SET min_parallel_table_scan_size = 0")
         try:
             conn.execute(
                 f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {self.hnsw} ON {self.table} "
@@ -417,6 +420,7 @@ class PgvectorIndex:
         finally:
             conn.execute("RESET maintenance_work_mem")
             conn.execute("RESET max_parallel_maintenance_workers")
+            conn.execute("RESET min_parallel_table_scan_size")
         log.info("HNSW index built", extra={"table": self.table})
 
     def _watch(self) -> None:
