@@ -211,3 +211,24 @@ def test_one_builder_at_a_time(index: PgvectorIndex, pool: object) -> None:
         finally:
             conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"{TABLE}:build",))
     wait_for(lambda: hnsw_present(index), timeout=60)
+
+
+def test_bookkeeping_records_a_batch_in_one_call(services) -> None:  # type: ignore[no-untyped-def]
+    """record_indexed_many / record_deleted_many write every row of a batch with its own values,
+    clear a document's earlier failure, and a deletion keeps the newest deletion read."""
+    pool = services.pool
+    state.record_document_error(pool, "api:b1", "api", "boom", stage="embed")
+    rows = [state.Indexed(f"api:b{i}", "api", "s", f"t{i}", f"u{i}", f"h{i}", f"m{i}", 100.0 + i, i + 1,
+                          1000.0 + i) for i in range(1, 6)]
+    state.record_indexed_many(pool, rows)
+    got = state.get_documents(pool, [r.document_id for r in rows])
+    assert {d: (r.content_hash, r.chunk_count, r.source_updated_at, r.seen_at) for d, r in got.items()} == {
+        f"api:b{i}": (f"h{i}", i + 1, 100.0 + i, 1000.0 + i) for i in range(1, 6)}
+    assert state.failed_documents(pool, "api") == []
+
+    state.record_deleted_many(pool, [("api:b1", "api", 2000.0), ("api:b9", "api", None)])
+    got = state.get_documents(pool, ["api:b1", "api:b2", "api:b9"])
+    assert got["api:b1"].deleted_at is not None and got["api:b1"].chunk_count == 0
+    assert got["api:b1"].deleted_seen_at == 2000.0
+    assert got["api:b9"].deleted_at is not None
+    assert got["api:b2"].deleted_at is None
