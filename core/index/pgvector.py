@@ -153,7 +153,7 @@ class PgvectorIndex:
         for start in range(0, len(vectors), BATCH):
             # The last of two vectors with one id wins, as with one INSERT each.
             batch = list({v.id: v for v in vectors[start : start + BATCH]}.values())
-            with self._writers, self.pool.connection() as conn, conn.transaction():
+            with self._writers, self.pool.connection() as conn:
                 with conn.cursor() as cur:
                     assert self._vector_type is not None
                     register_vector_info(cur, self._vector_type)  # this cursor only
@@ -174,6 +174,7 @@ class PgvectorIndex:
                     got = cur.rowcount
                     # A write during a bulk load keeps the index deferred a little longer (the
                     # tail of the load); the answer also tells a process that one is under way.
+                    # A statement of its own (autocommit): the row is locked only while it runs.
                     bulk = cur.execute(
                         """UPDATE vector_bulk_loads SET lease_until = CASE WHEN listing_done
                                THEN greatest(lease_until, now() + make_interval(secs => %s))
@@ -347,6 +348,9 @@ class PgvectorIndex:
     def _defer(self, owner: str) -> None:
         with self.pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.table,))
+            # The table lock first: a writer holds the table and then touches the lease row, so
+            # taking them the other way round could deadlock with it.
+            conn.execute(f"DROP INDEX IF EXISTS {self.hnsw}")
             conn.execute(
                 """INSERT INTO vector_bulk_loads (index_table, owner, lease_until)
                    VALUES (%s, %s, now() + make_interval(secs => %s))
@@ -354,7 +358,6 @@ class PgvectorIndex:
                    SET lease_until = excluded.lease_until, listing_done = false""",
                 (self.table, owner, LEASE_S),
             )
-            conn.execute(f"DROP INDEX IF EXISTS {self.hnsw}")
         log.info("HNSW index deferred for a bulk load", extra={"table": self.table, "owner": owner})
         self._watch()
 
