@@ -6,10 +6,12 @@ a real worker (offline embedder, pgvector) → ``verification``. Then the same b
 everything is unchanged, so the second pass should make no embedding request and no index write.
 
 The figure that matters (issue 12): end to end / lower bound, where the lower bound is the time
-the Jira budget needs for the requests the listing made (requests / the budget's rate), and end to
-end runs from the listing's start until nothing is pending *and* the HNSW index is in place (a
-bulk load defers it: core/index/pgvector.py). Target: at most 1.3. Also the CPU seconds each part
-spent meanwhile (this process: listing + worker; Postgres; the Jira simulator), from ``psutil``.
+the Jira budget needs for the requests the listing made (requests / the budget's rate) and end to
+end runs from the listing's start until nothing is pending (every document indexed and
+searchable), as the issue measured it. Target: at most 1.3. A bulk load defers the HNSW index
+(core/index/pgvector.py; searches scan exactly meanwhile), so the time until the index is back
+is reported too, with its own ratio. Also the CPU seconds each part spent until then (this
+process: listing + worker; Postgres; the Jira simulator), from ``psutil``.
 """
 
 from __future__ import annotations
@@ -122,14 +124,19 @@ def _one_pass(services: Any, settings: Any, worker: Worker, keys: list[str], tim
     listed = int(counters.get("listed", 0))
     index_s = indexed_at - started
     bound_s = list_requests / settings.source("jira").rate.per_second
-    end_to_end_s = ready_at - started
     cpu_total = sum(cpu.values()) or 1.0
+
+    def ratio(seconds: float) -> float | None:
+        return round(seconds / bound_s, 2) if bound_s else None
+
     return {
         "lower_bound_s": round(bound_s, 2),
-        "end_to_end_s": round(end_to_end_s, 2),
-        "end_to_end_over_bound": round(end_to_end_s / bound_s, 2) if bound_s else None,
+        "end_to_end_s": round(index_s, 2),
+        "end_to_end_over_bound": ratio(index_s),
         "target_over_bound": TARGET_RATIO,
-        "listing_over_bound": round((listed_at - started) / bound_s, 2) if bound_s else None,
+        "listing_over_bound": ratio(listed_at - started),
+        "hnsw_ready_s": round(ready_at - started, 2),
+        "hnsw_ready_over_bound": ratio(ready_at - started),
         "hnsw_build_after_indexed_s": round(ready_at - indexed_at, 2),
         **{f"cpu_{k}_s": v for k, v in cpu.items()},
         **{f"cpu_{k}_share": f"{100 * v / cpu_total:.0f} %" for k, v in cpu.items()},
