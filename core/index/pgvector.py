@@ -453,7 +453,9 @@ class PgvectorIndex:
         self._closed.set()
         watcher = self._watcher
         if watcher is not None and watcher is not threading.current_thread():
-            watcher.join(timeout=30)
+            # Not for a whole build: one cut short leaves an INVALID index, which the next
+            # watcher (in this or any process) drops and builds again.
+            watcher.join(timeout=5)
 
 
 def _where(filter: Mapping[str, Any]) -> tuple[str, list[Any]]:
