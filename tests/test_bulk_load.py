@@ -232,3 +232,20 @@ def test_bookkeeping_records_a_batch_in_one_call(services) -> None:  # type: ign
     assert got["api:b1"].deleted_seen_at == 2000.0
     assert got["api:b9"].deleted_at is not None
     assert got["api:b2"].deleted_at is None
+
+
+def test_a_resumed_load_takes_its_lease_back(pool: object, index: PgvectorIndex,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backfill resumed by another process (same run, same owner) keeps the index deferred
+    instead of paying per row for the rest of the load while its old lease runs out."""
+    monkeypatch.setattr(pgvector, "BULK_EMPTY", 10)
+    index.upsert(random_vectors(30, "res", seed=6))
+    assert index.bulk_progress("backfill:7", 100)  # 100 > 2 x 30: deferred
+    resumed = PgvectorIndex(pool, dimensions=DIMS)  # type: ignore[arg-type]
+    try:
+        assert resumed.bulk_progress("backfill:7", 1)  # 1 <= 2 x 30: only the lease defers
+        assert not hnsw_present(resumed)
+        resumed.bulk_finished("backfill:7")
+        wait_for(lambda: hnsw_present(resumed), timeout=60)
+    finally:
+        resumed.close()

@@ -322,7 +322,8 @@ class PgvectorIndex:
         large next to it (:data:`BULK_EMPTY`, :data:`BULK_RATIO`). Renews the lease once
         deferred. True while this load defers the index."""
         if owner not in self._bulk:
-            self._bulk[owner] = self.count()
+            # A resumed load (its process died) takes its lease back if it is still there.
+            self._bulk[owner] = None if self._holds(owner) else self.count()
         base = self._bulk[owner]
         if base is None:
             self._renew(owner)
@@ -360,6 +361,15 @@ class PgvectorIndex:
             )
         log.info("HNSW index deferred for a bulk load", extra={"table": self.table, "owner": owner})
         self._watch()
+
+    def _holds(self, owner: str) -> bool:
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                """SELECT EXISTS (SELECT 1 FROM vector_bulk_loads
+                                  WHERE index_table = %s AND owner = %s AND lease_until > now())""",
+                (self.table, owner),
+            ).fetchone()
+        return bool(row and row[0])
 
     def _renew(self, owner: str) -> None:
         with self.pool.connection() as conn:
