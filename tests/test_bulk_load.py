@@ -249,3 +249,57 @@ def test_a_resumed_load_takes_its_lease_back(pool: object, index: PgvectorIndex,
         wait_for(lambda: hnsw_present(resumed), timeout=60)
     finally:
         resumed.close()
+
+
+def test_a_backfill_into_an_empty_index_defers_it_and_brings_it_back(
+        services, infra, worker_factory, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """The real path: a Jira backfill (the simulator's small profile) into an empty index drops
+    the HNSW index while it lists; the worker indexes the queued pages without it; once the
+    writes stop the index is back, and every listed document is searchable by its own vector."""
+    from core.runtime import SourceSet
+    from reconciler.backfill import Backfill, create_run, owner_name
+    from tests.conftest import FAST_BUDGETS, make_settings, run, running_sandbox
+
+    # The quiet period outlasts the gap between the listing's end and the worker's start here.
+    monkeypatch.setattr(pgvector, "QUIET_S", 5.0)
+    with running_sandbox("jira", seed=5) as sandbox:
+        settings = make_settings(infra, **sandbox.env(), **FAST_BUDGETS)
+        run_id = create_run(services.pool, "jira", [], None, owner=owner_name())
+
+        async def listing() -> dict:  # type: ignore[type-arg]
+            sources = SourceSet(settings, services.pool)
+            try:
+                return await Backfill(services, sources, run_id, owner_name()).run()
+            finally:
+                await sources.aclose()
+
+        # When: the listing runs with no worker yet (everything waits in the queue)
+        listed = run(listing())["listed"]
+        assert listed > 0
+        # Then: the index is deferred, its lease now only waiting for the writes to stop
+        assert not hnsw_present(services.index)
+        with services.pool.connection() as conn:
+            assert conn.execute("SELECT listing_done FROM vector_bulk_loads WHERE owner = %s",
+                                (f"backfill:{run_id}",)).fetchone() == (True,)
+
+        # When: the worker indexes the queue
+        worker_factory(settings).drain(timeout=120)
+
+        # Then: the index comes back, and it finds each document by its own vector
+        wait_for(lambda: hnsw_present(services.index), timeout=90)
+        assert services.index.count() >= listed
+        ids = services.index.list_ids("jira:")[:5]
+        table = services.index.table
+        with services.pool.connection() as conn, conn.transaction():
+            conn.execute("SET LOCAL enable_seqscan = off")  # through the HNSW index, not a scan
+            plan = "\n".join(r[0] for r in conn.execute(
+                f"EXPLAIN SELECT id FROM {table} ORDER BY embedding <=> "
+                f"(SELECT embedding FROM {table} LIMIT 1) LIMIT 1").fetchall())
+            assert f"{table}_hnsw" in plan
+            for vid in ids:
+                # The nearest is the vector itself (or an identical twin): distance 0.
+                [(distance,)] = conn.execute(
+                    f"SELECT embedding <=> q FROM {table}, "
+                    f"(SELECT embedding AS q FROM {table} WHERE id = %s) AS s "
+                    f"ORDER BY embedding <=> q LIMIT 1", (vid,)).fetchall()
+                assert distance < 1e-6
