@@ -123,6 +123,53 @@ def document_lock_key(document_id: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+@dataclass(frozen=True)
+class Indexed:
+    """One document whose vectors are written, as :func:`record_indexed_many` records it."""
+
+    document_id: str
+    source: str
+    scope: str
+    title: str
+    url: str
+    content_hash: str
+    metadata_hash: str
+    source_updated_at: float
+    chunk_count: int
+    seen_at: float | None = None
+
+
+def record_indexed_many(pool: ConnectionPool, rows: list[Indexed]) -> None:
+    """Record documents whose vectors are written: one statement for the whole batch (callers
+    hold the documents' write locks and wrote their vectors first)."""
+    if not rows:
+        return
+    columns = list(zip(*((r.document_id, r.source, r.scope, r.title, r.url, r.content_hash,
+                          r.metadata_hash, r.source_updated_at, r.chunk_count, r.seen_at)
+                         for r in rows), strict=True))
+    with pool.connection() as conn:
+        conn.execute(
+            """INSERT INTO documents (document_id, source, scope, title, url, content_hash,
+                   metadata_hash, source_updated_at, chunk_count, indexed_at, checked_at, deleted_at,
+                   last_error, last_error_at, seen_at)
+               SELECT d, src, sc, t, u, ch, mh, upd, cc, now(), now(), NULL, NULL, NULL, seen
+               FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+                           %s::text[], %s::float8[], %s::int[], %s::float8[])
+                    AS r(d, src, sc, t, u, ch, mh, upd, cc, seen)
+               ON CONFLICT (document_id) DO UPDATE SET
+                   source = excluded.source, scope = excluded.scope, title = excluded.title,
+                   url = excluded.url, content_hash = excluded.content_hash,
+                   metadata_hash = excluded.metadata_hash,
+                   source_updated_at = excluded.source_updated_at,
+                   chunk_count = excluded.chunk_count, indexed_at = now(), checked_at = now(),
+                   deleted_at = NULL, deferred_at = NULL,
+                   last_error = NULL, last_error_at = NULL, error_stage = NULL,
+                   error_since = NULL, error_attempts = 0,
+                   seen_at = excluded.seen_at""",
+            [list(c) for c in columns],
+        )
+
+
 def record_indexed(
     pool: ConnectionPool,
     *,
@@ -137,33 +184,22 @@ def record_indexed(
     chunk_count: int,
     seen_at: float | None = None,
 ) -> None:
-    with pool.connection() as conn:
-        conn.execute(
-            """INSERT INTO documents (document_id, source, scope, title, url, content_hash,
-                   metadata_hash, source_updated_at, chunk_count, indexed_at, checked_at, deleted_at,
-                   last_error, last_error_at, seen_at)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now(), now(), NULL, NULL, NULL, %s)
-               ON CONFLICT (document_id) DO UPDATE SET
-                   source = excluded.source, scope = excluded.scope, title = excluded.title,
-                   url = excluded.url, content_hash = excluded.content_hash,
-                   metadata_hash = excluded.metadata_hash,
-                   source_updated_at = excluded.source_updated_at,
-                   chunk_count = excluded.chunk_count, indexed_at = now(), checked_at = now(),
-                   deleted_at = NULL, deferred_at = NULL,
-                   last_error = NULL, last_error_at = NULL, error_stage = NULL,
-                   error_since = NULL, error_attempts = 0,
-                   seen_at = excluded.seen_at""",
-            (document_id, source, scope, title, url, content_hash, metadata_hash,
-             source_updated_at, chunk_count, seen_at),
-        )
+    record_indexed_many(pool, [Indexed(document_id, source, scope, title, url, content_hash,
+                                       metadata_hash, source_updated_at, chunk_count, seen_at)])
 
 
-def record_deleted(pool: ConnectionPool, document_id: str, source: str, seen_at: float | None = None) -> None:
+def record_deleted_many(pool: ConnectionPool, deletions: list[tuple[str, str, float | None]]) -> None:
+    """Record ``(document id, source, seen_at)`` deletions (their vectors are gone): one
+    statement for the whole batch."""
+    if not deletions:
+        return
+    ids, sources, seen = (list(c) for c in zip(*deletions, strict=True))
     with pool.connection() as conn:
         conn.execute(
             """INSERT INTO documents (document_id, source, chunk_count, deleted_at, checked_at, seen_at,
                    deleted_seen_at)
-               VALUES (%s, %s, 0, now(), now(), %s, %s)
+               SELECT d, src, 0, now(), now(), seen, seen
+               FROM unnest(%s::text[], %s::text[], %s::float8[]) AS r(d, src, seen)
                ON CONFLICT (document_id) DO UPDATE SET
                    chunk_count = 0, deleted_at = now(), checked_at = now(), deferred_at = NULL,
                    content_hash = NULL,
@@ -171,8 +207,12 @@ def record_deleted(pool: ConnectionPool, document_id: str, source: str, seen_at:
                    error_stage = NULL, error_since = NULL, error_attempts = 0,
                    seen_at = excluded.seen_at,
                    deleted_seen_at = greatest(documents.deleted_seen_at, excluded.deleted_seen_at)""",
-            (document_id, source, seen_at, seen_at),
+            (ids, sources, seen),
         )
+
+
+def record_deleted(pool: ConnectionPool, document_id: str, source: str, seen_at: float | None = None) -> None:
+    record_deleted_many(pool, [(document_id, source, seen_at)])
 
 
 def note_deletion(pool: ConnectionPool, deletions: Mapping[str, float]) -> None:

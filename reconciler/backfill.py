@@ -13,6 +13,7 @@ unchanged, deleted, failed, pending, and reads a sample back from the index.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,9 @@ from core.sources import Scope
 from core.runs import (  # noqa: F401  (re-exported: benchmarks/backfill.py imports them from here)
     create_run, finish_run, load_run, owner_name, progress_run, read_back, totals, verification,
 )
+
+log = logging.getLogger("vector_sync.backfill")
+
 
 class Backfill:
     """Lists and enqueues one backfill run. ``progress`` is called once with the target scopes
@@ -84,6 +88,8 @@ class Backfill:
             await asyncio.to_thread(progress_run, self.pool, self.run_id, counters, checkpoint)
             await asyncio.to_thread(finish_run, self.pool, self.run_id, counters, message)
             raise
+        finally:
+            await self._bulk(None)
         await asyncio.to_thread(progress_run, self.pool, self.run_id, counters, checkpoint)
         return counters
 
@@ -101,6 +107,7 @@ class Backfill:
             counters["listed"] += len(refs)
             # Saved only after the page is enqueued: a crash re-lists at most this page.
             await asyncio.to_thread(progress_run, self.pool, self.run_id, counters, checkpoint)
+            await self._bulk(counters["listed"])
             self.progress({"scope": scope.key, "scope_listed": entry["listed"], "scope_pages": entry["pages"],
                            **counters})
         entry["done"] = True
@@ -111,6 +118,20 @@ class Backfill:
         await asyncio.to_thread(progress_run, self.pool, self.run_id, counters, checkpoint)
         self.progress({"scope": scope.key, "scope_done": True, "scope_listed": entry["listed"],
                        "scope_pages": entry["pages"], **counters})
+
+    async def _bulk(self, listed: int | None) -> None:
+        """Tell the index how large this load is so far (``None``: the listing is over), so a
+        load into an empty or much smaller index defers its HNSW graph (core/index/pgvector.py).
+        Never fails the backfill: at worst the index is maintained row by row."""
+        index = self.services.index
+        call = getattr(index, "bulk_finished" if listed is None else "bulk_progress", None)
+        if call is None:
+            return
+        owner = f"backfill:{self.run_id}"
+        try:
+            await asyncio.to_thread(call, owner) if listed is None else await asyncio.to_thread(call, owner, listed)
+        except Exception:  # noqa: BLE001
+            log.warning("could not tell the index about the bulk load", exc_info=True)
 
     def _record_items(self, scope: str, document_ids: list[str]) -> None:
         if not document_ids:

@@ -502,13 +502,12 @@ class Pipeline:
         ok = await self._each(items, outcome, "index",
                               lambda group: asyncio.to_thread(self.index.delete_documents,
                                                               [i.document_id for i in group]))
-        for item in ok:
-            try:
-                await asyncio.to_thread(state.record_deleted, self.pool, item.document_id,
-                                        item.truth.source, item.seen_at)
-            except Exception as exc:  # noqa: BLE001
-                outcome.fail(item.ref, "record", exc)
-                continue
+        # One statement for the batch; if it is refused, each alone (only the culprit fails).
+        recorded = await self._each(
+            ok, outcome, "record",
+            lambda group: asyncio.to_thread(state.record_deleted_many, self.pool,
+                                            [(i.document_id, i.truth.source, i.seen_at) for i in group]))
+        for item in recorded:
             outcome.add(item.ref.source, "deleted")
 
     async def _update_metadata(self, items: list[Item], rows: Mapping[str, state.DocumentRow],
@@ -529,9 +528,8 @@ class Pipeline:
 
         ok = await self._each(items, outcome, "index",
                               lambda group: asyncio.to_thread(self.index.update_metadata, updates(group)))
-        for item in ok:
-            if await self._record(item, rows[item.document_id].chunk_count, outcome):
-                outcome.add(item.ref.source, "metadata_only")
+        for item in await self._record([(i, rows[i.document_id].chunk_count) for i in ok], outcome):
+            outcome.add(item.ref.source, "metadata_only")
 
     async def _upsert(self, items: list[Item], outcome: Outcome) -> None:
         if not items:
@@ -562,9 +560,8 @@ class Pipeline:
             lambda group: asyncio.to_thread(self.index.delete_documents,
                                             [i.document_id for i in group], keep(group)))}
         ok = [i for i in ok if not i.known or id(i) in cleaned]
-        for item in ok:
-            if await self._record(item, len(item.chunks), outcome):
-                outcome.add(item.ref.source, "synced")
+        for item in await self._record([(i, len(i.chunks)) for i in ok], outcome):
+            outcome.add(item.ref.source, "synced")
 
     async def _each(self, items: list[Item], outcome: Outcome, stage: str,
                     call: Callable[[list[Item]], Awaitable[Any]]) -> list[Item]:
@@ -589,28 +586,22 @@ class Pipeline:
                 outcome.fail(item.ref, stage, exc)
         return ok
 
-    async def _record(self, item: Item, chunk_count: int, outcome: Outcome) -> bool:
-        doc = item.truth
-        assert isinstance(doc, Document)
-        try:
-            await asyncio.to_thread(
-                state.record_indexed,
-                self.pool,
-                document_id=doc.document_id,
-                source=doc.source,
-                scope=doc.scope,
-                title=doc.title,
-                url=doc.url,
-                content_hash=self.content_key(doc),
-                metadata_hash=doc.metadata_hash(),
-                source_updated_at=doc.updated_at,
-                chunk_count=chunk_count,
-                seen_at=item.seen_at,
-            )
-        except Exception as exc:  # noqa: BLE001
-            outcome.fail(item.ref, "record", exc)
-            return False
-        return True
+    async def _record(self, written: list[tuple[Item, int]], outcome: Outcome) -> list[Item]:
+        """Record documents whose vectors are written (``(item, chunk count)``), in one statement;
+        if it is refused, each alone, so a refused record fails only its own document. Returns
+        the items recorded."""
+        counts = {id(item): n for item, n in written}
+
+        def row(item: Item) -> state.Indexed:
+            doc = item.truth
+            assert isinstance(doc, Document)
+            return state.Indexed(doc.document_id, doc.source, doc.scope, doc.title, doc.url,
+                                 self.content_key(doc), doc.metadata_hash(), doc.updated_at,
+                                 counts[id(item)], item.seen_at)
+
+        return await self._each(
+            [item for item, _ in written], outcome, "record",
+            lambda group: asyncio.to_thread(state.record_indexed_many, self.pool, [row(i) for i in group]))
 
     def content_key(self, doc: Document) -> str:
         """The stored content hash: the document's content *and* how its vectors were made.
