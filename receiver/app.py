@@ -71,7 +71,8 @@ def create_app(settings: Settings) -> Starlette:
         app.state.webhook_counters = WebhookCounters()
         log.info("receiver ready", extra={"sources": ",".join(settings.configured_sources()) or "none"})
         try:
-            async with flushing(app.state.webhook_counters, services.pool), mcp_http.lifespan(app):
+            async with flushing(app.state.webhook_counters, services.pool,
+                                settings.webhook_counts_interval), mcp_http.lifespan(app):
                 yield  # (the MCP server at /mcp)
         finally:
             heartbeat.stop()
