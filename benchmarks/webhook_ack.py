@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import queue as queue_module
 import selectors
 import socket
 import sys
@@ -261,7 +262,15 @@ def step(receiver: UvicornReceiver, connections: int, duration: float, repo: str
     while time.time() < start_at:
         time.sleep(0.005)
     cpu0, load0 = receiver.cpu_seconds(), os.getloadavg()[0]
-    parts = [results.get(timeout=duration + 120) for _ in workers]
+    parts: list[dict[str, Any]] = []
+    give_up = time.monotonic() + duration + 120
+    while len(parts) < len(workers):
+        try:
+            parts.append(results.get(timeout=1.0))
+        except queue_module.Empty:
+            dead = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
+            if dead or time.monotonic() > give_up:
+                raise RuntimeError(f"a load process failed (exit codes {dead})") from None
     cpu1 = receiver.cpu_seconds()
     for worker in workers:
         worker.join(30)
