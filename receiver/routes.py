@@ -259,7 +259,12 @@ async def webhook(request: Request) -> Response:
     elif refs and (failed := await enqueue(request, refs, webhook_at=arrived)):
         return failed
     counters(request).received(name)
-    return JSONResponse({"status": "accepted", "enqueued": len(refs), "note": result.note or None})
+    return accepted(refs, result.note)
+
+
+def accepted(refs: list[Ref], note: str | None) -> Response:
+    # A note may quote the sender's input (an event type): made encodable, as a rejection is.
+    return JSONResponse({"status": "accepted", "enqueued": len(refs), "note": loggable(note) if note else None})
 
 
 async def scope_webhook(request: Request, name: str, result: Any, refs: list[Ref],
@@ -282,7 +287,7 @@ async def scope_webhook(request: Request, name: str, result: Any, refs: list[Ref
         await release(request, claim)
         raise
     counters(request).received(name)
-    return JSONResponse({"status": "accepted", "enqueued": len(refs), "note": result.note or None})
+    return accepted(refs, result.note)
 
 
 async def release(request: Request, claim: str | None) -> None:

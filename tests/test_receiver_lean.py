@@ -189,3 +189,13 @@ def test_kill_term_flushes_the_counters(infra: dict[str, str], services: Service
     row = stats_row(services, "slack")
     assert row is not None, log_path.read_text(errors="replace")
     assert (row["webhooks_received"], row["webhooks_rejected"]) == (4, 1)
+
+
+def test_a_note_quoting_a_lone_surrogate_is_answered_not_a_500(receiver: ReceiverHandle, services: Services) -> None:
+    """Found by tests/test_fuzz_routes.py: a signed Slack event whose type is a lone surrogate
+    was answered 500 (the reply's note quotes the type, and a lone surrogate cannot be UTF-8)."""
+    body = json.dumps({"type": "event_callback", "event_id": new_event_id(),
+                       "event": {"type": "\ud800odd", "channel": "C1"}}).encode()
+    response = post_webhook(receiver.url, "slack", body)
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "accepted" and "odd" in response.json()["note"]
