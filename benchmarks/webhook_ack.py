@@ -338,12 +338,11 @@ def run(infra: Infra, quick: bool, configs: list[list[str]] | None = None) -> di
         if best and best["cpu_ms_per_webhook"] else None,
         "lowest_cpu_ms_per_webhook_any_step": cpu,
         "lost": sum(s["lost"] for r in runs for s in r["steps"]),
-        "runs": runs,
     }
     return {"params": {"step_s": duration, "connections": levels, "load_processes": LOAD_PROCESSES,
                        "mix": "50% Slack message, 50% GitHub issues", "worker": "none",
                        "receiver": "uvicorn --factory receiver.app:main, as configured per run"},
-            "figures": figures}
+            "figures": figures, "runs": runs}  # every step of every configuration (in the JSON)
 
 
 if __name__ == "__main__":  # python -m benchmarks.webhook_ack [--quick] [uvicorn args ...] (one config)
@@ -353,10 +352,10 @@ if __name__ == "__main__":  # python -m benchmarks.webhook_ack [--quick] [uvicor
         out = run(infra, "--quick" in sys.argv, [args] if args else None)
     finally:
         infra.stop()
-    for r in out["figures"]["runs"]:
+    for r in out["runs"]:
         print(f"\n{r['uvicorn_args']}")
         for s in r["steps"]:
             print(f"  {s['connections']:>3} conns  {s['webhooks_per_s']:>7}/s  p50 {s['p50_ms']:>6} ms  "
                   f"p99 {s['p99_ms']:>7} ms  cpu {s['cpu_ms_per_webhook']} ms/webhook  lost {s['lost']}  "
                   f"statuses {s['statuses']}  load {s['load_average_1m']}")
-    print(json.dumps({k: v for k, v in out["figures"].items() if k != "runs"}, indent=1))
+    print(json.dumps(out["figures"], indent=1))
