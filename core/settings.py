@@ -246,6 +246,15 @@ def _time_scale(raw: Any) -> float:
     return value
 
 
+def _at_least(low: float) -> Any:
+    def check(value: float) -> float:
+        if value < low:
+            raise _invalid(f"must be at least {low:g} seconds, not {value:g}")
+        return value
+
+    return check
+
+
 def _choice(*choices: str, upper: bool = True, listed: str = "") -> BeforeValidator:
     def check(raw: Any) -> str:
         value = raw.strip().upper() if upper else raw.strip().lower()
@@ -340,6 +349,9 @@ class Settings(BaseSettings):
         "", alias="PINECONE_HOST")
     pinecone_namespace: Text = Field("vector-sync", alias="PINECONE_NAMESPACE")
     webhook_max_bytes: Annotated[int, _whole(1024, 64 * 1024 * 1024)] = Field(1024 * 1024, alias="WEBHOOK_MAX_BYTES")
+    #: Seconds between two writes of the receiver's webhook counters to source_stats.
+    webhook_counts_interval: Annotated[Duration, AfterValidator(_at_least(0.1))] = Field(
+        1.0, alias="WEBHOOK_COUNTS_INTERVAL")
     worker_processes: Annotated[int, _whole(1, 64)] = Field(1, alias="WORKER_PROCESSES")
     worker_threads: Annotated[int, _whole(1, 256)] = Field(8, alias="WORKER_THREADS")
     max_retries: Annotated[int, _whole(0, 100)] = Field(8, alias="MAX_RETRIES")

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import socket
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -380,29 +381,69 @@ def bump_source_stats(
 
 
 def record_webhook(pool: ConnectionPool, source: str, *, rejected: str | None = None) -> None:
-    with pool.connection() as conn:
-        if rejected is None:
-            conn.execute(
-                """INSERT INTO source_stats (source, webhooks_received, last_webhook_at)
-                   VALUES (%s, 1, now())
-                   ON CONFLICT (source) DO UPDATE SET
-                       webhooks_received = source_stats.webhooks_received + 1,
-                       last_webhook_at = now()""",
-                (source,),
-            )
-        else:
-            conn.execute(
-                """INSERT INTO source_stats (source, webhooks_rejected, last_rejection,
-                       last_rejection_at)
-                   VALUES (%s, 1, %s, now())
-                   ON CONFLICT (source) DO UPDATE SET
-                       webhooks_rejected = source_stats.webhooks_rejected + 1,
-                       last_rejection = excluded.last_rejection, last_rejection_at = now()""",
-                (source, rejected[:500]),
-            )
+    """One webhook received (or, with ``rejected``, refused), written at once. The receiver
+    aggregates instead (``record_webhooks``); this stays for tools and tests."""
+    record_webhooks(pool, {source: WebhookTally(received=0 if rejected else 1,
+                                                 last_at=time.time() if not rejected else None,
+                                                 rejected=1 if rejected else 0,
+                                                 last_rejection=rejected,
+                                                 last_rejection_at=time.time() if rejected else None)})
+
+
+@dataclass
+class WebhookTally:
+    """What one source's webhooks added up to since the last flush (receiver.counters)."""
+
+    received: int = 0
+    last_at: float | None = None  # epoch seconds of the latest received
+    rejected: int = 0
+    last_rejection: str | None = None
+    last_rejection_at: float | None = None
+
+    def merge(self, other: WebhookTally) -> None:
+        """Fold ``other`` (older or newer) into this one: counts add up, the latest wins."""
+        self.received += other.received
+        self.rejected += other.rejected
+        if other.last_at is not None and (self.last_at is None or other.last_at > self.last_at):
+            self.last_at = other.last_at
+        if other.last_rejection_at is not None and (
+                self.last_rejection_at is None or other.last_rejection_at > self.last_rejection_at):
+            self.last_rejection_at = other.last_rejection_at
+            self.last_rejection = other.last_rejection
+
+
+def record_webhooks(pool: ConnectionPool, tallies: Mapping[str, WebhookTally]) -> None:
+    """Add each source's tally to ``source_stats`` (``webhooks_received``, ``last_webhook_at``,
+    ``webhooks_rejected``, ``last_rejection``, ``last_rejection_at``): one statement for every
+    source, in one transaction. A timestamp never moves backwards."""
+    rows = [(source, t.received, t.last_at, t.rejected, (t.last_rejection or "")[:500] or None,
+             t.last_rejection_at) for source, t in sorted(tallies.items()) if t.received or t.rejected]
+    if not rows:
+        return
+    with pool.connection() as conn, conn.cursor() as cur:
+        cur.executemany(
+            """INSERT INTO source_stats AS s (source, webhooks_received, last_webhook_at,
+                   webhooks_rejected, last_rejection, last_rejection_at)
+               VALUES (%s, %s, to_timestamp(%s), %s, %s, to_timestamp(%s))
+               ON CONFLICT (source) DO UPDATE SET
+                   webhooks_received = s.webhooks_received + excluded.webhooks_received,
+                   last_webhook_at = GREATEST(s.last_webhook_at, excluded.last_webhook_at),
+                   webhooks_rejected = s.webhooks_rejected + excluded.webhooks_rejected,
+                   last_rejection = CASE WHEN excluded.last_rejection_at IS NOT NULL
+                       AND (s.last_rejection_at IS NULL OR excluded.last_rejection_at >= s.last_rejection_at)
+                       THEN excluded.last_rejection ELSE s.last_rejection END,
+                   last_rejection_at = GREATEST(s.last_rejection_at, excluded.last_rejection_at)""",
+            rows,
+        )
 
 
 # --- deliveries (webhook de-duplication) ----------------------------------------------------
+#
+# Webhook delivery ids are claimed in Redis now, in the same script call that enqueues the
+# webhook's job (core.queue.FastEnqueuer, docs/operations.md "Webhook de-duplication"). The
+# table stays for the claims that are not on the hot path: GitHub's gap repair claims each
+# failed delivery it redelivers (reconciler/redeliver.py), so no two runs send one twice. The
+# reconciler expires old rows.
 
 
 def claim_delivery(pool: ConnectionPool, source: str, delivery_id: str, ttl_s: float = 7 * 86400) -> bool:
@@ -421,7 +462,7 @@ def claim_delivery(pool: ConnectionPool, source: str, delivery_id: str, ttl_s: f
 
 
 def release_delivery(pool: ConnectionPool, source: str, delivery_id: str) -> None:
-    """Forget a delivery whose enqueue failed, so the sender's retry is not taken for a duplicate."""
+    """Forget a claimed delivery whose handling failed, so it can be claimed again."""
     with pool.connection() as conn:
         conn.execute(
             "DELETE FROM deliveries WHERE source = %s AND delivery_id = %s", (source, delivery_id)

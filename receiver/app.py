@@ -18,6 +18,9 @@ from urllib.parse import parse_qsl
 import psycopg
 import psycopg_pool
 import redis
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -31,11 +34,13 @@ from core.embeddings import build_embedder
 from core.errors import SettingsError
 from core.heartbeat import Heartbeat
 from core.logs import configure_logging
+from core.queue import FastEnqueuer
 from core.runtime import SourceSet, open_services
 from core.settings import Settings
 from core.status import StatusCache
 from receiver import mcp_http
 from receiver.common import error, unavailable
+from receiver.counters import WebhookCounters, flushing
 from receiver.routes import routes
 
 log = logging.getLogger("vector_sync.receiver")
@@ -57,12 +62,21 @@ def create_app(settings: Settings) -> Starlette:
         app.state.settings = settings
         app.state.status_cache = StatusCache(settings.status_cache_ttl)
         app.state.query_embedder = build_embedder(settings)
+        # The webhook hot path: an asyncio Redis client (no thread-pool hop) and counters
+        # flushed to Postgres once a second instead of a write per webhook.
+        fast_redis = aioredis.Redis.from_url(
+            settings.redis_url, socket_timeout=5, socket_connect_timeout=5,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2))
+        app.state.enqueuer = FastEnqueuer(fast_redis, services.broker)
+        app.state.webhook_counters = WebhookCounters()
         log.info("receiver ready", extra={"sources": ",".join(settings.configured_sources()) or "none"})
         try:
-            async with mcp_http.lifespan(app):  # the MCP server at /mcp
-                yield
+            async with flushing(app.state.webhook_counters, services.pool,
+                                settings.webhook_counts_interval), mcp_http.lifespan(app):
+                yield  # (the MCP server at /mcp)
         finally:
             heartbeat.stop()
+            await fast_redis.aclose()
             await app.state.sources.aclose()
             await app.state.query_embedder.aclose()
             services.close()

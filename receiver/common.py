@@ -7,7 +7,6 @@ import logging
 from typing import Any
 
 import redis
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -15,6 +14,7 @@ from core import queue
 from core.documents import Ref
 from core.runtime import Services
 from core.settings import Settings
+from receiver.counters import WebhookCounters
 
 log = logging.getLogger("vector_sync.receiver")
 
@@ -47,8 +47,31 @@ async def enqueue(request: Request, refs: list[Ref], **options: Any) -> JSONResp
     """Durably enqueue (``options`` ride in the message); None on success, a 503 when Redis
     cannot take the job."""
     try:
-        await run_in_threadpool(lambda: queue.enqueue(services(request).broker, refs, **options))
+        await fast(request).enqueue(refs, **options)
     except redis.RedisError as exc:
         log.error("enqueue failed: %s", exc)
         return unavailable("queue")
     return None
+
+
+async def claim_and_enqueue(request: Request, claim: str, refs: list[Ref], **options: Any) -> bool | JSONResponse:
+    """Claim a webhook delivery (``queue.delivery_key``) and enqueue its refs in one atomic
+    Redis call: True when both happened, False for a delivery already claimed (nothing
+    enqueued), a 503 when Redis cannot take it (nothing claimed, so the retry goes through)."""
+    try:
+        return await fast(request).enqueue(refs, claim=claim, **options) is not None
+    except redis.RedisError as exc:
+        log.error("enqueue failed: %s", exc)
+        return unavailable("queue")
+
+
+def fast(request: Request) -> queue.FastEnqueuer:
+    """The app's asyncio enqueuer (receiver.app's lifespan opens it)."""
+    enqueuer: queue.FastEnqueuer = request.app.state.enqueuer
+    return enqueuer
+
+
+def counters(request: Request) -> WebhookCounters:
+    """The app's webhook counters (receiver.counters), flushed to ``source_stats``."""
+    tallies: WebhookCounters = request.app.state.webhook_counters
+    return tallies

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from core import jsonsafe, state
+from core import jsonsafe, queue, state
 from core.documents import Document, Ref
 from core.errors import InvalidWebhook, MalformedWebhook, NotConfigured, VectorSyncError
 from core.settings import SOURCE_NAMES
@@ -22,7 +22,7 @@ from core.sources.webhooks import check_result
 from core import metrics as metrics_module
 from core.status import StatusCache, render_metrics
 from receiver.bodies import read_body
-from receiver.common import enqueue, error, services, settings_of
+from receiver.common import claim_and_enqueue, counters, enqueue, error, fast, services, settings_of
 from receiver import admin, auth, dashboard, mcp_http, openapi, search
 
 log = logging.getLogger("vector_sync.receiver")
@@ -67,7 +67,7 @@ async def readyz(request: Request) -> Response:
     except Exception as exc:
         checks["postgres"] = f"unreachable: {type(exc).__name__}"
     try:
-        await run_in_threadpool(svc.broker.client.ping)
+        await fast(request).client.ping()
         checks["redis"] = "ok"
     except Exception as exc:
         checks["redis"] = f"unreachable: {type(exc).__name__}"
@@ -222,7 +222,6 @@ async def webhook(request: Request) -> Response:
     raw = await read_body(request, settings_of(request).webhook_max_bytes)
     if isinstance(raw, Response):
         return raw
-    svc = services(request)
     # Before any parser (Notion's unsigned handshake included) sees the body.
     if jsonsafe.depth(raw) > jsonsafe.MAX_DEPTH:
         return await refuse(request, name, MalformedWebhook(f"body nests deeper than {jsonsafe.MAX_DEPTH} levels"))
@@ -246,40 +245,67 @@ async def webhook(request: Request) -> Response:
     if result.reply is not None:
         status, body, content_type = result.reply
         return Response(body, status, media_type=content_type)
-    if result.delivery_id:
-        first = await run_in_threadpool(state.claim_delivery, svc.pool, name, result.delivery_id)
+    refs = list(result.refs)
+    claim = queue.delivery_key(name, result.delivery_id) if result.delivery_id else None
+    if result.scope_events:
+        return await scope_webhook(request, name, result, refs, claim, arrived)
+    if claim is not None:
+        # The hot path: the claim and the enqueue in one Redis round trip, atomically.
+        first = await claim_and_enqueue(request, claim, refs, webhook_at=arrived)
+        if isinstance(first, Response):
+            return first
+        if not first:
+            return JSONResponse({"status": "duplicate", "delivery_id": result.delivery_id})
+    elif refs and (failed := await enqueue(request, refs, webhook_at=arrived)):
+        return failed
+    counters(request).received(name)
+    return accepted(refs, result.note)
+
+
+def accepted(refs: list[Ref], note: str | None) -> Response:
+    # A note may quote the sender's input (an event type): made encodable, as a rejection is.
+    return JSONResponse({"status": "accepted", "enqueued": len(refs), "note": loggable(note) if note else None})
+
+
+async def scope_webhook(request: Request, name: str, result: Any, refs: list[Ref],
+                        claim: str | None, arrived: float) -> Response:
+    """A delivery with scope lifecycle events (rare): claim it first, so a duplicate never
+    applies its events twice, then apply them (Postgres), then enqueue; a failure after the
+    claim releases it, so the sender's retry is not taken for a duplicate."""
+    if claim is not None:
+        first = await claim_and_enqueue(request, claim, [])
+        if isinstance(first, Response):
+            return first
         if not first:
             return JSONResponse({"status": "duplicate", "delivery_id": result.delivery_id})
     try:
-        refs = list(result.refs)
-        if result.scope_events:
-            refs += await run_in_threadpool(admin.apply_scope_events, svc, name, result.scope_events)
+        refs += await run_in_threadpool(admin.apply_scope_events, services(request), name, result.scope_events)
         if refs and (failed := await enqueue(request, refs, webhook_at=arrived)):
-            await release(request, name, result.delivery_id)  # let the sender's retry through
+            await release(request, claim)  # let the sender's retry through
             return failed
-        await run_in_threadpool(state.record_webhook, svc.pool, name)
     except BaseException:
-        await release(request, name, result.delivery_id)
+        await release(request, claim)
         raise
-    return JSONResponse({"status": "accepted", "enqueued": len(refs), "note": result.note or None})
+    counters(request).received(name)
+    return accepted(refs, result.note)
 
 
-async def release(request: Request, name: str, delivery_id: str | None) -> None:
+async def release(request: Request, claim: str | None) -> None:
     """Forget a claimed delivery whose handling failed, so the sender's retry is not taken for
-    a duplicate. Best effort: with Postgres down too, the claim stays (and the reconciler
-    catches the change)."""
-    if not delivery_id:
+    a duplicate. Best effort: with Redis down too, the claim stays (and the reconciler catches
+    the change)."""
+    if not claim:
         return
     try:
-        await run_in_threadpool(state.release_delivery, services(request).pool, name, delivery_id)
+        await fast(request).release(claim)
     except Exception as exc:
-        log.error("could not release %s delivery %s: %s", name, delivery_id, exc)
+        log.error("could not release delivery %s: %s", claim, exc)
 
 
 async def refuse(request: Request, name: str, exc: Exception, status: int | None = None) -> Response:
     """Count the rejection (its message quotes the sender's input, so it is made storable)."""
     message = loggable(str(exc))
-    await run_in_threadpool(state.record_webhook, services(request).pool, name, rejected=message)
+    counters(request).rejected(name, message)
     code = status or getattr(exc, "status", 400)
     return error(code, f"refused: {message}" if code == 403 else message)
 
@@ -297,7 +323,7 @@ async def record_handshake(request: Request, name: str, token: str) -> Response:
         "it is shown by 'vector-sync status' and GET /api/admin/verification-token/%s",
         name, name, name.upper(), name,
     )
-    await run_in_threadpool(state.record_webhook, svc.pool, name)
+    counters(request).received(name)
     return JSONResponse({"status": "verification token recorded"})
 
 

@@ -189,7 +189,8 @@ class ReceiverHandle:
         sock = bound_socket()
         self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port,
+        self.app = create_app(settings)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
                                 log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -199,6 +200,11 @@ class ReceiverHandle:
             if time.monotonic() > deadline or not self.thread.is_alive():
                 raise RuntimeError("receiver did not start")
             time.sleep(0.02)
+
+    def flush_counters(self) -> None:
+        """Write the webhook counters the receiver holds (receiver.counters) to source_stats
+        now, rather than at its next once-a-second flush."""
+        self.app.state.webhook_counters.flush(self.app.state.services.pool)
 
     def stop(self) -> None:
         self.server.should_exit = True

@@ -1,7 +1,8 @@
 """``kill -9`` of Postgres, then of Redis, under a real ``vector-sync up``: every process stays
 up (same pids), the supervisor brings the embedded server back, the outage is reported in the
-heartbeats while it lasts, senders get 503 during each outage (a webhook while Postgres is
-down, a pushed document while Redis is), new work pushed afterwards is indexed, and
+heartbeats while it lasts, senders get no 5xx but the 503 of an outage (a webhook while
+Postgres is down is answered as usual, since it needs only Redis; a pushed document while Redis
+is down gets 503), new work pushed afterwards is indexed, and
 ``vector-sync verify --json`` (the CLI, as a subprocess) then reports 0 missing, 0 stale,
 0 ghost, 0 orphan vectors.
 
@@ -205,13 +206,14 @@ def test_up_survives_postgres_then_redis_kill() -> None:
                 except AssertionError as exc:
                     raise AssertionError(f"{exc}; dead: {dead(before)}\n{up.output()[-3000:]}") from None
                 time.sleep(3)  # a few more seconds of outage: long enough for a loop to trip on it
-                # A webhook cannot be recorded: 503 (the sender retries), never a 5xx of another kind.
+                # A webhook needs no Postgres (issue 12: claim and enqueue in Redis, counters in
+                # memory): this unsigned one is refused with a 4xx as usual, never a 5xx.
                 answered["postgres"] = door_answers(up, key, "/webhooks/slack")
                 assert not dead(before), f"died during the Postgres outage: {dead(before)}\n{up.output()[-3000:]}"
 
             answered: dict[str, int] = {}
             killed, resumed = kill_server_while_paused(up, old_pg, pg_outage_seen)
-            assert answered["postgres"] == 503, answered
+            assert 400 <= answered["postgres"] < 500, answered
 
             def new_postmaster() -> bool:
                 info = PostmasterInfo.read_from_pgdata(home / "pg")
