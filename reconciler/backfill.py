@@ -174,6 +174,11 @@ class Backfill:
                 if entry is not None:
                     self.progress({"scope": key, "scope_listed": entry["listed"], "scope_pages": entry["pages"],
                                    **counters})
+        # Cursors first: once the scopes are saved as done, reconcile passes may claim them, and
+        # one claimed before its cursor moved would list it all again.
+        source = batch_scopes[0].source
+        await asyncio.to_thread(scopes.adopt_backfill_cursors, self.pool, source, {k: high.get(k) for k in keys},
+                                since, self.services.settings.source(source).poll_interval)
         done_before = counters.get("scopes_done", 0)
         for key in keys:
             entry = scope_state[key]
@@ -182,9 +187,6 @@ class Backfill:
         counters["scopes_done"] = done_before + len(keys)
         checkpoint["batch"] = None  # saved with the done scopes: a resume never lists them again
         await asyncio.to_thread(progress_run, self.pool, self.run_id, counters, checkpoint)
-        source = batch_scopes[0].source
-        await asyncio.to_thread(scopes.adopt_backfill_cursors, self.pool, source, {k: high.get(k) for k in keys},
-                                since, self.services.settings.source(source).poll_interval)
         for n, key in enumerate(keys, 1):
             entry = scope_state[key]
             self.progress({"scope": key, "scope_done": True, "scope_listed": entry["listed"],
@@ -209,14 +211,15 @@ class Backfill:
             await asyncio.to_thread(progress_run, self.pool, self.run_id, counters, checkpoint)
             self.progress({"scope": scope.key, "scope_listed": entry["listed"], "scope_pages": entry["pages"],
                            **counters})
+        # The cursor moves before the scope is saved as done (reconcile passes may claim it then).
+        await asyncio.to_thread(scopes.adopt_backfill_cursors, self.pool, source, {scope.key: high}, since,
+                                self.services.settings.source(source).poll_interval)
         entry["done"] = True
         entry["checkpoint"] = None
         # Counted as each scope finishes, so progress says "2/5 scopes" while it runs (it was
         # only counted after the loop, and the view showed 0/N for the whole backfill).
         counters["scopes_done"] = counters.get("scopes_done", 0) + 1
         await asyncio.to_thread(progress_run, self.pool, self.run_id, counters, checkpoint)
-        await asyncio.to_thread(scopes.adopt_backfill_cursors, self.pool, source, {scope.key: high}, since,
-                                self.services.settings.source(source).poll_interval)
         self.progress({"scope": scope.key, "scope_done": True, "scope_listed": entry["listed"],
                        "scope_pages": entry["pages"], **counters})
 

@@ -169,3 +169,13 @@ def test_a_scope_claimed_before_the_backfill_began_is_handed_to_it(
     assert sim.calls["search"] == 2
     row = rows(services)[keys[0]]
     assert row["cursor"] is None and row["last_error"] is None
+
+
+@pytest.mark.parametrize("status", ["queued", "running"])
+def test_a_requested_backfill_holds_its_scopes_before_it_lists(
+        settings: Settings, services: Services, status: str) -> None:
+    discover(settings, services)
+    keys = sorted(rows(services))
+    create_run(services.pool, "jira", keys[:2], None, status=status, owner=owner_name())
+    claimed = claim_due(services.pool, ["jira"], owner="test-reconciler")
+    assert [c.key for c in claimed] == keys[2:]
