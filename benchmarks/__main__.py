@@ -27,6 +27,7 @@ BENCHMARKS = {
     "pipeline-skip": "benchmarks.pipeline_skip",
     "retrieval": "benchmarks.retrieval",
     "scale-out": "benchmarks.scale_out",
+    "listing-requests": "benchmarks.listing_requests",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 
