@@ -10,6 +10,7 @@ another thread and waits for it, so nothing here depends on timing.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -117,10 +118,11 @@ def test_reconcile_during_a_backfill_lists_nothing_then_continues_from_its_curso
     # The tick ran, claimed none of the scopes being listed, and asked Jira nothing.
     assert during == {"claimed": 0, "listing": 0}
     assert reconcile_runs(services) == []
-    # The backfill itself: every issue, for one id search and one bulkfetch (30 issues, 3 projects).
+    # The backfill itself: every issue, for one id search and ceil(n/100) bulkfetches (3 projects).
     truth = [i for i in sim.issues.values()]
-    assert counters["listed"] == len(truth) == 30
-    assert sim.calls["search"] == 1 and sim.calls["bulkfetch"] == 1
+    assert counters["listed"] == len(truth) >= 30
+    assert sim.calls["search"] == 1 and sim.calls["bulkfetch"] == math.ceil(len(truth) / 100)
+    sizes = {k: sum(1 for i in truth if sim.projects[i.project_id].key == k) for k in keys}
     # Each scope's cursor is the newest update the backfill saw there; nothing is due at once.
     newest = {k: max(i.updated for i in truth if sim.projects[i.project_id].key == k) / 1000 for k in keys}
     after = rows(services)
@@ -138,7 +140,7 @@ def test_reconcile_during_a_backfill_lists_nothing_then_continues_from_its_curso
     for key in keys:
         params, counted = runs[key]
         assert params["since"] == pytest.approx(newest[key] - settings.reconcile_overlap)
-        assert counted["refs"] < 10  # the whole project has 10; only the window is listed
+        assert counted["refs"] < sizes[key]  # only the window is listed, not the whole project
     assert runs[keys[0]][1]["refs"] >= 1 and rows(services)[keys[0]]["cursor"] > newest[keys[0]]
     assert made["id"]
 
@@ -179,3 +181,49 @@ def test_a_requested_backfill_holds_its_scopes_before_it_lists(
     create_run(services.pool, "jira", keys[:2], None, status=status, owner=owner_name())
     claimed = claim_due(services.pool, ["jira"], owner="test-reconciler")
     assert [c.key for c in claimed] == keys[2:]
+
+
+def test_a_pass_under_way_stops_when_a_backfill_of_its_scope_begins(
+        settings: Settings, services: Services, sandbox: SandboxServer) -> None:
+    sim = sim_of(sandbox)
+    discover(settings, services)
+    key = sorted(rows(services))[0]
+    project = sim.find_project(key)
+    assert project is not None
+    with httpx.Client(base_url=sandbox.url("jira") + "/_sandbox/jira") as ctl:
+        while sum(1 for i in sim.issues.values() if i.project_id == project.id) <= 100:
+            ctl.post("/issues", json={"project": key, "summary": "one more"}).raise_for_status()
+    claimed = [c for c in claim_due(services.pool, ["jira"], owner="test-reconciler") if c.key == key]
+    sim.calls.clear()
+
+    async def one_pass() -> dict[str, Any]:
+        sources = SourceSet(settings, services.pool)
+        try:
+            connector = sources.get("jira")
+            listing = connector.changes
+
+            async def begin_backfill_with_first_page(*args: Any) -> Any:
+                # The backfill is requested once the pass has fetched its first page.
+                first = True
+                async for page in listing(*args):
+                    if first:
+                        create_run(services.pool, "jira", [key], None, owner=owner_name())
+                        first = False
+                    yield page
+
+            connector.changes = begin_backfill_with_first_page  # type: ignore[method-assign]
+            return await Reconciler(settings, services, sources, "test-reconciler").reconcile_scope(claimed[0])
+        finally:
+            await sources.aclose()
+
+    counters = asyncio.run(one_pass())
+    # The full listing (2 bulkfetches) stopped after its first page, kept its checkpoint and
+    # gave the scope back.
+    assert counters["pages"] == 1 and sim.calls["bulkfetch"] == 1
+    row = rows(services)[key]
+    with services.pool.connection() as conn:
+        held = conn.execute("SELECT checkpoint, lease_owner FROM scopes WHERE source = 'jira' AND key = %s",
+                            (key,)).fetchone()
+    assert held is not None and held[0] is not None and held[1] is None
+    assert row["cursor"] is None and row["last_error"] is None
+    assert reconcile_runs(services)[0][2]["deferred_to_backfill"] is True
