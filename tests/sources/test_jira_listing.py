@@ -104,7 +104,9 @@ def test_one_project_full_listing_and_a_small_window(scale: SandboxServer) -> No
     since = time.time() - 120
     pages = with_source(scale, lambda s: collect(s.changes(Scope("jira", project.key), since, None)))
     listed = [r for p in pages for r in p.refs]
-    assert made["id"] in {r.id for r in listed} and all(r.document is not None for r in listed)
+    assert made["id"] in {r.id for r in listed}
+    # Documents as whole as bulkfetch's: key, title and link come with the search page.
+    assert all(r.document is not None and r.document.metadata["key"] and r.document.url for r in listed)
     assert dict(sim.calls) == {"search": 1}
 
 
