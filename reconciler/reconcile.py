@@ -194,8 +194,8 @@ class Reconciler:
 
         async def one(item: ClaimedScope) -> None:
             async with semaphore:
-                await self.reconcile_scope(item)
-                if item.prune_due:
+                done = await self.reconcile_scope(item)
+                if item.prune_due and not done.get("deferred_to_backfill"):  # a backfill lists it
                     await self.prune_scope(item)
 
         await asyncio.gather(*(one(item) for item in items))
@@ -240,7 +240,8 @@ class Reconciler:
                     # A backfill of this scope began meanwhile: stop here (checkpoint kept); the
                     # backfill's end moves the cursor past what it listed.
                     await asyncio.to_thread(scopes.defer_to_backfill, self.pool, item.source, item.key)
-                    await asyncio.to_thread(finish_run, self.pool, run_id, {**counters, "deferred_to_backfill": True})
+                    counters["deferred_to_backfill"] = True
+                    await asyncio.to_thread(finish_run, self.pool, run_id, counters)
                     return counters
             await self._refresh_access(source, scope, counters)
         except asyncio.CancelledError:

@@ -227,3 +227,26 @@ def test_a_pass_under_way_stops_when_a_backfill_of_its_scope_begins(
     assert held is not None and held[0] is not None and held[1] is None
     assert row["cursor"] is None and row["last_error"] is None
     assert reconcile_runs(services)[0][2]["deferred_to_backfill"] is True
+
+
+def test_a_scope_handed_to_a_backfill_is_not_pruned_meanwhile(
+        settings: Settings, services: Services, sandbox: SandboxServer) -> None:
+    discover(settings, services)
+    keys = sorted(rows(services))
+    with services.pool.connection() as conn:
+        conn.execute("UPDATE scopes SET next_prune_at = now() - interval '1 minute' WHERE source = 'jira'")
+    claimed = claim_due(services.pool, ["jira"], owner="test-reconciler")
+    create_run(services.pool, "jira", keys[:1], None, owner=owner_name())
+
+    async def passes() -> None:
+        sources = SourceSet(settings, services.pool)
+        try:
+            await Reconciler(settings, services, sources, "test-reconciler")._reconcile_source(claimed)
+        finally:
+            await sources.aclose()
+
+    asyncio.run(passes())
+    with services.pool.connection() as conn:
+        pruned = sorted(r[0] for r in conn.execute("SELECT scope FROM runs WHERE kind = 'prune'").fetchall())
+    assert pruned == keys[1:]  # the backfill's scope: neither listed nor pruned by the pass
+    assert sorted(scope for scope, _, _ in reconcile_runs(services)) == keys[1:]  # passes run concurrently
