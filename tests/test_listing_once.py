@@ -250,3 +250,32 @@ def test_a_scope_handed_to_a_backfill_is_not_pruned_meanwhile(
         pruned = sorted(r[0] for r in conn.execute("SELECT scope FROM runs WHERE kind = 'prune'").fetchall())
     assert pruned == keys[1:]  # the backfill's scope: neither listed nor pruned by the pass
     assert sorted(scope for scope, _, _ in reconcile_runs(services)) == keys[1:]  # passes run concurrently
+
+
+def test_a_backfill_batch_stopped_after_a_page_resumes_from_its_checkpoint(
+        settings: Settings, services: Services, sandbox: SandboxServer) -> None:
+    sim = sim_of(sandbox)
+    discover(settings, services)
+    keys = sorted(rows(services))
+    with httpx.Client(base_url=sandbox.url("jira") + "/_sandbox/jira") as ctl:
+        while len(sim.issues) <= 150:  # two bulkfetch pages at least
+            ctl.post("/issues", json={"project": keys[1], "summary": "batch filler"}).raise_for_status()
+    run_id = create_run(services.pool, "jira", [], None, owner=owner_name())
+
+    def crash_after_first_page(info: dict[str, Any]) -> None:
+        if info.get("scope") is not None:
+            raise RuntimeError("killed after the first page")
+
+    sim.bulkfetched.clear()
+    with pytest.raises(RuntimeError):
+        backfill(settings, services, run_id, crash_after_first_page)
+    first = dict(sim.bulkfetched)
+    assert 0 < len(first) < len(sim.issues)
+    # Resumed: the batch goes on after the saved page; no issue is fetched twice.
+    counters = backfill(settings, services, run_id)
+    assert max(sim.bulkfetched.values()) == 1 and set(sim.bulkfetched) == {str(i) for i in sim.issues}
+    assert counters["scopes_done"] == 3 and counters["listed"] == len(sim.issues)
+    with services.pool.connection() as conn:
+        items = conn.execute("SELECT count(*), count(DISTINCT document_id) FROM run_items WHERE run_id = %s",
+                             (run_id,)).fetchone()
+    assert items == (len(sim.issues), len(sim.issues))

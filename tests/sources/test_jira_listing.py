@@ -69,11 +69,11 @@ def test_seed_scale_backfill_listing_costs_the_formula(scale: SandboxServer) -> 
     sim = sim_of(scale)
     sim.calls.clear()
 
-    async def backfill(source: JiraSource) -> list[Page]:
+    async def backfill(source: JiraSource) -> tuple[list[Scope], list[Page]]:
         scopes = await source.scopes()
-        return await collect(source.changes_many(scopes, None, None))
+        return scopes, await collect(source.changes_many(scopes, None, None))
 
-    pages = with_source(scale, backfill)
+    scopes, pages = with_source(scale, backfill)
     refs = [r for p in pages for r in p.refs]
     truth = {str(i.id): sim.projects[i.project_id].key for i in sim.issues.values()}
     assert len(truth) == SEED_ISSUES and len(sim.projects) == SEED_PROJECTS
@@ -86,6 +86,14 @@ def test_seed_scale_backfill_listing_costs_the_formula(scale: SandboxServer) -> 
     assert dict(sim.calls) == expected
     assert sum(sim.calls.values()) == 80 <= 90  # the issue's target; it was 290
     assert max(sim.bulkfetched.values()) == 1
+    # A checkpoint inside the second id page names that page's token: resuming from the last
+    # page but one asks that id page again and bulkfetches only the last page.
+    at = len(pages) - 2
+    assert pages[at].checkpoint and '"t":"' in pages[at].checkpoint
+    sim.calls.clear()
+    rest = with_source(scale, lambda s: collect(s.changes_many(scopes, None, pages[at].checkpoint)))
+    assert [r.id for p in rest for r in p.refs] == [r.id for r in pages[-1].refs]
+    assert dict(sim.calls) == {"search": 1, "bulkfetch": 1}
 
 
 def test_one_project_full_listing_and_a_small_window(scale: SandboxServer) -> None:
@@ -162,21 +170,21 @@ def test_comments_jira_leaves_out_of_the_issue_are_read_in_full(scale: SandboxSe
 
 def test_resume_inside_an_id_page_survives_a_deletion_before_it(scale: SandboxServer) -> None:
     sim = sim_of(scale)
-    scopes = [Scope("jira", p.key) for p in list(sim.projects.values())[:60]]
+    scopes = [Scope("jira", p.key) for p in list(sim.projects.values())[2:5]]
 
     async def first(source: JiraSource) -> list[Page]:
         return await collect(source.changes_many(scopes, None, None))
 
     pages = with_source(scale, first)
-    assert len(pages) > 55
-    # Page 55 ends inside the second id page (ids 5001-…): its checkpoint names that page.
-    at = 54
+    assert len(pages) >= 4  # 3 projects of ~105 issues: one id page, 4 bulkfetches
+    at = 1
     assert pages[at].checkpoint and pages[at].checkpoint.startswith("{")
-    gone = pages[at].refs[0].id  # listed before the checkpoint, deleted before the resume
+    gone = pages[0].refs[0].id  # listed before the checkpoint, deleted before the resume
     with control(scale) as ctl:
         ctl.delete(f"/issues/{gone}").raise_for_status()
     sim.bulkfetched.clear()
     resumed = with_source(scale, lambda s: collect(s.changes_many(scopes, None, pages[at].checkpoint)))
     expected = [r.id for p in pages[at + 1:] for r in p.refs]
-    assert [r.id for p in resumed for r in p.refs] == expected  # nothing skipped, nothing twice
+    # The id page shifted by one: resuming after the last id done skips nothing, repeats nothing.
+    assert [r.id for p in resumed for r in p.refs] == expected
     assert max(sim.bulkfetched.values()) == 1
