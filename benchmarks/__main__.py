@@ -29,6 +29,7 @@ BENCHMARKS = {
     "retrieval": "benchmarks.retrieval",
     "scale-out": "benchmarks.scale_out",
     "webhook-to-searchable": "benchmarks.webhook_to_searchable",
+    "listing-requests": "benchmarks.listing_requests",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

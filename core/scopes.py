@@ -3,6 +3,11 @@
 Discovery inserts what a source lists; whether a new scope starts active follows the source's
 configured filter (``JIRA_PROJECTS``, ``SLACK_CHANNELS``, ``GITHUB_REPOS``: ``*`` = all).
 Deactivating stops syncing but keeps what is indexed unless asked to purge.
+
+A scope is listed by one thing at a time: while a backfill lists it (``BACKFILL_LISTING``), the
+reconciler neither claims it nor keeps a pass over it going, and when the backfill has listed
+it, ``adopt_backfill_cursors`` moves its cursor to what the backfill saw, so the next pass lists
+only what changed since.
 """
 
 from __future__ import annotations
@@ -16,6 +21,79 @@ from core import state
 from core.documents import Ref, split_doc_id
 from core.settings import SourceSettings
 from core.sources import Scope
+
+
+#: Seconds without progress after which a running backfill no longer holds its scopes (its
+#: process died): the reconciler lists them again rather than waiting on it forever.
+BACKFILL_STALE = 300.0
+
+#: SQL condition, on a row of ``scopes``: a queued backfill, or a running one that moved in the
+#: last ``BACKFILL_STALE`` seconds, targets this scope and has not finished listing it. Targets
+#: are the keys the backfill resolved (``checkpoint.targets``); before that, the keys it was
+#: given, or every scope of the source when it was given none.
+BACKFILL_LISTING = f"""EXISTS (
+    SELECT 1 FROM runs r
+    WHERE r.kind = 'backfill' AND r.source = scopes.source
+      AND (r.status = 'queued' OR (r.status = 'running'
+                                   AND r.progress_at > now() - make_interval(secs => {BACKFILL_STALE})))
+      AND NOT coalesce((r.checkpoint -> 'scopes' -> scopes.key ->> 'done')::boolean, false)
+      AND CASE WHEN jsonb_typeof(r.checkpoint -> 'targets') = 'array'
+                    THEN (r.checkpoint -> 'targets') ? scopes.key
+               WHEN jsonb_typeof(r.params -> 'scopes') = 'array' AND jsonb_array_length(r.params -> 'scopes') > 0
+                    THEN (r.params -> 'scopes') ? scopes.key
+               ELSE true END)"""
+
+
+def backfill_listing(pool: ConnectionPool, source: str, key: str) -> bool:
+    """Whether a backfill is listing (or about to list) this scope."""
+    with pool.connection() as conn:
+        row = conn.execute(f"SELECT {BACKFILL_LISTING} FROM scopes WHERE source = %s AND key = %s",
+                           (source, key)).fetchone()
+    return bool(row and row[0])
+
+
+def defer_to_backfill(pool: ConnectionPool, source: str, key: str, retry: float = 60.0) -> None:
+    """A reconcile pass gives a scope back to the backfill listing it: lease released, due again
+    in ``retry`` seconds (the backfill's end makes it due later; a dead backfill stops holding
+    it after ``BACKFILL_STALE``)."""
+    with pool.connection() as conn:
+        conn.execute(
+            """UPDATE scopes SET lease_owner = NULL, lease_until = NULL,
+                   next_due_at = greatest(next_due_at, now() + make_interval(secs => %s))
+               WHERE source = %s AND key = %s""",
+            (retry, source, key),
+        )
+
+
+def adopt_backfill_cursors(pool: ConnectionPool, source: str, highs: Mapping[str, float | None],
+                           since: float | None, poll_interval: float) -> int:
+    """A backfill listed these scopes: each one's cursor becomes the newest source
+    ``updated_at`` it saw (never lower than the cursor it had), a pass left part-way is dropped
+    (the backfill listed everything it would have), and the next pass falls due a poll interval
+    from now, listing only what changed since. A backfill that started at ``since`` only counts
+    for a scope already synced up to ``since`` (one never listed still needs its older
+    documents). Returns how many scopes moved."""
+    moved = 0
+    with pool.connection() as conn:
+        for key, high in highs.items():
+            if high is None:
+                continue
+            cur = conn.execute(
+                """UPDATE scopes SET cursor = greatest(coalesce(cursor, %(high)s), %(high)s),
+                       checkpoint = CASE WHEN lease_until IS NULL OR lease_until <= now()
+                                    THEN NULL ELSE checkpoint END,
+                       pass_since = CASE WHEN lease_until IS NULL OR lease_until <= now()
+                                    THEN NULL ELSE pass_since END,
+                       pass_high_water = CASE WHEN lease_until IS NULL OR lease_until <= now()
+                                         THEN NULL ELSE pass_high_water END,
+                       last_success_at = now(),
+                       next_due_at = greatest(next_due_at, now() + make_interval(secs => %(poll)s))
+                   WHERE source = %(source)s AND key = %(key)s
+                     AND (%(since)s::float8 IS NULL OR (cursor IS NOT NULL AND cursor >= %(since)s::float8))""",
+                {"high": high, "poll": poll_interval, "source": source, "key": key, "since": since},
+            )
+            moved += cur.rowcount
+    return moved
 
 
 def upsert_discovered(pool: ConnectionPool, settings: SourceSettings, found: Iterable[Scope]) -> int:

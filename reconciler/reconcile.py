@@ -90,6 +90,7 @@ def claim_due(pool: ConnectionPool, sources: list[str], limit: int = 32, *, owne
                       (next_prune_at IS NOT NULL AND next_prune_at <= now())
                FROM scopes
                WHERE active AND source = ANY(%(sources)s) AND next_due_at <= now()
+                 AND NOT """ + scopes.BACKFILL_LISTING + """
                  AND (lease_until IS NULL OR lease_until <= now()
                       OR lease_owner IN (SELECT process FROM heartbeats
                                          WHERE beat_at < now() - make_interval(secs => %(timeout)s)))
@@ -207,8 +208,8 @@ class Reconciler:
 
         async def one(item: ClaimedScope) -> None:
             async with semaphore:
-                await self.reconcile_scope(item)
-                if item.prune_due:
+                done = await self.reconcile_scope(item)
+                if item.prune_due and not done.get("deferred_to_backfill"):  # a backfill lists it
                     await self.prune_scope(item)
 
         await asyncio.gather(*(one(item) for item in items))
@@ -225,6 +226,10 @@ class Reconciler:
 
     async def reconcile_scope(self, item: ClaimedScope) -> dict[str, Any]:
         source = self.sources.get(item.source)
+        if await asyncio.to_thread(scopes.backfill_listing, self.pool, item.source, item.key):
+            # Claimed before a backfill of it began: the backfill lists it (never two at once).
+            await asyncio.to_thread(scopes.defer_to_backfill, self.pool, item.source, item.key)
+            return {"deferred_to_backfill": True}
         resuming = item.checkpoint is not None
         since = item.pass_since if resuming else (
             None if item.cursor is None else item.cursor - self.settings.reconcile_overlap
@@ -258,6 +263,13 @@ class Reconciler:
                 counters["refs"] += len(refs)
                 await asyncio.to_thread(self._save_checkpoint, item, page.checkpoint, since, high, unsaved())
                 await asyncio.to_thread(progress_run, self.pool, run_id, counters)
+                if await asyncio.to_thread(scopes.backfill_listing, self.pool, item.source, item.key):
+                    # A backfill of this scope began meanwhile: stop here (checkpoint kept); the
+                    # backfill's end moves the cursor past what it listed.
+                    await asyncio.to_thread(scopes.defer_to_backfill, self.pool, item.source, item.key)
+                    counters["deferred_to_backfill"] = True
+                    await asyncio.to_thread(finish_run, self.pool, run_id, counters)
+                    return counters
             await self._refresh_access(source, scope, counters)
         except asyncio.CancelledError:
             # Stopping: hand the scope back at once (its checkpoint is kept) instead of holding

@@ -463,6 +463,13 @@ class JiraSimulator(Simulator):
         self.bulkfetched: Counter[str] = Counter()
         #: How many times each issue was fetched alone (GET /rest/api/3/issue/{idOrKey}).
         self.fetched: Counter[str] = Counter()
+        #: API requests served, by handler (``search``, ``bulkfetch``, ``project_search``, …):
+        #: tests and benchmarks count what a listing costs here, on Jira's side.
+        self.calls: Counter[str] = Counter()
+        #: Comments an issue bean embeds at most (None: all). Jira pages the embedded
+        #: ``comment`` field (it carries ``maxResults`` and ``total``); this dial cuts it short,
+        #: so a client must read the rest from ``GET /issue/{id}/comment``.
+        self.embedded_comments: int | None = None
         self.time_zone = ZoneInfo("America/New_York")
         #: Seconds before the first webhook retry; doubles each retry.
         self.retry_delay = 0.5
@@ -598,9 +605,10 @@ class JiraSimulator(Simulator):
         if name == "description":
             return issue.description
         if name == "comment":
-            comments = [self.render_comment(issue, c) for c in issue.comments]
+            shown = issue.comments if self.embedded_comments is None else issue.comments[: self.embedded_comments]
+            comments = [self.render_comment(issue, c) for c in shown]
             return {"comments": comments, "self": f"{self.base_url}/rest/api/3/issue/{issue.id}/comment",
-                    "maxResults": len(comments), "total": len(comments), "startAt": 0}
+                    "maxResults": len(comments), "total": len(issue.comments), "startAt": 0}
         if name == "status":
             return {"name": issue.status, "id": str(10000 + _STATUSES.index(issue.status))
                     if issue.status in _STATUSES else "10099"}
@@ -662,10 +670,13 @@ class JiraSimulator(Simulator):
             "RateLimit-Reason": "jira-burst-based",
         })
 
-    def api(self, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-        """Wrap an API handler with Basic auth and the request budget."""
+    def api(self, handler: Callable[[Request], Awaitable[Response]],
+            label: str = "") -> Callable[[Request], Awaitable[Response]]:
+        """Wrap an API handler with Basic auth and the request budget; count it in ``calls``."""
+        label = label or handler.__name__
 
         async def guarded(request: Request) -> Response:
+            self.calls[label] += 1
             if not self._authorised(request):
                 reason = "AUTHENTICATED_FAILED" if "authorization" in request.headers else "AUTHENTICATION_DENIED"
                 return PlainTextResponse(
@@ -690,7 +701,7 @@ class JiraSimulator(Simulator):
         # defaults to v2, atlassian-python-api's JiraCloud to v3.
         for version in (3, 2):
             def wrap(handler: Callable[[Request], Awaitable[Response]], v: int = version) -> Any:
-                return self.api(handler if v == 3 else as_v2(handler))
+                return self.api(handler if v == 3 else as_v2(handler), handler.__name__)
             base = f"/rest/api/{version}"
             routes += [
                 Route(f"{base}/search/jql", wrap(self.search), methods=["GET", "POST"]),
@@ -944,6 +955,7 @@ class JiraSimulator(Simulator):
     def control_routes(self) -> list[BaseRoute]:
         return [
             Route("/jira/truth", self.c_truth, methods=["GET"]),
+            Route("/jira/calls", self.c_calls, methods=["GET"]),
             Route("/jira/settings", self.c_settings, methods=["PUT"]),
             Route("/jira/projects", self.c_create_project, methods=["POST"]),
             Route("/jira/issues", self.c_create_issue, methods=["POST"]),
@@ -968,6 +980,11 @@ class JiraSimulator(Simulator):
             ],
         })
 
+    async def c_calls(self, request: Request) -> Response:
+        """API requests served so far, by handler (a simulator in its own process is counted
+        through this)."""
+        return JSONResponse(dict(self.calls))
+
     async def c_settings(self, request: Request) -> Response:
         body = await _json(request)
         if "time_zone" in body:
@@ -978,6 +995,11 @@ class JiraSimulator(Simulator):
             if body["webhook_mode"] not in ("now", "hold"):
                 return JSONResponse({"error": "webhook_mode must be 'now' or 'hold'"}, 400)
             self.webhook_mode = body["webhook_mode"]
+        if "embedded_comments" in body:
+            cut = body["embedded_comments"]
+            if cut is not None and (not isinstance(cut, int) or cut < 0):
+                return JSONResponse({"error": "embedded_comments must be null or a count"}, 400)
+            self.embedded_comments = cut
         if "permissions" in body:  # the caller's project permissions (mypermissions, project search)
             granted = body["permissions"]
             if not isinstance(granted, list) or not set(granted) <= set(PERMISSIONS):
@@ -985,6 +1007,7 @@ class JiraSimulator(Simulator):
             self.granted = set(granted)
         return JSONResponse({"time_zone": str(self.time_zone), "retry_delay": self.retry_delay,
                              "webhook_mode": self.webhook_mode, "held": len(self.held),
+                             "embedded_comments": self.embedded_comments,
                              "permissions": sorted(self.granted)})
 
     async def c_create_project(self, request: Request) -> Response:

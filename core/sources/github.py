@@ -284,7 +284,7 @@ class GitHubSource:
             while url:
                 response = await self._list(url)
                 items, url = response.json(), _next(response)
-                refs = [self._item_ref(scope.key, i) for i in items]
+                refs = [await self._listed_item_ref(scope.key, i) for i in items]
                 seen.update(r.id for r in refs)
                 high = max((epoch(i.get("updated_at")) for i in items), default=None)
                 following = {"listing": "issues", "next": url} if url else {"listing": "review_comments", "next": None}
@@ -315,6 +315,16 @@ class GitHubSource:
             refs = [await self._commit_ref(scope.key, c) for c in commits]
             high = max((_commit_date(c) for c in commits), default=None)
             yield Page(refs, json.dumps({"listing": "commits", "next": url}) if url else None, high)
+
+    async def _listed_item_ref(self, repo: str, item: Mapping[str, Any]) -> Ref:
+        """A listed issue without comments carries its document: the list answer is the issue
+        itself, so the worker need not ask again (one request saved per such issue). A pull
+        request (reviews) or an issue with comments is fetched by the worker for what the
+        list lacks."""
+        ref = self._item_ref(repo, item)
+        if "pull_request" in item or item.get("comments") != 0:
+            return ref
+        return dataclasses.replace(ref, document=await self._with_access(repo, issue_to_document(repo, item, [])))
 
     async def _commit_ref(self, repo: str, commit: Mapping[str, Any]) -> Ref:
         """A listed commit: an old one carries its document (the listing holds all it is

@@ -1,9 +1,20 @@
 """Jira Cloud connector: one document per issue (id-stable across moves), scope = project key.
 
-Listing follows the pattern that survives Jira's enhanced search (research/saas-apis.md §1.2):
-page issue ids with ``POST /rest/api/3/search/jql`` (``nextPageToken`` paging, no ``total``),
-then ``POST /rest/api/3/issue/bulkfetch`` (≤100 ids) for the full issues, so each page of a
-listing carries whole documents and workers need not fetch them again.
+Listing follows the pattern that survives Jira's enhanced search (research/saas-apis.md §1.2)
+with the fewest requests (docs/sources/jira.md has the arithmetic):
+
+- a full listing (``since`` None, a backfill or a first pass) pages issue ids with
+  ``POST /rest/api/3/search/jql`` at the id-only maximum (5,000 a page, ``nextPageToken``, no
+  ``total``), then ``POST /rest/api/3/issue/bulkfetch`` (≤100 ids) for the full issues:
+  ``ceil(n/5000) + ceil(n/100)`` requests. A backfill lists many projects in one JQL
+  (``changes_many``), so bulkfetches are full across project boundaries.
+- an incremental window (``updated >= since``) asks search for the fields themselves, 100 a
+  page (the cap for anything beyond id/key): ``max(1, ceil(n/100))`` requests, one for the usual
+  small window instead of a search and a bulkfetch.
+
+Either way each page of a listing carries whole documents, so workers need not fetch them
+again. An issue whose embedded ``comment`` field says it holds fewer comments than ``total``
+gets the rest from ``GET /issue/{id}/comment``, so the text never drops comments silently.
 
 Webhooks are admin webhooks with a secret: ``X-Hub-Signature: sha256=<hex HMAC-SHA256 of the
 raw body>``; ``X-Atlassian-Webhook-Identifier`` is stable across retries (the dedupe key).
@@ -12,6 +23,7 @@ raw body>``; ``X-Atlassian-Webhook-Identifier`` is stable across retries (the de
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -37,11 +49,19 @@ log = logging.getLogger(__name__)
 #: Fields the connector reads; asking for fewer keeps bulkfetch responses small.
 FIELDS = ["summary", "description", "comment", "status", "assignee", "reporter", "labels",
           "priority", "issuetype", "project", "created", "updated"]
-#: Ids per search page in ``changes``: one bulkfetch (max 100) per search page keeps each
-#: page's checkpoint (the nextPageToken) exact.
-CHANGES_PAGE = 100
-#: Ids per search page in ``live_ids``: the id-only maximum.
-LIVE_IDS_PAGE = 5000
+#: Ids per search page when only ``id`` is asked for: Jira's id/key-only maximum.
+IDS_PAGE = 5000
+#: Ids per search page in ``live_ids`` (the same maximum).
+LIVE_IDS_PAGE = IDS_PAGE
+#: Issues per bulkfetch: Jira's maximum.
+BULKFETCH_PAGE = 100
+#: Issues per search page when fields are asked for: Jira's cap beyond id/key (it may answer
+#: with fewer; the listing follows nextPageToken whatever the page size).
+FIELDS_PAGE = 100
+#: Projects per JQL in ``changes_many`` (keeps the JQL short; 72 projects fit in one).
+MANY_PROJECTS = 100
+#: Comments per ``GET /issue/{id}/comment`` page (Jira's documented maximum).
+COMMENTS_PAGE = 5000
 PROJECTS_PAGE = 50
 
 SYNC_EVENTS = {"jira:issue_created", "jira:issue_updated", "comment_created", "comment_updated",
@@ -195,12 +215,16 @@ def to_document(raw: Mapping[str, Any], base_url: str) -> Document:
     )
 
 
-def jql_for(scope_key: str, since: float | None = None, order: bool = True) -> str:
-    """``project = "KEY" [AND updated >= <epoch ms>] [ORDER BY updated ASC]``.
+def jql_for(scope_key: str | list[str], since: float | None = None, order: bool = True) -> str:
+    """``project = "KEY" [AND updated >= <epoch ms>] [ORDER BY updated ASC]``; a list of keys
+    gives ``project in ("A", "B")``.
 
     Epoch milliseconds sidestep the account time zone that quoted JQL dates are read in.
     """
-    jql = f'project = "{_quote(scope_key)}"'
+    if isinstance(scope_key, list):
+        jql = "project in (" + ", ".join(f'"{_quote(k)}"' for k in scope_key) + ")"
+    else:
+        jql = f'project = "{_quote(scope_key)}"'
     if since is not None:
         jql += f" AND updated >= {int(since * 1000)}"
     return jql + (" ORDER BY updated ASC" if order else "")
@@ -232,6 +256,8 @@ def reset_after(response: httpx.Response) -> float | None:
 class JiraSource:
     name = NAME
     pushes = True
+    #: Scopes ``changes_many`` takes at once (a backfill batches its projects by this many).
+    MANY_SCOPES = MANY_PROJECTS
 
     def __init__(self, settings: SourceSettings, client: httpx.AsyncClient,
                  limiter: Limiter | None = None, context: SourceContext | None = None) -> None:
@@ -261,27 +287,74 @@ class JiraSource:
     async def changes(self, scope: Scope, since: float | None,
                       checkpoint: str | None) -> AsyncIterator[Page]:
         jql = jql_for(scope.key, since)
+        pages = self._full_listing(jql, checkpoint) if since is None else self._window(jql, checkpoint)
+        async for page in pages:
+            yield page
+
+    async def changes_many(self, scopes: list[Scope], since: float | None,
+                           checkpoint: str | None) -> AsyncIterator[Page]:
+        """``changes`` for several projects in one listing (a backfill's): one JQL over all of
+        them, so search pages and bulkfetches are full across project boundaries. Each ref
+        carries its own project as its scope. At most ``MANY_PROJECTS`` keys."""
+        if not scopes or len(scopes) > MANY_PROJECTS:
+            raise ValueError(f"changes_many takes 1 to {MANY_PROJECTS} projects, not {len(scopes)}")
+        async for page in self._full_listing(jql_for([s.key for s in scopes], since), checkpoint):
+            yield page
+
+    async def _window(self, jql: str, checkpoint: str | None) -> AsyncIterator[Page]:
+        """Search pages that carry the fields themselves: one request per page of ≤100."""
         token = checkpoint
         while True:
-            try:
-                body = await self._search(jql, token, CHANGES_PAGE)
-            except PermanentSourceError as exc:
-                # Page tokens expire (~7 days); a stale checkpoint restarts the listing, which
-                # is idempotent, instead of failing the scope forever.
-                if token != checkpoint or not checkpoint or exc.status != 400:
-                    raise
-                log.warning("jira: checkpoint for %s refused (%s); listing from the start",
-                            scope.key, exc.detail[:120])
-                token = checkpoint = None
-                continue
-            ids = [str(issue["id"]) for issue in body.get("issues") or []]
-            docs = await self._bulkfetch(ids) if ids else []
+            body, token = await self._search_resuming(jql, token, checkpoint, FIELDS_PAGE, FIELDS)
+            checkpoint = None
+            docs = [to_document(issue, self.base_url) for issue in body.get("issues") or []]
+            docs = await self._complete_comments(docs, body.get("issues") or [])
             token = body.get("nextPageToken")
-            refs = [Ref(NAME, d.id, d.scope, "sync", d.updated_at, d) for d in docs]
-            high = max((d.updated_at for d in docs), default=None)
-            yield Page(refs=refs, checkpoint=token, high_water=high)
+            yield _page(docs, token)
             if not token:
                 return
+
+    async def _full_listing(self, jql: str, checkpoint: str | None) -> AsyncIterator[Page]:
+        """Id-only search pages of up to 5,000, each bulkfetched 100 at a time; one Page per
+        bulkfetch. The checkpoint after a page inside a search page names that search page's
+        own token and how far into it the listing got (the last id too, so an id page that
+        shifted meanwhile resumes after that id, not after a count)."""
+        token, skip, last = _decode_checkpoint(checkpoint)
+        while True:
+            body, used = await self._search_resuming(jql, token, checkpoint, IDS_PAGE, ["id"])
+            if used != token:  # the saved token was refused: listing from the start
+                skip, last = 0, None
+            token, checkpoint = used, None
+            ids = [str(issue["id"]) for issue in body.get("issues") or []]
+            following = body.get("nextPageToken")
+            start = min(skip, len(ids))
+            if last is not None and last in ids:
+                start = ids.index(last) + 1
+            skip, last = 0, None
+            if start >= len(ids):
+                yield Page(refs=[], checkpoint=following)
+            for at in range(start, len(ids), BULKFETCH_PAGE):
+                batch = ids[at : at + BULKFETCH_PAGE]
+                docs = await self._bulkfetch(batch)
+                end = at + len(batch)
+                resume = following if end >= len(ids) else _encode_checkpoint(token, end, batch[-1])
+                yield _page(docs, resume)
+            if not following:
+                return
+            token = following
+
+    async def _search_resuming(self, jql: str, token: str | None, resumed: str | None, size: int,
+                               fields: list[str]) -> tuple[dict[str, Any], str | None]:
+        """One search page; returns it and the token it was asked with. Page tokens expire
+        (~7 days): a refused token that came from a saved checkpoint restarts the listing, which
+        is idempotent, instead of failing the scope forever."""
+        try:
+            return await self._search(jql, token, size, fields), token
+        except PermanentSourceError as exc:
+            if not resumed or not token or exc.status != 400:
+                raise
+            log.warning("jira: checkpoint refused (%s); listing from the start", exc.detail[:120])
+            return await self._search(jql, None, size, fields), None
 
     async def live_ids(self, scope: Scope) -> AsyncIterator[str]:
         jql = jql_for(scope.key, order=False)
@@ -301,8 +374,9 @@ class JiraSource:
             return Gone(NAME, ref.id)
         return to_document(self._json(response, f"issue {ref.id}"), self.base_url)
 
-    async def _search(self, jql: str, token: str | None, max_results: int) -> dict[str, Any]:
-        payload: dict[str, Any] = {"jql": jql, "fields": ["id"], "maxResults": max_results}
+    async def _search(self, jql: str, token: str | None, max_results: int,
+                      fields: list[str] | None = None) -> dict[str, Any]:
+        payload: dict[str, Any] = {"jql": jql, "fields": fields or ["id"], "maxResults": max_results}
         if token:
             payload["nextPageToken"] = token
         response = await self.http.post("/rest/api/3/search/jql", json=payload)
@@ -311,16 +385,48 @@ class JiraSource:
     async def _bulkfetch(self, ids: list[str]) -> list[Document]:
         """Full issues for ``ids``; an id Jira leaves out was deleted meanwhile (pruning's job)."""
         docs: list[Document] = []
-        for start in range(0, len(ids), 100):
-            batch = ids[start : start + 100]
+        for start in range(0, len(ids), BULKFETCH_PAGE):
+            batch = ids[start : start + BULKFETCH_PAGE]
             response = await self.http.post("/rest/api/3/issue/bulkfetch",
                                             json={"issueIdsOrKeys": batch, "fields": FIELDS})
             body = self._json(response, "bulkfetch")
             if body.get("issueErrors"):
                 # Jira reports retriable per-issue failures here; never drop them silently.
                 raise TransientSourceError(NAME, f"bulkfetch issueErrors: {str(body['issueErrors'])[:300]}")
-            docs += [to_document(issue, self.base_url) for issue in body.get("issues") or []]
+            issues = body.get("issues") or []
+            docs += await self._complete_comments([to_document(i, self.base_url) for i in issues], issues)
         return docs
+
+    async def _complete_comments(self, docs: list[Document], issues: list[Any]) -> list[Document]:
+        """Re-read the issues whose embedded ``comment`` field holds fewer comments than its
+        ``total`` (Jira may cut the embedded list short) with every comment, paged from
+        ``GET /issue/{id}/comment``. Costs nothing when every list is whole."""
+        out: list[Document] = []
+        for doc, issue in zip(docs, issues):
+            field = ((issue.get("fields") or {}).get("comment") or {}) if isinstance(issue, Mapping) else {}
+            held = field.get("comments") or []
+            total = field.get("total")
+            if not isinstance(total, int) or total <= len(held):
+                out.append(doc)
+                continue
+            comments = await self._all_comments(str(issue["id"]))
+            whole = {**issue, "fields": {**issue["fields"], "comment": {
+                "comments": comments, "total": len(comments), "maxResults": len(comments), "startAt": 0}}}
+            out.append(to_document(whole, self.base_url))
+        return out
+
+    async def _all_comments(self, issue_id: str) -> list[Any]:
+        comments: list[Any] = []
+        while True:
+            response = await self.http.get(f"/rest/api/3/issue/{issue_id}/comment",
+                                           params={"startAt": len(comments), "maxResults": COMMENTS_PAGE,
+                                                   "orderBy": "created"})
+            body = self._json(response, f"comments of issue {issue_id}")
+            page = body.get("comments") or []
+            comments += page
+            total = body.get("total")
+            if not page or not isinstance(total, int) or len(comments) >= total:
+                return comments
 
     def _json(self, response: httpx.Response, what: str) -> dict[str, Any]:
         if response.status_code >= 400:  # 404/410 pass through SourceHTTP; here they are errors
@@ -402,6 +508,35 @@ def whole_issue(issue: Mapping[str, Any]) -> bool:
         return False
     return all(isinstance(c, Mapping) and (c.get("body") is None or isinstance(c.get("body"), Mapping))
                for c in comments)
+
+
+def _page(docs: list[Document], checkpoint: str | None) -> Page:
+    refs = [Ref(NAME, d.id, d.scope, "sync", d.updated_at, d) for d in docs]
+    return Page(refs=refs, checkpoint=checkpoint, high_water=max((d.updated_at for d in docs), default=None))
+
+
+def _encode_checkpoint(token: str | None, done: int, last: str) -> str:
+    """Part-way through an id page: the token that page was asked with, ids done, last id."""
+    return json.dumps({"t": token, "n": done, "last": last}, separators=(",", ":"))
+
+
+def _decode_checkpoint(checkpoint: str | None) -> tuple[str | None, int, str | None]:
+    """(token, ids to skip, last id done) from a checkpoint; a bare string is a page token
+    (what a page that ended a search page saves, and what older releases saved)."""
+    if not checkpoint:
+        return None, 0, None
+    if checkpoint.startswith("{"):
+        try:
+            raw = json.loads(checkpoint)
+        except ValueError:
+            raw = None
+        if isinstance(raw, dict):
+            token = raw.get("t")
+            done = raw.get("n")
+            last = raw.get("last")
+            return (str(token) if token else None, done if isinstance(done, int) and done > 0 else 0,
+                    str(last) if last else None)
+    return checkpoint, 0, None
 
 
 _COMMENT_SELF = re.compile(r"/rest/api/[23]/issue/(\d+)/comment/")

@@ -485,3 +485,27 @@ def test_redeliver_failed_sends_again_only_what_never_arrived() -> None:
         assert run(w["env"], nothing_before) == []  # older than ``since``: left alone
     finally:
         server.stop()
+
+
+def test_listed_issues_without_comments_carry_the_document_the_worker_would_fetch() -> None:
+    """Issue 12: an issue with no comments is whole in the /issues listing; its listed document
+    is the one a fetch makes, so the worker's request for it is saved. PRs and issues with
+    comments are still fetched."""
+    sims = create_simulators(["github"], profile="scale")
+    server = SandboxServer(sims).start()
+    try:
+        async def body(source: GitHubSource) -> tuple[list[Ref], list[tuple[Document, Any]]]:
+            pages = await collect(source.changes(Scope("github", "acme/api"), None, None))
+            items = [r for p in pages for r in p.refs if "/commits/" not in r.id]
+            carried = [r for r in items if r.document is not None][:20]
+            return items, [(r.document, await source.fetch(r)) for r in carried]
+
+        items, pairs = run(server.env(), body)
+        whole = [r for r in items if r.document is not None]
+        assert whole and all("/issues/" in r.id and r.document.metadata["comments"] == 0 for r in whole)
+        assert any(r.document is None and "/pulls/" in r.id for r in items)
+        assert any(r.document is None and "/issues/" in r.id for r in items)  # those with comments
+        for listed, fetched in pairs:
+            assert isinstance(fetched, Document) and listed == fetched
+    finally:
+        server.stop()

@@ -483,7 +483,8 @@ def test_deleted_root_with_replies_keeps_the_replies_until_they_go(
     assert isinstance(after, Gone)
 
 
-def test_scale_channel_lists_completely() -> None:
+def test_scale_channel_lists_completely(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(slack_mod, "PAGE_SIZE", 200)  # several pages even at Slack's page maximum
     sims = create_simulators(["slack"], profile="scale")
     sim = sims["slack"]
     assert isinstance(sim, SlackSimulator)
