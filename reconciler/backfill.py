@@ -171,6 +171,7 @@ class Backfill:
             counters["listed"] += len(refs)
             # Saved only after the page is enqueued: a crash re-lists at most this page.
             await asyncio.to_thread(progress_run, self.pool, self.run_id, counters, checkpoint)
+            await self._bulk(counters["listed"])
             for key in by_scope:
                 entry = scope_state.get(key)
                 if entry is not None:
