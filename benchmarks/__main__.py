@@ -1,6 +1,7 @@
 """``python -m benchmarks [NAME ...] [--quick]``: run benchmarks, print figures, write JSON.
 
-Names: backfill, webhook-ack, search, pipeline-skip, retrieval, scale-out (default: all, in that order).
+Names: backfill, webhook-ack, search, pipeline-skip, retrieval, scale-out, filtered-search
+(default: all, in that order).
 Results go to ``benchmarks/results/<name>.json`` (git-ignored). Figures only: nothing here
 asserts on a timing.
 """
@@ -27,6 +28,7 @@ BENCHMARKS = {
     "pipeline-skip": "benchmarks.pipeline_skip",
     "retrieval": "benchmarks.retrieval",
     "scale-out": "benchmarks.scale_out",
+    "filtered-search": "benchmarks.filtered_search",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 
