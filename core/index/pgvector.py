@@ -201,10 +201,11 @@ class PgvectorIndex:
     ) -> list[Match]:
         """The ``top_k`` nearest vectors matching ``filter``: never fewer while more match.
 
-        Unfiltered: HNSW. Filtered by an indexed field (source, scope, access): the matching
-        rows are counted up to :data:`EXACT_ROWS` through the GIN index; that few are ranked
-        exactly (cost proportional to them, recall 1.0); more are searched by HNSW with
-        ``ef_search`` raised for the filter's share of the table. Any other filter: HNSW. A
+        Unfiltered: HNSW. Filtered by an indexed field (source, scope, access): unless the
+        planner puts the filter far above :data:`EXACT_ROWS`, its rows are counted up to
+        EXACT_ROWS through the GIN index; that few are ranked exactly (cost proportional to
+        them, recall 1.0); more are searched by HNSW with ``ef_search`` raised for the filter's
+        share of the table. Any other filter: HNSW. A
         filtered HNSW answer that comes back short is replaced by the exact scan.
         """
         flt = filter or {}
@@ -221,41 +222,61 @@ class PgvectorIndex:
                 rows = conn.execute(sql, args).fetchall()
             else:
                 matching = None
-                if self.filter_columns and _indexed(flt):
-                    # Bounded: reads at most EXACT_ROWS + 1 matching rows, found by the index.
-                    conn.execute("SET LOCAL enable_seqscan = off")
-                    found = conn.execute(
-                        f"SELECT count(*) FROM (SELECT 1 FROM {self.table} {where} LIMIT %s) AS m",
-                        (*params, EXACT_ROWS + 1),
-                    ).fetchone()
-                    matching = int(found[0]) if found else 0
-                    conn.execute("SET LOCAL enable_seqscan = on")
+                indexed = self.filter_columns and _indexed(flt)
+                total = self._rows(conn)
+                if indexed:
+                    # The planner's estimate (column statistics) says whether counting is worth
+                    # it: a filter it puts far above EXACT_ROWS goes to HNSW without a count
+                    # (counting 50k matches through the index costs more than the search).
+                    estimate = self._estimate(conn, where, params)
+                    if estimate <= 4 * EXACT_ROWS:
+                        # Bounded: at most EXACT_ROWS + 1 matching rows, found by the index.
+                        conn.execute("SET LOCAL enable_seqscan = off")
+                        found = conn.execute(
+                            f"SELECT count(*) FROM (SELECT 1 FROM {self.table} {where} LIMIT %s) AS m",
+                            (*params, EXACT_ROWS + 1),
+                        ).fetchone()
+                        conn.execute("SET LOCAL enable_seqscan = on")
+                        matching = int(found[0]) if found else 0
+                        if matching > EXACT_ROWS:
+                            matching = max(matching, estimate)
+                    else:
+                        matching = estimate
                 if matching is not None and matching <= EXACT_ROWS:
                     self.last_plan = "exact"
                     rows = self._exact(conn, sql, args, indexed=True) if matching else []
                 else:
-                    rows = self._filtered_hnsw(conn, sql, args, top_k, matching)
+                    rows = self._filtered_hnsw(conn, sql, args, top_k, matching, total)
                     self.last_plan = "hnsw"
                     if len(rows) < top_k:
                         # HNSW gave up before the filter's matches ran out (or there are no
                         # more): the exact scan answers either way.
                         self.last_plan = "hnsw+exact"
-                        rows = self._exact(conn, sql, args, indexed=matching is not None)
+                        rows = self._exact(conn, sql, args, indexed=bool(indexed))
         return [Match(id=r[0], score=float(r[1]), metadata=r[2]) for r in rows]
 
+    def _rows(self, conn: Any) -> float:
+        row = conn.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", (self.table,)).fetchone()
+        return max(float(row[0]) if row else 0.0, 0.0)
+
+    def _estimate(self, conn: Any, where: str, params: list[Any]) -> int:
+        """The planner's estimate of the rows ``where`` matches (no rows are read)."""
+        plan = conn.execute(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {self.table} {where}", params).fetchone()
+        try:
+            return int(plan[0][0]["Plan"]["Plan Rows"])
+        except (TypeError, KeyError, IndexError, ValueError):
+            return 0
+
     def _filtered_hnsw(self, conn: Any, sql: str, args: tuple[Any, ...], top_k: int,
-                       matching: int | None) -> list[Any]:
+                       matching: int | None, total: float) -> list[Any]:
         """HNSW under a filter: ``ef_search`` wide enough that the candidates hold about twice
-        ``top_k`` matches at the filter's share of the table (known to be at least
-        ``matching / rows`` when counted), capped at pgvector's 1000; on pgvector >= 0.8 the
-        scan also continues past ef_search until enough match (iterative, relaxed order, then
-        re-sorted by distance)."""
+        ``top_k`` matches at the filter's share of the table (``matching`` rows, counted or
+        estimated, of ``total``), capped at pgvector's 1000; on pgvector >= 0.8 the scan also
+        continues past ef_search until enough match (iterative, relaxed order, then re-sorted
+        by distance)."""
         ef = max(40, top_k * 4)
         if matching:
-            total = conn.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass",
-                                 (self.table,)).fetchone()
-            rows_now = max(float(total[0]) if total else 0.0, float(matching))
-            ef = max(ef, math.ceil(2 * top_k * rows_now / matching))
+            ef = max(ef, math.ceil(2 * top_k * max(total, float(matching)) / matching))
         conn.execute(f"SET LOCAL hnsw.ef_search = {min(1000, ef)}")
         if not self.iterative_scan:
             return list(conn.execute(sql, args).fetchall())
