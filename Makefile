@@ -4,6 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+BENCH_STAMP := $(VENV)/.installed-bench
 # Every install takes its versions from constraints.txt (`make lock` writes it), so two fresh
 # installs get the same ones; a package it does not list is installed unconstrained.
 PIP    := $(BIN)/python -m pip install --quiet -c constraints.txt
@@ -47,7 +48,12 @@ sandbox: $(STAMP)
 status: $(STAMP)
 	$(BIN)/vector-sync status
 
-bench: $(STAMP)
+# Plus the `bench` extra (LangChain, for the langchain-compare benchmark only).
+$(BENCH_STAMP): $(STAMP)
+	$(PIP) -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks
 
 ## make lock: after changing dependencies in pyproject.toml, pin what a clean venv resolves.

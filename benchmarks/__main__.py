@@ -1,7 +1,7 @@
 """``python -m benchmarks [NAME ...] [--quick]``: run benchmarks, print figures, write JSON.
 
-Names: backfill, webhook-ack, search, pipeline-skip, retrieval, scale-out, filtered-search
-(default: all, in that order).
+Names: backfill, webhook-ack, search, pipeline-skip, retrieval, scale-out, filtered-search,
+langchain-compare, memory (default: all, in that order).
 Results go to ``benchmarks/results/<name>.json`` (git-ignored). Figures only: nothing here
 asserts on a timing.
 """
@@ -29,6 +29,8 @@ BENCHMARKS = {
     "retrieval": "benchmarks.retrieval",
     "scale-out": "benchmarks.scale_out",
     "filtered-search": "benchmarks.filtered_search",
+    "langchain-compare": "benchmarks.langchain_compare",
+    "memory": "benchmarks.memory",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 
