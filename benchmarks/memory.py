@@ -61,8 +61,6 @@ class Sampler:
             self._stop.wait(self.interval)
 
     def __enter__(self) -> Sampler:
-        for name, pid in self.pids.items():  # the idle figure, before any load
-            self.last[name] = self.peak[name] = self._rss(pid)
         self._thread.start()
         return self
 
@@ -92,7 +90,6 @@ def one_size(infra: Infra, n: int) -> dict[str, Any]:
     worker = ProcfileProcess("worker", env, log_dir / f"worker-{n}.log")
     try:
         with Sampler({"receiver": receiver.proc.pid, "worker": worker.proc.pid}) as sampler:
-            baseline = dict(sampler.last)
             started = time.monotonic()
             push = asyncio.run(push_all(receiver.url, docs, 20))
             deadline = time.monotonic() + max(600.0, n * 0.1)
@@ -118,7 +115,6 @@ def one_size(infra: Infra, n: int) -> dict[str, Any]:
             "search_statuses": statuses,
             **{f"{name}_peak_rss_mib": round(sampler.peak[name] / mib, 1) for name in sampler.pids},
             **{f"{name}_final_rss_mib": round(sampler.last[name] / mib, 1) for name in sampler.pids},
-            **{f"{name}_idle_rss_mib": round(baseline.get(name, 0) / mib, 1) for name in sampler.pids},
         }
     finally:
         worker.stop()
