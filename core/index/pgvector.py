@@ -2,8 +2,9 @@
 
 One table per dimension (``vectors_1536``), created on first use, so switching embedders
 with different dimensions never mixes vectors. Metadata is JSONB; filters use containment,
-except on the fields every search filters by (source, scope, access_type, access_list), which
-are generated ``text[]`` columns under one GIN index (migration 0011).
+except on the fields every search filters by (source, scope, access_type, access_list) and the
+identifiers it looks up (key, repo), which are generated ``text[]`` columns under one GIN index
+(migration 0011).
 
 A filtered query is planned (:meth:`PgvectorIndex.query`): a selective filter is answered by an
 exact scan of just the rows it matches, found through the GIN index (cost proportional to them);
@@ -35,9 +36,12 @@ BATCH = 500
 #: within its candidates (docs/benchmarks.md, "filtered-search").
 EXACT_ROWS = 1500
 
-#: Metadata fields with a generated ``text[]`` column (migration 0011: their string values).
+#: Metadata fields with a generated ``text[]`` column (migration 0011: their string values):
+#: what every search filters by, and the identifiers hybrid search looks up exactly
+#: (``core.search.identifier_filters``: a Jira issue key, a GitHub repo).
 FILTER_COLUMNS = {"source": "filter_source", "scope": "filter_scope",
-                  "access_type": "filter_access_type", "access_list": "filter_access_list"}
+                  "access_type": "filter_access_type", "access_list": "filter_access_list",
+                  "key": "filter_key", "repo": "filter_repo"}
 
 #: Reciprocal-rank fusion constant (Cormack et al. 2009): damps the weight of the very top ranks.
 RRF_K = 60

@@ -1,5 +1,6 @@
 -- Issue 12: filtered search without the cliff. The filters every search applies (source, scope,
--- and the caller's access: access_type, access_list) become real columns of each pgvector table,
+-- and the caller's access: access_type, access_list), and the exact identifiers hybrid search
+-- looks up (a Jira issue key, a GitHub repo), become real columns of each pgvector table,
 -- generated from the metadata and covered by one GIN index, so a selective filter reads only the
 -- rows it matches (cost proportional to them, not to the table) and an HNSW candidate is checked
 -- without de-TOASTing its metadata. See core/index/pgvector.py (query) and docs/architecture.md.
@@ -33,11 +34,15 @@ BEGIN
             ADD COLUMN IF NOT EXISTS filter_access_type text[] NOT NULL
                 GENERATED ALWAYS AS (vs_string_values(metadata -> ''access_type'')) STORED,
             ADD COLUMN IF NOT EXISTS filter_access_list text[] NOT NULL
-                GENERATED ALWAYS AS (vs_string_values(metadata -> ''access_list'')) STORED',
+                GENERATED ALWAYS AS (vs_string_values(metadata -> ''access_list'')) STORED,
+            ADD COLUMN IF NOT EXISTS filter_key text[] NOT NULL
+                GENERATED ALWAYS AS (vs_string_values(metadata -> ''key'')) STORED,
+            ADD COLUMN IF NOT EXISTS filter_repo text[] NOT NULL
+                GENERATED ALWAYS AS (vs_string_values(metadata -> ''repo'')) STORED',
         tbl);
     EXECUTE format(
         'CREATE INDEX IF NOT EXISTS %I ON %I USING gin
-            (filter_source, filter_scope, filter_access_type, filter_access_list)',
+            (filter_source, filter_scope, filter_access_type, filter_access_list, filter_key, filter_repo)',
         tbl || '_filters', tbl);
 END
 $$;
