@@ -4,6 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+BENCH_VENV ?= .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
 # Every install takes its versions from constraints.txt (`make lock` writes it), so two fresh
 # installs get the same ones; a package it does not list is installed unconstrained.
 PIP    := $(BIN)/python -m pip install --quiet -c constraints.txt
@@ -47,8 +49,20 @@ sandbox: $(STAMP)
 status: $(STAMP)
 	$(BIN)/vector-sync status
 
-bench: $(STAMP)
-	$(BIN)/python -m benchmarks
+# The benchmarks run in a venv of their own with the `bench` extra (LangChain, for the
+# langchain-compare benchmark only): langchain-postgres allows only pgvector < 0.4 while the
+# product pins 0.5.1, so its pins (constraints-bench.txt) replace that one there, and the
+# product's venv stays exactly as constraints.txt says.
+$(BENCH_STAMP): pyproject.toml constraints.txt constraints-bench.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	grep -v '^pgvector==' constraints.txt > $(BENCH_VENV)/constraints.txt
+	$(BENCH_VENV)/bin/python -m pip install --quiet -c $(BENCH_VENV)/constraints.txt --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet -c $(BENCH_VENV)/constraints.txt \
+		-c constraints-bench.txt -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python -m benchmarks
 
 ## make lock: after changing dependencies in pyproject.toml, pin what a clean venv resolves.
 lock:
@@ -65,4 +79,4 @@ lock:
 	echo "constraints.txt: $$(grep -c '==' constraints.txt) pins"
 
 clean:
-	rm -rf $(VENV) .vector-sync .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) .vector-sync .pytest_cache

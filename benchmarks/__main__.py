@@ -1,7 +1,7 @@
 """``python -m benchmarks [NAME ...] [--quick]``: run benchmarks, print figures, write JSON.
 
-Names: backfill, webhook-ack, search, pipeline-skip, retrieval, scale-out, webhook-to-searchable
-(default: all, in that order).
+Names: backfill, webhook-ack, search, pipeline-skip, retrieval, scale-out, webhook-to-searchable,
+listing-requests, filtered-search, langchain-compare, memory (default: all, in that order).
 Results go to ``benchmarks/results/<name>.json`` (git-ignored). Figures only: nothing here
 asserts on a timing.
 """
@@ -30,6 +30,9 @@ BENCHMARKS = {
     "scale-out": "benchmarks.scale_out",
     "webhook-to-searchable": "benchmarks.webhook_to_searchable",
     "listing-requests": "benchmarks.listing_requests",
+    "filtered-search": "benchmarks.filtered_search",
+    "langchain-compare": "benchmarks.langchain_compare",
+    "memory": "benchmarks.memory",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

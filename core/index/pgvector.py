@@ -2,7 +2,15 @@
 
 One table per dimension (``vectors_1536``), created on first use, so switching embedders
 with different dimensions never mixes vectors. Metadata is JSONB; filters use containment,
-which is what the HNSW scan is post-filtered by.
+except on the fields every search filters by (source, scope, access_type, access_list) and the
+identifiers it looks up (key, repo), which are generated ``text[]`` columns under one GIN index
+(migration 0011).
+
+A filtered query is planned (:meth:`PgvectorIndex.query`): a selective filter is answered by an
+exact scan of just the rows it matches, found through the GIN index (cost proportional to them);
+a broad one by HNSW with a raised ``ef_search`` (and pgvector >= 0.8's iterative scan when the
+server has it); a short HNSW answer always falls back to the exact scan, so a short answer means
+there is no more, never that the index gave up. docs/architecture.md has the figures.
 
 Writes send vectors in pgvector's binary form (the ``pgvector`` adapter), a whole batch in one
 ``INSERT ... SELECT FROM unnest(...)`` statement, at most :data:`WRITERS` at a time per process.
@@ -24,12 +32,16 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from pgvector import Vector as Binary
+try:
+    from pgvector import Vector as Binary  # pgvector >= 0.4
+except ImportError:  # 0.3.x: what langchain-postgres allows (the bench venv, constraints-bench.txt)
+    from pgvector.utils import Vector as Binary
 from pgvector.psycopg.vector import register_vector_info
 from psycopg.types import TypeInfo
 from psycopg.types.json import Jsonb
@@ -49,6 +61,25 @@ BATCH = 500
 #: HNSW inserts from 8 threads took as long with 2 writers as with 8 (8.9 ms a vector each), or
 #: longer (16.4 vs 9.0) when other processes competed for the CPU.
 WRITERS = 2 * max(2, os.cpu_count() or 2)
+
+#: A filter matching at most this many rows is answered by an exact scan of those rows (found
+#: through the filter columns' GIN index) instead of HNSW. Each row costs its 6 KB vector read
+#: from TOAST and a distance: about 10-30 us on the 2-core machine (idle to busy), so 1,500 rows
+#: stay well inside the 50 ms budget, while above it HNSW at 100k vectors finds enough matches
+#: within its candidates (docs/benchmarks.md, "filtered-search").
+EXACT_ROWS = 1500
+
+#: pgvector >= 0.8's iterative index scan mode (``hnsw.iterative_scan``) for filtered HNSW:
+#: relaxed (then re-sorted here), pgvector's advice for recall; strict_order measured lower
+#: recall in the 1.5-6 % band (0.86 against 0.91 at 100k vectors, docs/benchmarks.md).
+ITERATIVE_SCAN = "relaxed_order"
+
+#: Metadata fields with a generated ``text[]`` column (migration 0011: their string values):
+#: what every search filters by, and the identifiers hybrid search looks up exactly
+#: (``core.search.identifier_filters``: a Jira issue key, a GitHub repo).
+FILTER_COLUMNS = {"source": "filter_source", "scope": "filter_scope",
+                  "access_type": "filter_access_type", "access_list": "filter_access_list",
+                  "key": "filter_key", "repo": "filter_repo"}
 
 #: Reciprocal-rank fusion constant (Cormack et al. 2009): damps the weight of the very top ranks.
 RRF_K = 60
@@ -88,6 +119,7 @@ class PgvectorIndex:
         self._watch_lock = threading.Lock()
         self._vector_type: TypeInfo | None = None
         self._ensure_table()
+        self._ensure_filter_columns()  # before any build: adding them rewrites the table
         if not self._hnsw_present():
             self._watch()  # deferred by a bulk load, or left missing by a crash: see to it
 
@@ -235,27 +267,141 @@ class PgvectorIndex:
             ).fetchall()
         return {row[0]: row[1] for row in rows}
 
+    # --- search ---------------------------------------------------------------------------
+
+    def _ensure_filter_columns(self) -> None:
+        """The filter columns and their index on this table (migration 0011 defines them and
+        adds them to the tables that existed; a table created since gets them here), and which
+        pgvector the server runs (iterative index scans arrived in 0.8)."""
+        def columns() -> int:
+            with self.pool.connection() as conn:
+                row = conn.execute(
+                    """SELECT count(*) FROM information_schema.columns
+                       WHERE table_schema = current_schema() AND table_name = %s AND column_name = ANY(%s)""",
+                    (self.table, list(FILTER_COLUMNS.values())),
+                ).fetchone()
+            return int(row[0]) if row else 0
+
+        have = columns()
+        with self.pool.connection() as conn:
+            defined = conn.execute("SELECT to_regproc('vs_filter_columns') IS NOT NULL").fetchone()
+            version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+        if have < len(FILTER_COLUMNS) and defined and defined[0]:
+            with self.pool.connection() as conn, conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.table,))
+                conn.execute("SELECT vs_filter_columns(%s)", (self.table,))
+            have = columns()
+        #: Without migration 0011 (a database never migrated) filters stay on the JSONB.
+        self.filter_columns = have == len(FILTER_COLUMNS)
+        self.pgvector_version = version[0] if version else ""
+        self.iterative_scan = _version(self.pgvector_version) >= (0, 8)
+        #: How the last query was answered (benchmarks and tests read it): "hnsw", "exact",
+        #: or "hnsw+exact" (HNSW came back short, the exact scan answered).
+        self.last_plan = ""
+
     @metrics.index_call("pgvector", "query")
     def query(
         self, vector: list[float], top_k: int, filter: Mapping[str, Any] | None = None
     ) -> list[Match]:
-        where, params = _where(filter or {})
+        """The ``top_k`` nearest vectors matching ``filter``: never fewer while more match.
+
+        Unfiltered: HNSW. Filtered by an indexed field (source, scope, access): unless the
+        planner puts the filter far above :data:`EXACT_ROWS`, its rows are counted up to
+        EXACT_ROWS through the GIN index; that few are ranked exactly (cost proportional to
+        them, recall 1.0); more are searched by HNSW with ``ef_search`` raised for the filter's
+        share of the table. Any other filter: HNSW. A
+        filtered HNSW answer that comes back short is replaced by the exact scan.
+        """
+        flt = filter or {}
+        where, params = _where(flt, columns=self.filter_columns)
         literal = vector_literal(vector)
         sql = f"""SELECT id, 1 - (embedding <=> %s::vector) AS score, metadata
                   FROM {self.table} {where}
                   ORDER BY embedding <=> %s::vector LIMIT %s"""
         args = (literal, *params, literal, top_k)
         with self.pool.connection() as conn, conn.transaction():
-            # The HNSW scan visits ef_search candidates and filters them afterwards, so a
-            # selective filter can come back short although more matches exist. Ask wide first;
-            # if a filtered query still comes back short, answer with an exact scan instead:
-            # a short answer must mean there is no more, never that the index gave up.
-            conn.execute(f"SET LOCAL hnsw.ef_search = {max(40, min(1000, top_k * 4))}")
-            rows = conn.execute(sql, args).fetchall()
-            if where and len(rows) < top_k:
-                conn.execute("SET LOCAL enable_indexscan = off")
+            if not where:
+                self.last_plan = "hnsw"
+                conn.execute(f"SET LOCAL hnsw.ef_search = {max(40, min(1000, top_k * 4))}")
                 rows = conn.execute(sql, args).fetchall()
+            else:
+                matching = None
+                indexed = self.filter_columns and _indexed(flt)
+                total = self._rows(conn)
+                if indexed:
+                    # The planner's estimate (column statistics) says whether counting is worth
+                    # it: a filter it puts far above EXACT_ROWS goes to HNSW without a count
+                    # (counting 50k matches through the index costs more than the search).
+                    estimate = self._estimate(conn, where, params)
+                    if estimate <= 4 * EXACT_ROWS:
+                        # Bounded: at most EXACT_ROWS + 1 matching rows, found by the index.
+                        conn.execute("SET LOCAL enable_seqscan = off")
+                        found = conn.execute(
+                            f"SELECT count(*) FROM (SELECT 1 FROM {self.table} {where} LIMIT %s) AS m",
+                            (*params, EXACT_ROWS + 1),
+                        ).fetchone()
+                        conn.execute("SET LOCAL enable_seqscan = on")
+                        matching = int(found[0]) if found else 0
+                        if matching > EXACT_ROWS:
+                            matching = max(matching, estimate)
+                    else:
+                        matching = estimate
+                if matching is not None and matching <= EXACT_ROWS:
+                    self.last_plan = "exact"
+                    rows = self._exact(conn, sql, args, indexed=True) if matching else []
+                else:
+                    rows = self._filtered_hnsw(conn, sql, args, top_k, matching, total)
+                    self.last_plan = "hnsw"
+                    if len(rows) < top_k:
+                        # HNSW gave up before the filter's matches ran out (or there are no
+                        # more): the exact scan answers either way.
+                        self.last_plan = "hnsw+exact"
+                        rows = self._exact(conn, sql, args, indexed=bool(indexed))
         return [Match(id=r[0], score=float(r[1]), metadata=r[2]) for r in rows]
+
+    def _rows(self, conn: Any) -> float:
+        row = conn.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", (self.table,)).fetchone()
+        return max(float(row[0]) if row else 0.0, 0.0)
+
+    def _estimate(self, conn: Any, where: str, params: list[Any]) -> int:
+        """The planner's estimate of the rows ``where`` matches (no rows are read)."""
+        plan = conn.execute(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {self.table} {where}", params).fetchone()
+        try:
+            return int(plan[0][0]["Plan"]["Plan Rows"])
+        except (TypeError, KeyError, IndexError, ValueError):
+            return 0
+
+    def _filtered_hnsw(self, conn: Any, sql: str, args: tuple[Any, ...], top_k: int,
+                       matching: int | None, total: float) -> list[Any]:
+        """HNSW under a filter: ``ef_search`` wide enough that the candidates hold about twice
+        ``top_k`` matches at the filter's share of the table (``matching`` rows, counted or
+        estimated, of ``total``), capped at pgvector's 1000; on pgvector >= 0.8 the scan also
+        continues past ef_search until enough match (iterative, relaxed order, then re-sorted
+        by distance)."""
+        ef = max(40, top_k * 4)
+        if matching:
+            ef = max(ef, math.ceil(2 * top_k * max(total, float(matching)) / matching))
+        conn.execute(f"SET LOCAL hnsw.ef_search = {min(1000, ef)}")
+        # The HNSW scan, not the planner's pick: with the filter index there, a newer planner
+        # (PostgreSQL 18, pgvector 0.8) ranks a 50 % filter by reading all its rows through
+        # the GIN index (0.6-1.1 s at 100k vectors, where HNSW takes 10-30 ms).
+        conn.execute("SET LOCAL enable_seqscan = off")
+        conn.execute("SET LOCAL enable_bitmapscan = off")
+        if not self.iterative_scan:
+            return list(conn.execute(sql, args).fetchall())
+        conn.execute(f"SET LOCAL hnsw.iterative_scan = {ITERATIVE_SCAN}")
+        return list(conn.execute(
+            f"SELECT id, score, metadata FROM ({sql}) AS relaxed ORDER BY score DESC, id", args
+        ).fetchall())
+
+    @staticmethod
+    def _exact(conn: Any, sql: str, args: tuple[Any, ...], *, indexed: bool) -> list[Any]:
+        """The exact answer: no HNSW (an index scan), so every matching row is ranked; with an
+        indexed filter, through the GIN index (a bitmap scan), so only matching rows are read."""
+        conn.execute("SET LOCAL enable_indexscan = off")
+        conn.execute("SET LOCAL enable_bitmapscan = on")
+        conn.execute(f"SET LOCAL enable_seqscan = {'off' if indexed else 'on'}")
+        return list(conn.execute(sql, args).fetchall())
 
     @metrics.index_call("pgvector", "text_query")
     def text_query(
@@ -264,7 +410,7 @@ class PgvectorIndex:
         """The ``top_k`` chunks that best match ``text`` by full-text search (any of its words;
         the whole phrase in order ranks far higher), under the same filter as :meth:`query`.
         Scores are Postgres text ranks, not cosine similarities."""
-        where, params = _where(filter or {})
+        where, params = _where(filter or {}, columns=self.filter_columns)
         where = f"{where} AND tsv @@ q.any_word" if where else "WHERE tsv @@ q.any_word"
         # The query's own lexemes (the same parser as the column), OR-ed: a chunk matching more
         # of them ranks higher; NULL (no words at all) matches nothing.
@@ -470,28 +616,63 @@ class PgvectorIndex:
             watcher.join(timeout=5)
 
 
-def _where(filter: Mapping[str, Any]) -> tuple[str, list[Any]]:
-    """A Pinecone-language filter as SQL over the JSONB metadata.
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for part in text.split("."):
+        digits = "".join(ch for ch in part if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def _where(filter: Mapping[str, Any], *, columns: bool = False) -> tuple[str, list[Any]]:
+    """A Pinecone-language filter as SQL over the JSONB metadata (and, with ``columns``, over
+    the filter columns of migration 0011 where a clause names one of their fields).
 
     Supported: field equality (``{"f": v}``, ``$eq``), ``$in``, ``$gt``/``$gte``/``$lt``/``$lte``
     on numbers, and ``$and``/``$or`` of such clauses. As in Pinecone, a list field matches
     ``$eq``/``$in`` when any of its elements does.
     """
-    sql, params = _clause(filter)
+    sql, params = _clause(filter, columns)
     return ("WHERE " + sql) if filter else "", params
 
 
 _RANGE = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 
 
-def _clause(filter: Mapping[str, Any]) -> tuple[str, list[Any]]:
+def _column_values(key: str, op: str, arg: Any) -> list[str] | None:
+    """The string values of an ``$eq``/``$in`` clause on a filter column, or None when the
+    clause is not one (its field has no column, or a value is not a string)."""
+    if key not in FILTER_COLUMNS or op not in ("$eq", "$in"):
+        return None
+    values = [arg] if op == "$eq" else arg
+    if not isinstance(values, list | tuple) or not values or not all(isinstance(v, str) for v in values):
+        return None
+    return list(values)
+
+
+def _indexed(filter: Mapping[str, Any]) -> bool:
+    """Whether the GIN index over the filter columns finds every row ``filter`` can match: a
+    column clause does; an AND does when one of its parts does; an OR when all of them do."""
+    found = False
+    for key, condition in filter.items():
+        if key == "$and":
+            found = found or any(_indexed(part) for part in condition)
+        elif key == "$or":
+            found = found or all(_indexed(part) for part in condition)
+        elif not key.startswith("$"):
+            ops = condition if isinstance(condition, Mapping) else {"$eq": condition}
+            found = found or any(_column_values(key, op, arg) is not None for op, arg in ops.items())
+    return found
+
+
+def _clause(filter: Mapping[str, Any], columns: bool = False) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
     for key, condition in filter.items():
         if key in ("$and", "$or"):
             if not isinstance(condition, list) or not condition:
                 raise ValueError(f"{key} needs a non-empty list of filters")
-            parts = [_clause(part) for part in condition]
+            parts = [_clause(part, columns) for part in condition]
             joiner = " AND " if key == "$and" else " OR "
             clauses.append("(" + joiner.join(sql for sql, _ in parts) + ")")
             params.extend(p for _, ps in parts for p in ps)
@@ -500,7 +681,12 @@ def _clause(filter: Mapping[str, Any]) -> tuple[str, list[Any]]:
             raise ValueError(f"unsupported filter operator {key!r}")
         ops = condition if isinstance(condition, Mapping) else {"$eq": condition}
         for op, arg in ops.items():
-            if op in ("$eq", "$in"):
+            if columns and (strings := _column_values(key, op, arg)) is not None:
+                # Exactly the JSONB clause below for string values: the column holds the
+                # field's string values (a string, or a list's string elements).
+                clauses.append(f"{FILTER_COLUMNS[key]} && %s::text[]")
+                params.append(strings)
+            elif op in ("$eq", "$in"):
                 values = [arg] if op == "$eq" else list(arg)
                 if not values:
                     clauses.append("false")
