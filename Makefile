@@ -53,12 +53,12 @@ status: $(STAMP)
 # langchain-compare benchmark only): langchain-postgres allows only pgvector < 0.4 while the
 # product pins 0.5.1, so its pins (constraints-bench.txt) replace that one there, and the
 # product's venv stays exactly as constraints.txt says.
+BENCH_PIP := $(BENCH_VENV)/bin/python -m pip install --quiet -c $(BENCH_VENV)/constraints.txt -c constraints-bench.txt
 $(BENCH_STAMP): pyproject.toml constraints.txt constraints-bench.txt
 	$(PYTHON) -m venv $(BENCH_VENV)
 	grep -v '^pgvector==' constraints.txt > $(BENCH_VENV)/constraints.txt
-	$(BENCH_VENV)/bin/python -m pip install --quiet -c $(BENCH_VENV)/constraints.txt --upgrade pip
-	$(BENCH_VENV)/bin/python -m pip install --quiet -c $(BENCH_VENV)/constraints.txt \
-		-c constraints-bench.txt -e '.[bench]'
+	$(BENCH_PIP) --upgrade pip
+	$(BENCH_PIP) -e '.[bench]'
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)

@@ -485,7 +485,11 @@ class TestConstraints:
         for line in installs:
             if "$$tmp" in line:  # make lock: resolves from scratch on purpose
                 continue
-            assert line.startswith("$(PIP)"), f"an install without the constraints: {line}"
+            assert line.startswith(("$(PIP)", "$(BENCH_PIP)")), f"an install without the constraints: {line}"
+        # The benchmarks' venv: constraints.txt's pins but pgvector's, then constraints-bench.txt.
+        bench_pip = re.search(r"^BENCH_PIP\s*:=\s*(.+)$", make, re.MULTILINE).group(1)
+        assert "-c $(BENCH_VENV)/constraints.txt -c constraints-bench.txt" in bench_pip
+        assert "grep -v '^pgvector==' constraints.txt > $(BENCH_VENV)/constraints.txt" in make
         rule = lambda target: re.search(rf"^{re.escape(target)}:(.*)$", make, re.MULTILINE).group(1)
         assert rule("run").split() == ["$(STAMP)"]
         assert rule("test").split() == ["$(TEST_STAMP)"]
@@ -496,6 +500,17 @@ class TestConstraints:
         assert re.search(r"^lock:", make, re.MULTILINE)
         assert "make lock" in (ROOT / "constraints.txt").read_text().splitlines()[2]
         assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+    def test_bench_pins_add_to_the_product_pins_and_replace_only_pgvector(self):
+        """constraints-bench.txt is installed beside constraints.txt (less its pgvector line): a
+        package pinned in both would make the bench venv's install impossible or drift."""
+        def pins(name):
+            lines = (ROOT / name).read_text().splitlines()
+            return {l.split("==")[0].lower().replace("_", "-"): l.split("==")[1]
+                    for l in lines if l and not l.startswith("#")}
+        product, bench = pins("constraints.txt"), pins("constraints-bench.txt")
+        assert set(product) & set(bench) == {"pgvector"}
+        assert bench["pgvector"].startswith("0.3.")  # what langchain-postgres allows (< 0.4)
 
 
 # --- the worker and reconciler health check ---------------------------------------------------
