@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import uvicorn
 
@@ -110,13 +111,25 @@ TABLES = ("scopes", "documents", "runs", "run_items", "deliveries", "heartbeats"
 
 
 def reset_state(svc: Services) -> None:
-    """Empty every table and the index, and flush Redis."""
-    with svc.pool.connection() as conn:
-        conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
-        for (table,) in conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename LIKE 'vectors_%%'"
-        ).fetchall():
-            conn.execute(f"TRUNCATE {table}")
+    """Empty every table and the index, and flush Redis.
+
+    A previous test's deferred HNSW index may be rebuilding (``CREATE INDEX CONCURRENTLY`` from
+    an index's watcher thread, core/index/pgvector.py) while this truncates: the build waits for
+    this transaction, this waits for the build's table lock, and Postgres ends the deadlock by
+    failing one of the two. Either way, truncating again gets through (a failed build leaves an
+    INVALID index, which the next watcher rebuilds)."""
+    for attempt in range(5):
+        try:
+            with svc.pool.connection() as conn:
+                conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
+                for (table,) in conn.execute(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename LIKE 'vectors_%%'"
+                ).fetchall():
+                    conn.execute(f"TRUNCATE {table}")
+            break
+        except psycopg.errors.DeadlockDetected:
+            if attempt == 4:
+                raise
     svc.broker.client.flushall()
 
 

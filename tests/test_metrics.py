@@ -175,7 +175,8 @@ def test_metrics_port_takes_the_next_free_port_for_a_second_process_on_the_host(
     first = metrics.serve(port, "127.0.0.1", "worker")
     second = metrics.serve(port, "127.0.0.1", "reconciler")
     try:
-        assert first.server_port == port and second.server_port == port + 1
+        # The next free one: port + 1 unless another process on this busy host holds it.
+        assert first.server_port == port and port < second.server_port < port + metrics.PORT_RANGE
         for server in (first, second):
             text = httpx.get(f"http://127.0.0.1:{server.server_port}/metrics", timeout=30).text
             assert "# TYPE vector_sync_job_duration_seconds histogram" in text

@@ -123,7 +123,33 @@ class PgvectorIndex:
         if not self._hnsw_present():
             self._watch()  # deferred by a bulk load, or left missing by a crash: see to it
 
+    def _ready(self) -> bool:
+        """Whether the table and everything ``_ensure_table`` creates are there already. Then
+        no DDL runs: even ``ALTER TABLE ... IF NOT EXISTS`` takes the table's ACCESS EXCLUSIVE
+        lock first, so a process starting while another rebuilds the HNSW index (``CREATE
+        INDEX CONCURRENTLY``) would queue behind the build, stall every search and write queued
+        behind it, and deadlock with the build (which waits for the starting transaction)."""
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                """SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL
+                          AND to_regclass(%s) IS NOT NULL AND to_regclass('vector_bulk_loads') IS NOT NULL
+                          AND EXISTS (SELECT 1 FROM information_schema.columns
+                                      WHERE table_schema = current_schema() AND table_name = %s
+                                        AND column_name = 'tsv')""",
+                (self.table, f"{self.table}_doc", f"{self.table}_tsv", self.table),
+            ).fetchone()
+            ready = bool(row and row[0])
+            if ready and conn.execute("SELECT to_regclass(%s) IS NULL", (self.hnsw,)).fetchone()[0]:
+                # No HNSW index (and so no build under way): an empty table gets it the cheap
+                # way, in _ensure_table; one with rows is left to the watcher.
+                ready = not self._table_empty(conn)
+            if ready:
+                self._vector_type = TypeInfo.fetch(conn, "vector")
+        return ready
+
     def _ensure_table(self) -> None:
+        if self._ready():
+            return
         with self.pool.connection() as conn, conn.transaction():
             # Several processes may start at once: serialise the DDL (the lock lasts until the
             # transaction ends, so it must be a real transaction, not autocommit).
