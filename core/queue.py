@@ -13,6 +13,7 @@ document is written once (``core.coalesce``).
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Iterable
@@ -24,6 +25,8 @@ from dramatiq.brokers.redis import RedisBroker
 
 from core import coalesce
 from core.documents import Ref
+
+log = logging.getLogger("vector_sync.queue")
 
 #: Live work: webhooks, the push API, incremental reconcile passes, deletes. Kept apart from
 #: bulk work so a backfill never puts thousands of jobs ahead of a fresh webhook.
@@ -327,6 +330,7 @@ class FastEnqueuer:
         """Enqueue ``refs`` (as ``enqueue`` splits them) and, with ``claim`` (a
         ``delivery_key``), claim it in the same atomic step. None when ``claim`` was already
         claimed (a duplicate: nothing enqueued); else the number of messages sent."""
+        refs = list(refs)
         messages = [m.copy(options={"redis_message_id": str(uuid.uuid4())})
                     for m in ref_messages(refs, bulk=bulk, **options)]
         queue_name = BULK_QUEUE if bulk else QUEUE
@@ -340,9 +344,29 @@ class FastEnqueuer:
         sent = int(await self.script(keys=keys, args=args))
         if sent < 0:
             return None
+        # The coalescing registration (core.coalesce.Register) would make a synchronous Redis
+        # call on the event loop from its after_enqueue: made here over the asyncio client
+        # instead, and the other middlewares run as RedisBroker.enqueue runs them.
+        await self._register(refs)
         for message in messages:
-            self.broker.emit_after("enqueue", message, None)
+            for middleware in reversed(self.broker.middleware):
+                if isinstance(middleware, coalesce.Register):
+                    continue
+                try:
+                    middleware.after_enqueue(self.broker, message, None)
+                except Exception:  # noqa: BLE001 - as dramatiq's emit_after: queued is queued
+                    log.critical("after_enqueue of %r failed", middleware, exc_info=True)
         return sent
+
+    async def _register(self, refs: list[Ref]) -> None:
+        keys, args = coalesce.register_call([r for r in refs if r.payload])
+        if not keys:
+            return
+        try:
+            await self.client.eval(coalesce.REGISTER, len(keys), *keys, *args)
+        except redis.RedisError as exc:
+            # The messages are queued: only the saving is lost, never the event.
+            log.warning("could not register %d payload version(s): %s", len(keys), exc)
 
     async def release(self, claim: str) -> None:
         """Forget a claimed delivery whose handling failed, so the sender's retry goes through."""
