@@ -28,7 +28,7 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from core.settings import SOURCE_NAMES, Rate, Settings
+from core.settings import SOURCE_NAMES, Rate, Settings, duration_text
 
 #: The share of a source's budget that reconcile passes may plan to use; the rest is left to
 #: webhook-driven fetches and to the fetches of the documents passes find changed.
@@ -44,15 +44,6 @@ _COSTS_SQL = """
 def read_costs(conn: Any) -> list[tuple[Any, ...]]:
     """The cost rows of every active scope (a connection, so status reads them in its own)."""
     return list(conn.execute(_COSTS_SQL).fetchall())
-
-
-def _words(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"
 
 
 def _tenths(seconds: float) -> float:
@@ -109,10 +100,10 @@ def assess(source: str, rate: Rate, configured: float, rows: Iterable[tuple[Any,
     if report["stretched"]:
         upper = source.upper()
         report["warning"] = (
-            f"{source}: budget too small for {upper}_POLL_INTERVAL {_words(configured)}: a pass over "
+            f"{source}: budget too small for {upper}_POLL_INTERVAL {duration_text(configured)}: a pass over "
             f"{len(rows)} scope{'' if len(rows) == 1 else 's'} costs ~{pass_cost:.0f} requests, which "
-            f"{rate} ({PASS_SHARE:.0%} for passes) allows every {_words(achievable)} at best; "
-            f"polling every {_words(achievable)} instead")
+            f"{rate} ({PASS_SHARE:.0%} for passes) allows every {duration_text(achievable)} at best; "
+            f"polling every {duration_text(achievable)} instead")
     return report
 
 
@@ -135,13 +126,13 @@ def reports(settings: Settings, rows: list[tuple[Any, ...]], now: datetime | Non
 
 def summary(report: dict[str, Any]) -> str:
     """One line for the CLI and the dashboard: ``every 15.0m (achievable 2m); backfill 3 scopes, ETA 1.2h``."""
-    text = (f"every {_words(report['effective_interval_s'])} "
-            f"(achievable {_words(report['achievable_interval_s'])} at {report['rate']})")
+    text = (f"every {duration_text(report['effective_interval_s'])} "
+            f"(achievable {duration_text(report['achievable_interval_s'])} at {report['rate']})")
     backfill = report["backfill"]
     if backfill["scopes_remaining"]:
         bound = "≥ " if backfill["eta_lower_bound"] else ""
         text += (f"; backfill {backfill['scopes_remaining']} scope"
-                 f"{'' if backfill['scopes_remaining'] == 1 else 's'}, ETA {bound}{_words(backfill['eta_s'])}")
+                 f"{'' if backfill['scopes_remaining'] == 1 else 's'}, ETA {bound}{duration_text(backfill['eta_s'])}")
     return text
 
 

@@ -225,6 +225,16 @@ def _whole(low: int, high: int) -> BeforeValidator:
     return BeforeValidator(check)
 
 
+def duration_text(seconds: float | None) -> str:
+    """A duration in the units settings take: ``42s``, ``6.0m``, ``1.1h``, ``3.0d``."""
+    if seconds is None:
+        return "?"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
 def _duration(raw: Any) -> float:
     if isinstance(raw, (int, float)):
         return float(raw)

@@ -47,7 +47,7 @@ import psycopg_pool
 
 from core import budget, metrics, queue, state, webhookhealth
 from core.runtime import Services
-from core.settings import SOURCE_NAMES, Settings
+from core.settings import SOURCE_NAMES, Settings, duration_text
 
 PROCESS_KINDS = ("web", "worker", "reconciler")
 #: Every state a configured source or a scope can be in ("not configured" is the rest).
@@ -71,14 +71,7 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.astimezone(timezone.utc).isoformat()
 
 
-def duration(seconds: float | None) -> str:
-    """``42s``, ``6.0m``, ``1.1h``, ``3.0d``."""
-    if seconds is None:
-        return "?"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"
+duration = duration_text  # status text, the CLI and alerts say durations as settings take them
 
 
 def _ago(moment: datetime | None, now: datetime) -> str:

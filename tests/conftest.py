@@ -133,6 +133,37 @@ def reset_state(svc: Services) -> None:
     svc.broker.client.flushall()
 
 
+def reconcile_tick(settings: Settings, services: Services, name: str = "test-reconciler",
+                   **source_options: Any) -> int:
+    """One reconciler tick with its own sources (``source_options``: SourceSet's, e.g. max_wait)."""
+    from core.runtime import SourceSet
+    from reconciler.reconcile import Reconciler
+
+    async def go() -> int:
+        sources = SourceSet(settings, services.pool, **source_options)
+        try:
+            return await Reconciler(settings, services, sources, name).tick()
+        finally:
+            await sources.aclose()
+
+    return asyncio.run(go())
+
+
+def run_backfill(settings: Settings, services: Services, run_id: int, progress: Any = None) -> dict[str, Any]:
+    """Run backfill ``run_id`` to its end with its own sources; its counters."""
+    from core.runtime import SourceSet
+    from reconciler.backfill import Backfill, owner_name
+
+    async def go() -> dict[str, Any]:
+        sources = SourceSet(settings, services.pool)
+        try:
+            return await Backfill(services, sources, run_id, owner_name(), progress).run()
+        finally:
+            await sources.aclose()
+
+    return asyncio.run(go())
+
+
 @pytest.fixture
 def services(settings: Settings) -> Iterator[Services]:
     svc = open_services(settings)

@@ -26,12 +26,10 @@ from cli.backfill import BackfillView
 from cli.main import app, main
 from core import scopes
 from core.ratelimit import RedisRateLimiter
-from core.runtime import SourceSet
 from core.runs import create_run, owner_name
 from core.settings import Rate
-from reconciler.backfill import Backfill
 from sandbox.server import SandboxServer, create_simulators
-from tests.conftest import ADMIN_KEY, BASE_ENV, FAST_BUDGETS, make_settings, running_sandbox
+from tests.conftest import ADMIN_KEY, BASE_ENV, FAST_BUDGETS, make_settings, run_backfill, running_sandbox
 
 
 def vector_sync(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], env: dict[str, str],
@@ -169,14 +167,7 @@ class TestBackfillProgress:
             events.append(dict(info))
             view(info)
 
-        async def go() -> dict[str, Any]:
-            sources = SourceSet(settings, services.pool)
-            try:
-                return await Backfill(services, sources, run_id, owner_name(), progress).run()
-            finally:
-                await sources.aclose()
-
-        counters = asyncio.run(go())
+        counters = run_backfill(settings, services, run_id, progress)
         total = counters["scopes_total"]
         assert total >= 2
         finished = [e["scopes_done"] for e in events if e.get("scope_done")]

@@ -32,7 +32,7 @@ from core.runtime import SourceSet, open_services
 from reconciler.reconcile import Reconciler, claim_due
 from sandbox.server import SandboxServer, create_simulators
 from tests.browser import Browser, Page
-from tests.conftest import (ADMIN_KEY, FAST_BUDGETS, ReceiverHandle, WorkerHandle, make_settings, reset_state,
+from tests.conftest import (ADMIN_KEY, FAST_BUDGETS, reconcile_tick, ReceiverHandle, WorkerHandle, make_settings, reset_state,
                             wait_for)
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -551,14 +551,7 @@ class OnCall:
         self.receiver = ReceiverHandle(self.settings)
 
     def tick(self, settings: Any) -> int:
-        async def go() -> int:
-            sources = SourceSet(settings, self.services.pool)
-            try:
-                return await Reconciler(settings, self.services, sources, "test-reconciler").tick()
-            finally:
-                await sources.aclose()
-
-        return asyncio.run(go())
+        return reconcile_tick(settings, self.services)
 
     def close(self) -> None:
         self.receiver.stop()

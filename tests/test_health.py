@@ -11,7 +11,6 @@ read as an operator would.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import json
 import os
@@ -26,10 +25,9 @@ import pytest
 
 from core import runs, state
 from core.embedded import EmbeddedPostgres
-from core.runtime import SourceSet, open_services
+from core.runtime import open_services
 from core.status import build_status, render_metrics
-from reconciler.reconcile import Reconciler
-from tests.conftest import BASE_ENV, FAST_BUDGETS, free_port, make_settings
+from tests.conftest import BASE_ENV, FAST_BUDGETS, free_port, make_settings, reconcile_tick
 
 GITHUB = {"GITHUB_TOKEN": "ghp_test"}
 #: Heartbeats written by hand stay alive for the whole test, however loaded the machine is.
@@ -107,14 +105,7 @@ class TestHealthy:
 
 
 def tick(settings, services) -> int:
-    async def go() -> int:
-        sources = SourceSet(settings, services.pool)
-        try:
-            return await Reconciler(settings, services, sources, "test-reconciler").tick()
-        finally:
-            await sources.aclose()
-
-    return asyncio.run(go())
+    return reconcile_tick(settings, services)
 
 
 class TestFailing:

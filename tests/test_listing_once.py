@@ -21,11 +21,11 @@ import pytest
 from core import scopes as scope_rows
 from core.runtime import Services, SourceSet
 from core.settings import Settings
-from reconciler.backfill import Backfill, create_run, owner_name
+from reconciler.backfill import create_run, owner_name
 from reconciler.reconcile import Reconciler, claim_due
 from sandbox.jira import JiraSimulator
 from sandbox.server import SandboxServer
-from tests.conftest import FAST_BUDGETS, make_settings, running_sandbox
+from tests.conftest import FAST_BUDGETS, make_settings, reconcile_tick, run_backfill, running_sandbox
 
 LISTING = ("search", "bulkfetch", "get_issue")
 
@@ -51,26 +51,8 @@ def listing_calls(sim: JiraSimulator) -> int:
     return sum(sim.calls[name] for name in LISTING)
 
 
-def tick(settings: Settings, services: Services) -> int:
-    async def go() -> int:
-        sources = SourceSet(settings, services.pool)
-        try:
-            return await Reconciler(settings, services, sources, "test-reconciler").tick()
-        finally:
-            await sources.aclose()
-
-    return asyncio.run(go())
-
-
-def backfill(settings: Settings, services: Services, run_id: int, progress: Any = None) -> dict[str, Any]:
-    async def go() -> dict[str, Any]:
-        sources = SourceSet(settings, services.pool)
-        try:
-            return await Backfill(services, sources, run_id, owner_name(), progress).run()
-        finally:
-            await sources.aclose()
-
-    return asyncio.run(go())
+tick = reconcile_tick
+backfill = run_backfill
 
 
 def discover(settings: Settings, services: Services) -> None:

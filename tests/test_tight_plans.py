@@ -28,7 +28,7 @@ from core.status import build_status
 from core.statusview import render_text
 from reconciler.reconcile import ClaimedScope, Reconciler
 from sandbox.server import SandboxServer, create_simulators
-from tests.conftest import make_settings, wait_for
+from tests.conftest import make_settings, reconcile_tick, wait_for
 
 DAY, MINUTE = 86400.0, 60.0
 
@@ -36,14 +36,7 @@ DAY, MINUTE = 86400.0, 60.0
 def tick(settings: Any, services: Any, max_wait: float) -> int:
     """One reconciler pass, its limiter waiting at most ``max_wait`` for a slot (the production
     30 s, compressed like the budgets)."""
-    async def go() -> int:
-        sources = SourceSet(settings, services.pool, max_wait=max_wait)
-        try:
-            return await Reconciler(settings, services, sources, "tight").tick()
-        finally:
-            await sources.aclose()
-
-    return asyncio.run(go())
+    return reconcile_tick(settings, services, "tight", max_wait=max_wait)
 
 
 def scope_rows(services: Any, source: str) -> list[dict[str, Any]]:
